@@ -1,0 +1,81 @@
+"""`.mpk`: a package as one zip file, written atomically and extracted safely."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from . import manifest as mf
+from .atomic import atomic_file
+from .errors import InputError, IntegrityError
+
+COMPRESSION = {
+    "deflate": zipfile.ZIP_DEFLATED,
+    "lzma": zipfile.ZIP_LZMA,
+    "bzip2": zipfile.ZIP_BZIP2,
+    "store": zipfile.ZIP_STORED,
+}
+MAX_UNPACKED = 16 << 30  # refuse zip bombs: no package needs more than 16 GiB unpacked
+
+
+def is_archive(path: Path) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def pack(root: Path, out: Path, *, compression: str = "deflate", force: bool = False) -> int:
+    """Write the package at `root` into `out` (manifest first); return the archive's size."""
+    method = COMPRESSION[compression]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME)
+    with atomic_file(out, force=force) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=method, compresslevel=9 if method != zipfile.ZIP_LZMA else None) as zf:
+            zf.write(root / mf.MANIFEST_NAME, mf.MANIFEST_NAME)
+            for file in files:
+                zf.write(file, file.relative_to(root).as_posix())
+    return out.stat().st_size
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise IntegrityError(f"{archive}: member '{name}' is a link; refusing to extract it.")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise IntegrityError(f"{archive}: member '{name}' has an absolute path; refusing to extract it.")
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if ".." in rel.parts:
+        raise IntegrityError(f"{archive}: member '{name}' escapes the archive with '..'; refusing to extract it.")
+    return rel
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Extract after checking every member: no absolute paths, no `..`, no links, no bombs."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"'{archive}': not a readable .mpk archive ({exc}).") from exc
+    with zf:
+        members = zf.infolist()
+        checked = [(info, _check_member(info, archive)) for info in members]
+        names = [str(rel) for _, rel in checked]
+        if len(set(names)) != len(names):
+            raise IntegrityError(f"{archive}: duplicate member names; refusing to extract it.")
+        if mf.MANIFEST_NAME not in names:
+            raise InputError(f"'{archive}' is a zip file but not a modelpack archive (no {mf.MANIFEST_NAME}).")
+        if sum(info.file_size for info in members) > MAX_UNPACKED:
+            raise IntegrityError(f"{archive}: unpacks to more than {MAX_UNPACKED >> 30} GiB; refusing to extract it.")
+        root = dest.resolve()
+        for info, rel in checked:
+            target = (root / rel).resolve()
+            if not target.is_relative_to(root):
+                raise IntegrityError(f"{archive}: member '{info.filename}' escapes the archive; refusing it.")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise IntegrityError(f"{archive}: member '{info.filename}' is corrupt ({exc}).") from exc

@@ -1,0 +1,121 @@
+"""The command line. Commands parse, call the library, and render; nothing else.
+
+Domain errors become a one-line message and an exit code here, exactly once:
+2 for bad usage or input, 1 for a failed stage, check or gate. `--debug` (or
+MODELPACK_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import ModelpackError
+
+DEBUG_KEY = "modelpack.debug"
+JSON_KEY = "modelpack.json"
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().meta.get(DEBUG_KEY)) or os.environ.get("MODELPACK_DEBUG") == "1"
+
+
+def want_json(ctx: click.Context) -> None:
+    """Mark this invocation as JSON-speaking, so errors are reported as JSON on stdout too."""
+    ctx.find_root().meta[JSON_KEY] = True
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> CliError:
+    if ctx.find_root().meta.get(JSON_KEY):
+        from .render import print_json
+
+        print_json({"status": "error", "error": message, "exit_code": code})
+    return CliError(message, code)
+
+
+class RootGroup(click.Group):
+    """Loads each command module only when it is used, and maps errors to exit codes."""
+
+    lazy = {
+        "optimize": ("modelpack.cli.optimize", "optimize"),
+        "stages": ("modelpack.cli.optimize", "stages"),
+        "inspect": ("modelpack.cli.package", "inspect"),
+        "verify": ("modelpack.cli.package", "verify"),
+        "pack": ("modelpack.cli.package", "pack"),
+        "predict": ("modelpack.cli.predict", "predict"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        previous = signal.getsignal(signal.SIGTERM)
+        # SIGTERM unwinds like Ctrl-C, so temporary output is removed.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return super().invoke(ctx)
+        except ModelpackError as exc:
+            if _debug(ctx):
+                raise
+            raise _fail(ctx, str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug(ctx):
+                raise
+            raise _fail(ctx, "interrupted; no partial output was left behind.", 130) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise _fail(ctx, f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+                        1) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="modelpack")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Take a trained model to a verified, optimized, deployable package.
+
+    \b
+      modelpack optimize model.keras -o build/pkg export --format onnx
+      modelpack inspect build/pkg
+      modelpack verify build/pkg
+      modelpack predict build/pkg --input x.npy
+    """
+    ctx.meta[DEBUG_KEY] = debug
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m modelpack`
+    main(prog_name="modelpack")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

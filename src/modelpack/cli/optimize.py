@@ -1,0 +1,216 @@
+"""`modelpack optimize INPUT -o OUT STAGE [opts] STAGE [opts] ...` and `modelpack stages`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from ..errors import UsageError
+from ..pipeline import PipelineSpec, StageSpec
+from ..stages import Stage, registry
+from . import want_json
+from . import render
+
+
+def stage_command(stage: Stage) -> click.Command:
+    """A click subcommand built from a stage's declared options; it returns a StageSpec."""
+
+    def callback(**values: Any) -> StageSpec:
+        ctx = click.get_current_context()
+        given = {k: v for k, v in values.items()
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+        return StageSpec(stage.name, given)
+
+    accepts = ", ".join(str(r) for r in stage.accepts)
+    return click.Command(stage.name, params=[o.click_option() for o in stage.options], callback=callback,
+                         help=f"{stage.help}\n\nWorks on: {accepts}.", short_help=stage.help)
+
+
+class StageGroup(click.Group):
+    """The stages come from the `modelpack.stages` entry points, built-in and third-party alike."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return registry.names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in registry.names():
+            return None
+        return stage_command(registry.get(name))
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse `INPUT -o OUT [global options]` in any order, up to the first stage name.
+
+        click stops parsing a chain group's options at its first positional argument;
+        the documented syntax puts options after INPUT, so split the line ourselves.
+        """
+        takes_value = {opt for p in self.params if isinstance(p, click.Option) and not p.is_flag
+                       for opt in p.opts + p.secondary_opts}
+        stage_names = set(registry.names())
+        split = len(args)
+        skip = False
+        for index, token in enumerate(args):
+            if skip:
+                skip = False
+            elif token in takes_value:
+                skip = True
+            elif token in stage_names:
+                split = index
+                break
+        head, tail = args[:split], args[split:]
+        ctx.allow_interspersed_args = True
+        rest = click.Command.parse_args(self, ctx, head)
+        ctx._protected_args = rest + tail
+        ctx.args = []
+        return ctx.args
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0]
+        if self.get_command(ctx, name) is None:
+            if name.startswith("-"):
+                raise click.UsageError(f"no such option: {name}. Global options go before the first stage.", ctx)
+            raise click.UsageError(f"unknown stage '{name}'; available stages: {', '.join(registry.names())}. "
+                                   "See 'modelpack stages'.", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=StageGroup, chain=True, invoke_without_command=True,
+             subcommand_metavar="STAGE [STAGE OPTIONS]... [STAGE ...]")
+@click.argument("input", required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Package directory to write.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="Read the pipeline from a TOML file.")
+@click.option("--save-config", type=click.Path(path_type=Path), help="Write the pipeline as TOML to this file.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
+@click.option("--eval-data", type=click.Path(path_type=Path), help=".npz with arrays x (and labels y) for checks.")
+@click.option("--atol", type=click.FloatRange(min=0), help="Max abs diff an export may show.  [default: 1e-4]")
+@click.option("--name", help="Package name.  [default: the input's file name]")
+@click.option("--model-version", help="Package version.  [default: 1]")
+@click.option("--unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+def optimize(ctx: click.Context, **_: Any) -> None:
+    """Run a pipeline of stages over a model and write one verified package.
+
+    \b
+    modelpack optimize model.keras -o build/pkg --eval-data eval.npz \\
+        export --format onnx --format tflite
+    """
+    if ctx.params["as_json"]:
+        want_json(ctx)
+
+
+# INPUT may come from --config instead. click refuses optional arguments on chain groups
+# because a stage name could be taken for INPUT; _run() names that case clearly instead.
+optimize.params[0].required = False
+
+
+@optimize.result_callback()
+@click.pass_context
+def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, output: Path | None,
+         config_file: Path | None, save_config: Path | None, dry_run: bool, eval_data: Path | None,
+         atol: float | None, name: str | None, model_version: str | None, unsafe_load: bool, force: bool,
+         as_json: bool, quiet: bool) -> None:
+    from .. import config, pipeline
+
+    if input is not None and not input.exists() and str(input) in registry.names():
+        raise UsageError(f"missing INPUT: '{input}' is a stage. Usage: modelpack optimize INPUT -o OUT STAGE ...")
+    spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
+    if stage_specs and spec.stages:
+        raise UsageError("give the stages either in --config or on the command line, not both.")
+    if stage_specs:
+        spec.stages = list(stage_specs)
+    overrides = {"input": input, "output": output, "eval_data": eval_data, "atol": atol, "name": name,
+                 "model_version": model_version}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(spec, key, value)
+    spec.unsafe_load = spec.unsafe_load or unsafe_load
+    spec.force = force
+
+    if save_config:
+        from ..atomic import atomic_file
+
+        text = config.dump(spec, save_config)
+        with atomic_file(save_config, force=True) as tmp:
+            tmp.write_text(text)
+        if not quiet and not as_json:
+            render.err.print(f"wrote pipeline to {save_config}")
+    if dry_run:
+        _print_plan(spec, as_json, quiet)
+        return
+    if spec.input is None and not stage_specs and not config_file:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+
+    reporter = render.RichReporter(quiet=quiet or as_json)
+    try:
+        result = pipeline.run(spec, reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        render.print_json({"status": "ok", "output": str(result.output), "manifest": result.manifest})
+    elif not quiet:
+        render.out.print(render.lineage_table(result.manifest["lineage"]))
+        render.out.print(render.artifacts_table(result.manifest["artifacts"]))
+        render.out.print(f"[bold green]package written:[/] {result.output}")
+
+
+def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:
+    from .. import convert, pipeline
+    from ..formats import detect
+
+    if spec.input is None:
+        raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
+    source = detect(spec.input)
+    steps = pipeline.plan(spec, source.rep)
+    rows = []
+    held = source.rep
+    for index, step in enumerate(steps, 1):
+        chain = convert.route(held, step.input_rep) or [held]
+        rows.append({"index": index, "stage": step.stage.name, "params": pipeline._jsonable(step.params),
+                     "converts": [str(r) for r in chain], "input_format": str(step.input_rep),
+                     "output_format": str(step.output_rep)})
+        held = step.output_rep
+    result = {"input": str(spec.input), "input_format": source.describe(), "output": str(spec.output),
+              "eval_data": str(spec.eval_data) if spec.eval_data else None, "atol": spec.atol, "stages": rows}
+    if as_json:
+        render.print_json(result)
+    elif not quiet:
+        render.out.print(f"input: {spec.input} ({source.describe()})  ->  output: {spec.output}")
+        render.out.print(render.table("Pipeline (dry run)", ("#", "stage", "formats", "parameters"), [
+            (str(r["index"]), r["stage"], " -> ".join(r["converts"] + ([r["output_format"]] if r["output_format"] != r["converts"][-1] else [])),
+             ", ".join(f"{k}={v}" for k, v in r["params"].items() if v not in (None, [])))
+            for r in rows
+        ]))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def stages(ctx: click.Context, as_json: bool) -> None:
+    """List every installed stage with its options."""
+    if as_json:
+        want_json(ctx)
+    listing = []
+    for name in registry.names():
+        stage = registry.get(name)
+        listing.append({
+            "name": name, "help": stage.help, "accepts": [str(r) for r in stage.accepts],
+            "from": registry.origin(name),
+            "options": [{"flag": o.flag, "type": o.param_type.name, "default": o.default, "multiple": o.multiple,
+                         "help": o.help} for o in stage.options],
+        })
+    if as_json:
+        render.print_json(listing)
+        return
+    for item in listing:
+        render.out.print(f"[bold]{item['name']}[/]  {item['help']}  [dim](works on {', '.join(item['accepts'])}; "
+                         f"from {item['from']})[/]")
+        for o in item["options"]:
+            default = "" if o["default"] in (None, (), []) else escape(f" [default: {o['default']}]")
+            render.out.print(f"    {o['flag']} {o['type'].upper()}{' (repeatable)' if o['multiple'] else ''}"
+                             f"  {o['help']}{default}")

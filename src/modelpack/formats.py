@@ -1,0 +1,131 @@
+"""Model representations, and detecting a file's format by its content."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .errors import InputError
+
+ACCEPTED = "Keras 3 .keras, legacy .h5 (Keras 3 or tf_keras), a TF SavedModel directory, or ONNX .onnx"
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class Repr(str, Enum):
+    """A representation of a model that stages work on and packages hold."""
+
+    KERAS = "keras"
+    SAVEDMODEL = "savedmodel"
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The file or directory name each representation gets inside a package.
+PACKAGE_NAMES: dict[Repr, str] = {
+    Repr.KERAS: "model.keras",
+    Repr.SAVEDMODEL: "saved_model",
+    Repr.ONNX: "model.onnx",
+    Repr.TFLITE: "model.tflite",
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model on disk in a known representation.
+
+    `flavour` tells Keras models apart: "keras3" (Keras 3) or "tf_keras" (Keras 2),
+    and whether the file is a `.keras` zip or a legacy `.h5`.
+    """
+
+    rep: Repr
+    path: Path
+    flavour: str | None = None
+    container: str | None = None
+
+    def describe(self) -> str:
+        if self.rep is Repr.KERAS:
+            kind = "Keras 3" if self.flavour == "keras3" else "tf_keras"
+            return f"{kind} {self.container or 'keras'} model"
+        return {"savedmodel": "TF SavedModel", "onnx": "ONNX model", "tflite": "TFLite model"}[self.rep.value]
+
+
+def detect(path: str | Path) -> ModelRef:
+    """Identify a model by content, not by extension; raise InputError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input '{p}': no such file or directory. Expected {ACCEPTED}.")
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file():
+            return ModelRef(Repr.SAVEDMODEL, p)
+        if (p / "modelpack.json").is_file():
+            raise InputError(f"input '{p}' is a modelpack package, not a model. Use its artifacts, or expected {ACCEPTED}.")
+        raise InputError(f"input '{p}' is a directory but not a TF SavedModel (no saved_model.pb). Expected {ACCEPTED}.")
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"input '{p}': cannot read it ({exc.strerror}).") from exc
+    if head.startswith(HDF5_MAGIC):
+        return ModelRef(Repr.KERAS, p, _h5_flavour(p), "h5")
+    if head.startswith(ZIP_MAGIC):
+        return _detect_zip(p)
+    if head[4:8] == b"TFL3":
+        return ModelRef(Repr.TFLITE, p)
+    _check_onnx(p)
+    return ModelRef(Repr.ONNX, p)
+
+
+def _h5_flavour(p: Path) -> str:
+    try:
+        import h5py
+    except ImportError as exc:  # pragma: no cover - h5py ships with the tf extra
+        raise InputError(f"input '{p}' is HDF5; reading it needs the tf extra: pip install 'modelpack[tf]'.") from exc
+    try:
+        with h5py.File(p, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as exc:
+        raise InputError(f"input '{p}': corrupt HDF5 file ({exc}). Expected {ACCEPTED}.") from exc
+    if "model_config" not in attrs:
+        raise InputError(
+            f"input '{p}' is HDF5 but holds no Keras model config (weights only?). "
+            f"Save the whole model with model.save(). Expected {ACCEPTED}."
+        )
+    version = attrs.get("keras_version", b"")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return "keras3" if version.startswith("3") else "tf_keras"
+
+
+def _detect_zip(p: Path) -> ModelRef:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = set(zf.namelist())
+            if "modelpack.json" in names:
+                raise InputError(f"input '{p}' is a modelpack archive (.mpk), not a model. Expected {ACCEPTED}.")
+            if "config.json" not in names:
+                raise InputError(f"input '{p}' is a zip file but not a Keras model (no config.json). Expected {ACCEPTED}.")
+            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+    except (zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise InputError(f"input '{p}': corrupt Keras archive ({exc}). Expected {ACCEPTED}.") from exc
+    version = str(meta.get("keras_version", "3"))
+    return ModelRef(Repr.KERAS, p, "keras3" if version.startswith("3") else "tf_keras", "keras")
+
+
+def _check_onnx(p: Path) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+        if not model.graph.output or model.ir_version <= 0:
+            raise ValueError("no graph outputs")
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, ValueError...
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputError(f"input '{p}': not a model modelpack can read ({reason}). Expected {ACCEPTED}.") from exc

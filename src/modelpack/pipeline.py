@@ -1,0 +1,285 @@
+"""The pipeline: a spec of stages, planned before any work, run over one model into one package.
+
+A run detects the input, plans every stage and the conversions between them
+(refusing an impossible pipeline up front), then runs the stages in a scratch
+directory and writes the package atomically. The input is only ever read.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import convert
+from . import manifest as mf
+from .atomic import atomic_dir, check_output
+from .data import Dataset, load_dataset, random_inputs
+from .errors import ModelpackError, StageFailed, UsageError
+from .evaluation import EVAL_LIMIT, accuracy, run_batched
+from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
+from .package import copy_artifact, digest
+from .runtimes import load_runner
+from .signature import Signature
+from .stages import Stage, StageContext, StageResult, registry
+
+
+@dataclass
+class StageSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineSpec:
+    """Everything a run needs; the command line and a pipeline file both compile to this."""
+
+    input: Path | None
+    output: Path | None
+    stages: list[StageSpec] = field(default_factory=list)
+    eval_data: Path | None = None
+    atol: float = 1e-4
+    name: str | None = None
+    model_version: str = "1"
+    unsafe_load: bool = False
+    force: bool = False
+
+
+@dataclass
+class PlannedStage:
+    stage: Stage
+    params: dict[str, Any]
+    input_rep: Repr
+    output_rep: Repr
+
+
+class Reporter(Protocol):
+    def stage_started(self, index: int, total: int, name: str) -> None: ...
+    def stage_finished(self, record: dict[str, Any]) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NullReporter:
+    def stage_started(self, index: int, total: int, name: str) -> None:
+        pass
+
+    def stage_finished(self, record: dict[str, Any]) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    output: Path
+    manifest: dict[str, Any]
+
+
+def plan(spec: PipelineSpec, source_rep: Repr) -> list[PlannedStage]:
+    """Resolve every stage and its parameters, and check each can get the representation it needs."""
+    planned: list[PlannedStage] = []
+    rep = source_rep
+    for index, stage_spec in enumerate(spec.stages, 1):
+        stage = registry.get(stage_spec.name)
+        params = stage.resolve(stage_spec.params)
+        target = next((r for r in ((rep,) if rep in stage.accepts else ()) + stage.accepts
+                       if convert.route(rep, r) is not None), None)
+        if target is None:
+            accepted = ", ".join(str(r) for r in stage.accepts)
+            raise UsageError(
+                f"stage {index} '{stage.name}' works on {accepted} models, but the pipeline holds a {rep} model "
+                f"there and no conversion reaches those (modelpack converts keras -> savedmodel -> onnx or tflite)."
+            )
+        output_rep = stage.plan(params, target)
+        planned.append(PlannedStage(stage, params, target, output_rep))
+        rep = output_rep
+    return planned
+
+
+def default_name(path: Path) -> str:
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
+    return name[:128]
+
+
+class _Run:
+    """State of one run: scratch space, cached reference outputs, the held model."""
+
+    def __init__(self, spec: PipelineSpec, source: ModelRef, signature: Signature, work: Path,
+                 eval_data: Dataset | None, reporter: Reporter) -> None:
+        self.spec = spec
+        self.source = source
+        self.signature = signature
+        self.work = work
+        self.eval_data = eval_data
+        self.reporter = reporter
+        self._outputs: dict[Path, dict[str, Any]] = {}
+        self._converted: dict[tuple[Path, Repr, int | None], ModelRef] = {}
+        self.probe = eval_data.head(EVAL_LIMIT).inputs if eval_data is not None else random_inputs(signature)
+
+    def outputs(self, ref: ModelRef) -> dict[str, Any]:
+        """Outputs of `ref` on the eval inputs (or random ones), cached per model."""
+        if ref.path not in self._outputs:
+            runner = load_runner(ref, self.signature, safe=not self.spec.unsafe_load)
+            self._outputs[ref.path] = run_batched(runner, self.probe)
+        return self._outputs[ref.path]
+
+    def convert(self, ref: ModelRef, rep: Repr, opset: int | None = None) -> ModelRef:
+        """Convert one hop at a time, caching each hop so two exports share their SavedModel."""
+        chain = convert.route(ref.rep, rep)
+        if chain is None:
+            raise StageFailed("convert", f"no conversion from {ref.rep} to {rep}")
+        current = ref
+        for step in chain[1:]:
+            key = (current.path, step, opset if step is Repr.ONNX else None)
+            if key not in self._converted:
+                self.reporter.note(f"converting {current.rep} -> {step}")
+                self._converted[key] = convert.to(current, step, self.work, self.signature,
+                                                  opset=opset or convert.DEFAULT_OPSET, safe=not self.spec.unsafe_load)
+            current = self._converted[key]
+        return current
+
+    def scratch(self, name: str) -> Path:
+        return convert.scratch(self.work, name)
+
+    def context(self) -> StageContext:
+        return StageContext(
+            workdir=self.work, signature=self.signature, source=self.source, eval_data=self.eval_data,
+            atol=self.spec.atol, safe=not self.spec.unsafe_load, note=self.reporter.note,
+            convert=self.convert, outputs=self.outputs, scratch=self.scratch,
+        )
+
+
+def run(spec: PipelineSpec, reporter: Reporter | None = None) -> RunResult:
+    """Run the pipeline described by `spec` and write its package atomically."""
+    from .inspection import load_native, signature_of
+
+    reporter = reporter or NullReporter()
+    if spec.input is None:
+        raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
+    if spec.output is None:
+        raise UsageError("no output: give -o/--output, or 'output' in the pipeline file.")
+    source = detect(spec.input)
+    check_output(spec.output, spec.force)
+    _check_identity(spec, source)
+    planned = plan(spec, source.rep)
+    if spec.output.absolute() == source.path.absolute():
+        raise UsageError(f"output '{spec.output}' is the input model; pick another -o.")
+    source_digest = digest(source.path)
+
+    native = load_native(source, safe=not spec.unsafe_load)
+    signature = signature_of(source, native=native)
+    eval_data = load_dataset(spec.eval_data, signature) if spec.eval_data else None
+    del native
+
+    output = spec.output.absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(output, force=spec.force) as staging:
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-work-", dir=output.parent))
+        try:
+            state = _Run(spec, source, signature, work, eval_data, reporter)
+            source_record: dict[str, Any] = {
+                "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
+                "size": source_digest.size,
+            }
+            if eval_data is not None and eval_data.labels is not None:
+                acc = accuracy(state.outputs(source), eval_data.labels[:EVAL_LIMIT])
+                if acc is not None:
+                    source_record["metrics"] = {"accuracy": round(acc, 3)}
+            held = source
+            records: list[dict[str, Any]] = []
+            packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}
+            for index, step in enumerate(planned, 1):
+                reporter.stage_started(index, len(planned), step.stage.name)
+                started, t0 = mf.now(), time.perf_counter()
+                model = state.convert(held, step.input_rep)
+                result = _run_stage(step, model, state.context())
+                record = {
+                    "name": step.stage.name, "params": _jsonable(step.params), "started_at": started,
+                    "finished_at": mf.now(), "duration_s": round(time.perf_counter() - t0, 3),
+                    "metrics": result.metrics, "input_format": str(model.rep), "output_format": str(result.model.rep),
+                    "status": "ok",
+                }
+                if result.notes:
+                    record["notes"] = result.notes
+                records.append(record)
+                reporter.stage_finished(record)
+                for artifact in result.artifacts:
+                    packaged[artifact.rep] = (artifact, result.artifact_metrics.get(artifact.rep, {}))
+                held = result.model
+            if held.rep not in packaged or packaged[held.rep][0] != held:
+                packaged[held.rep] = (held, {})
+            if digest(source.path) != source_digest:  # pragma: no cover - a guard, never expected to fire
+                raise ModelpackError(f"input '{source.path}' changed during the run; nothing was written.")
+            manifest = _write_package(staging, spec, source, signature, source_record, records, packaged)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return RunResult(output, manifest)
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_identity(spec: PipelineSpec, source: ModelRef) -> None:
+    if spec.name is not None and not NAME_RE.match(spec.name):
+        raise UsageError(f"--name '{spec.name}': use letters, digits, '.', '_' or '-' (at most 128, no leading symbol).")
+    if not VERSION_RE.match(spec.model_version):
+        raise UsageError(f"--model-version '{spec.model_version}': use letters, digits, '.', '_' or '-', e.g. 1 or 2.0.1.")
+
+
+def _run_stage(step: PlannedStage, model: ModelRef, ctx: StageContext) -> StageResult:
+    try:
+        return step.stage.run(model, step.params, ctx)
+    except (ModelpackError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise StageFailed(step.stage.name, reason) from exc
+
+
+def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signature: Signature,
+                   source_record: dict[str, Any], records: list[dict[str, Any]],
+                   packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]]) -> dict[str, Any]:
+    artifacts = []
+    for rep in Repr:
+        if rep not in packaged:
+            continue
+        ref, extra = packaged[rep]
+        name = PACKAGE_NAMES[rep]
+        if rep is Repr.KERAS and ref.container == "h5":
+            name = "model.h5"
+        copy_artifact(ref.path, staging / name)
+        d = digest(staging / name)
+        entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind}
+        entry.update(extra)
+        artifacts.append(entry)
+    data = {
+        "schema_version": mf.SCHEMA_VERSION,
+        "name": spec.name or default_name(source.path),
+        "version": spec.model_version,
+        "signature": signature.to_dict(),
+        "artifacts": artifacts,
+        "lineage": {"source": source_record, "stages": records},
+        "created_by": mf.created_by(),
+        "created_at": mf.now(),
+    }
+    mf.write(staging / mf.MANIFEST_NAME, data)
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

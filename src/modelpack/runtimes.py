@@ -1,0 +1,119 @@
+"""Running a model: one interface over onnxruntime, TFLite, TF SavedModel and Keras.
+
+A Runner takes and returns tensors keyed by the signature's canonical names, so
+callers never care which runtime sits underneath. Only the ONNX runner avoids
+TensorFlow; the others import it lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import InputError
+from .formats import ModelRef, Repr
+from .signature import Signature, match_names
+
+Tensors = dict[str, np.ndarray]
+
+
+class Runner(Protocol):
+    signature: Signature
+
+    def run(self, feeds: Tensors) -> Tensors: ...
+
+
+class OnnxRunner:
+    """onnxruntime on the CPU; loads from a path or from bytes (for encrypted packages)."""
+
+    def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            where = "in-memory model" if isinstance(model, bytes) else f"'{model}'"
+            raise InputError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0][:200]}") from exc
+        self.signature = signature
+        self._in = match_names([i.name for i in self.session.get_inputs()], signature.input_names)
+        self._in_rev = {v: k for k, v in self._in.items()}
+        self._out_names = [o.name for o in self.session.get_outputs()]
+        self._out = match_names(self._out_names, signature.output_names)
+
+    def run(self, feeds: Tensors) -> Tensors:
+        native = {self._in_rev[name]: value for name, value in feeds.items()}
+        results = self.session.run(self._out_names, native)
+        return {self._out[n]: r for n, r in zip(self._out_names, results)}
+
+
+class TFLiteRunner:
+    def __init__(self, path: Path, signature: Signature, threads: int | None = None) -> None:
+        from .frameworks import tflite
+
+        self.interpreter = tflite.interpreter(path, threads=threads)
+        sigs = self.interpreter.get_signature_list()
+        key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
+        self._runner = self.interpreter.get_signature_runner(key)
+        self.signature = signature
+        self._in = match_names(list(sigs[key]["inputs"]), signature.input_names)
+        self._in_rev = {v: k for k, v in self._in.items()}
+        self._out = match_names(list(sigs[key]["outputs"]), signature.output_names)
+        self._dtypes = {n: d["dtype"] for n, d in self._runner.get_input_details().items()}
+
+    def run(self, feeds: Tensors) -> Tensors:
+        native = {
+            self._in_rev[name]: np.ascontiguousarray(value, dtype=self._dtypes[self._in_rev[name]])
+            for name, value in feeds.items()
+        }
+        results = self._runner(**native)
+        return {self._out[n]: np.asarray(v) for n, v in results.items()}
+
+
+class SavedModelRunner:
+    def __init__(self, path: Path, signature: Signature) -> None:
+        from .frameworks import savedmodel
+
+        self._tf = savedmodel.tfw.tensorflow()
+        self._loaded = savedmodel.load(path)
+        self._fn = savedmodel.serving_fn(self._loaded)
+        self.signature = signature
+        native_in = list(self._fn.structured_input_signature[1])
+        self._in_rev = {v: k for k, v in match_names(native_in, signature.input_names).items()}
+        self._out = match_names(list(self._fn.structured_outputs), signature.output_names)
+
+    def run(self, feeds: Tensors) -> Tensors:
+        native = {self._in_rev[name]: self._tf.constant(value) for name, value in feeds.items()}
+        results = self._fn(**native)
+        return {self._out[n]: v.numpy() for n, v in results.items()}
+
+
+class KerasRunner:
+    def __init__(self, ref: ModelRef, signature: Signature, safe: bool = True, model: Any = None) -> None:
+        from .frameworks import keras
+
+        self.model = model if model is not None else keras.load(ref, safe=safe)
+        self.signature = signature
+
+    def run(self, feeds: Tensors) -> Tensors:
+        args = [feeds[name] for name in self.signature.input_names]
+        out = self.model(args[0] if len(args) == 1 else args, training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return {name: np.asarray(o) for name, o in zip(self.signature.output_names, outs)}
+
+
+def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = None, safe: bool = True) -> Runner:
+    """A runner for `ref` on its own runtime."""
+    if ref.rep is Repr.ONNX:
+        return OnnxRunner(ref.path, signature, threads)
+    if ref.rep is Repr.TFLITE:
+        return TFLiteRunner(ref.path, signature, threads)
+    if ref.rep is Repr.SAVEDMODEL:
+        return SavedModelRunner(ref.path, signature)
+    return KerasRunner(ref, signature, safe=safe)

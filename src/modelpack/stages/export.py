@@ -1,0 +1,72 @@
+"""The `export` stage: write ONNX, TF SavedModel and TFLite artifacts, each checked for parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..convert import DEFAULT_OPSET, route
+from ..errors import StageFailed, UsageError
+from ..evaluation import compare
+from ..formats import ModelRef, Repr
+from . import Option, Stage, StageContext, StageResult
+
+FORMATS = ("onnx", "savedmodel", "tflite")
+
+
+class ExportStage(Stage):
+    name = "export"
+    help = "Export the model to ONNX, TF SavedModel and/or TFLite, checking numerical parity of each."
+    options = (
+        Option("format", click.Choice(FORMATS), default=("onnx",), multiple=True,
+               help="Format to write; repeat for several. The first one is what later stages work on."),
+        Option("opset", click.IntRange(11, 21), default=DEFAULT_OPSET, help="ONNX opset for the onnx export."),
+    )
+
+    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
+        formats = params["format"] or ("onnx",)
+        for fmt in formats:
+            if route(rep, Repr(fmt)) is None:
+                raise UsageError(
+                    f"stage 'export': cannot make {fmt} from a {rep} model; modelpack converts "
+                    "keras -> savedmodel -> onnx or tflite, and an onnx input can only be exported as onnx."
+                )
+        return Repr(formats[0])
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        formats = [Repr(f) for f in dict.fromkeys(params["format"] or ("onnx",))]
+        reference = ctx.outputs(model)
+        probe = (f"eval data ({min(len(ctx.eval_data), 512)} samples)" if ctx.eval_data is not None
+                 else "random inputs from the signature")
+        result = StageResult(model=model)
+        for rep in formats:
+            if rep is model.rep:
+                out = model
+                if rep is Repr.ONNX:
+                    _check_onnx(model)
+            else:
+                out = ctx.convert(model, rep, params["opset"] if rep is Repr.ONNX else None)
+            metrics = compare(reference, ctx.outputs(out), ctx.eval_data)
+            diff = metrics["max_abs_diff"]
+            ctx.note(f"{rep}: max abs diff {diff:.3g} on {probe}")
+            if diff > ctx.atol:
+                raise StageFailed(
+                    self.name,
+                    f"the {rep} export differs from the source model by {diff:.3g} (max abs diff on {probe}), "
+                    f"above --atol {ctx.atol:g}. Raise --atol if this difference is expected.",
+                )
+            result.metrics[str(rep)] = metrics
+            result.artifact_metrics[rep] = {"parity": {**metrics, "atol": ctx.atol, "checked_on": probe}}
+            result.artifacts.append(out)
+        result.model = result.artifacts[0]
+        return result
+
+
+def _check_onnx(model: ModelRef) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(model.path), full_check=True)
+    except Exception as exc:
+        raise StageFailed("export", f"'{model.path}' is not a valid ONNX model: {exc}") from exc
