@@ -21,7 +21,12 @@ MAX_UNPACKED = 16 << 30  # refuse zip bombs: no package needs more than 16 GiB u
 
 
 def is_archive(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
+    """A zip holding modelpack.json (a `.keras` file is a zip too, without one)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return mf.MANIFEST_NAME in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def pack(root: Path, out: Path, *, compression: str = "deflate", force: bool = False) -> int:

@@ -66,6 +66,10 @@ def load(path: Path) -> PipelineSpec:
             if option is not None and isinstance(option.param_type, click.Path) and isinstance(value, str):
                 value = str(base / value)
             params[key] = value
+        try:
+            stage.resolve(params)  # validate now, so the error names this file
+        except UsageError as exc:
+            raise UsageError(f"--config '{path}': {exc}") from exc
         stages.append(StageSpec(name, params))
     try:
         return PipelineSpec(stages=stages, **{"input": None, "output": None, **values})

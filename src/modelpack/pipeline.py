@@ -7,8 +7,10 @@ directory and writes the package atomically. The input is only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -157,9 +159,14 @@ class _Run:
 
 def run(spec: PipelineSpec, reporter: Reporter | None = None) -> RunResult:
     """Run the pipeline described by `spec` and write its package atomically."""
+    # Frameworks print progress to stdout (tf_keras' export does); stdout belongs to results.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(spec, reporter or NullReporter())
+
+
+def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     from .inspection import load_native, signature_of
 
-    reporter = reporter or NullReporter()
     if spec.input is None:
         raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
     if spec.output is None:

@@ -104,7 +104,7 @@ def optimize(ctx: click.Context, **_: Any) -> None:
 
 
 # INPUT may come from --config instead. click refuses optional arguments on chain groups
-# because a stage name could be taken for INPUT; _run() names that case clearly instead.
+# because a stage name could be taken for INPUT; StageGroup.parse_args splits at stage names.
 optimize.params[0].required = False
 
 
@@ -116,8 +116,6 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
          as_json: bool, quiet: bool) -> None:
     from .. import config, pipeline
 
-    if input is not None and not input.exists() and str(input) in registry.names():
-        raise UsageError(f"missing INPUT: '{input}' is a stage. Usage: modelpack optimize INPUT -o OUT STAGE ...")
     spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
     if stage_specs and spec.stages:
         raise UsageError("give the stages either in --config or on the command line, not both.")

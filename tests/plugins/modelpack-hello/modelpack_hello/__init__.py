@@ -1,0 +1,55 @@
+"""Two tiny stages written the way any third party would write one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from modelpack.formats import ModelRef, Repr
+from modelpack.stages import Option, Stage, StageContext, StageResult
+
+
+class HelloStage(Stage):
+    name = "hello"
+    help = "Stamp a greeting into the ONNX model's metadata."
+    accepts = (Repr.ONNX,)
+    options = (
+        Option("greeting", str, default="hello", help="Text to stamp."),
+        Option("times", click.IntRange(1, 5), default=1, help="How often to repeat it."),
+    )
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        import onnx
+
+        proto = onnx.load(str(model.path))
+        text = " ".join([params["greeting"]] * params["times"])
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "greeting", text
+        out = ctx.scratch("hello.onnx")
+        onnx.save(proto, str(out))
+        return StageResult(model=ModelRef(Repr.ONNX, out), metrics={"greeting_chars": len(text)})
+
+
+class ExplodeStage(Stage):
+    name = "explode"
+    help = "Always fails, after writing a file, to test that failures leave nothing behind."
+    options = (Option("message", str, default="boom"),)
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        ctx.scratch("half-written.bin").write_bytes(b"\0" * 1024)
+        raise RuntimeError(params["message"])
+
+
+class NapStage(Stage):
+    name = "nap"
+    help = "Sleep after writing a scratch file, so tests can interrupt a run mid-stage."
+    options = (Option("seconds", float, default=30.0),)
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        import time
+
+        ctx.scratch("napping.bin").write_bytes(b"\0" * 1024)
+        ctx.note("napping")
+        time.sleep(params["seconds"])
+        return StageResult(model=model)

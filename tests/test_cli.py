@@ -1,0 +1,151 @@
+"""The command line: lazy imports, stage listing, and bad invocations and inputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, EXAMPLE, run_cli, run_subprocess
+
+
+def test_help_does_not_import_tensorflow_and_is_fast() -> None:
+    import subprocess
+
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['modelpack', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('modelpack', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx', 'onnxruntime') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "optimize" in proc.stdout
+    assert "HEAVY=\n" in proc.stdout, proc.stdout
+    start = time.perf_counter()
+    result = run_subprocess("--help")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0
+    assert elapsed < 2.0, f"modelpack --help took {elapsed:.2f}s"
+
+
+def test_stage_help_does_not_import_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import sys\nfrom modelpack.cli import main\n"
+        "try:\n    main(['optimize', 'x.keras', 'export', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TF=' + str('tensorflow' in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "--format" in proc.stdout and "TF=False" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_stages_lists_builtin_export_with_options() -> None:
+    result = run_cli("stages", "--json")
+    assert result.exit_code == 0
+    listing = {s["name"]: s for s in json.loads(result.stdout)}
+    assert "export" in listing
+    flags = {o["flag"] for o in listing["export"]["options"]}
+    assert {"--format", "--opset"} <= flags
+    text = run_cli("stages").output
+    assert "export" in text and "--format" in text and "[default: 17]" in text
+
+
+def test_missing_input_file(tmp_path: Path) -> None:
+    result = run_cli("optimize", tmp_path / "nope.keras", "-o", tmp_path / "out", "export")
+    assert result.exit_code == 2
+    assert "nope.keras" in result.output and "no such file" in result.output
+    assert "Keras 3 .keras" in result.output  # the accepted formats are named
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_bytes_named_onnx(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(bytes(range(256)) * 40)
+    result = run_subprocess("optimize", bogus, "-o", tmp_path / "out", "export")
+    assert result.returncode == 2
+    assert "model.onnx" in result.stderr and "Expected" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_directory_that_is_not_a_savedmodel(tmp_path: Path) -> None:
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "notamodel" / "readme.txt").write_text("hi")
+    result = run_cli("optimize", tmp_path / "notamodel", "-o", tmp_path / "out", "export")
+    assert result.exit_code == 2
+    assert "not a TF SavedModel" in result.output
+
+
+def test_unknown_stage_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "out", "frobnicate")
+    assert result.exit_code == 2
+    assert "unknown stage 'frobnicate'" in result.output and "export" in result.output
+
+
+def test_bad_option_value_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "out", "export", "--format", "pdf")
+    assert result.exit_code == 2
+    assert "--format" in result.output and "pdf" in result.output
+    result = run_cli("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "out", "export", "--opset", "banana")
+    assert result.exit_code == 2 and "--opset" in result.output
+
+
+def test_missing_input_before_stage_is_named(tmp_path: Path) -> None:
+    result = run_cli("optimize", "-o", tmp_path / "out", "export")
+    assert result.exit_code == 2
+    assert "no input model: give INPUT" in result.output
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = run_subprocess("--debug", "optimize", tmp_path / "nope.keras", "-o", tmp_path / "out", "export")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+
+
+def test_json_error_for_machines(tmp_path: Path) -> None:
+    result = run_subprocess("optimize", tmp_path / "nope.keras", "-o", tmp_path / "out", "--json", "export")
+    assert result.returncode == 2
+    payload = json.loads(result.stdout)
+    assert payload["status"] == "error" and payload["exit_code"] == 2 and "nope.keras" in payload["error"]
+
+
+def test_impossible_pipeline_is_refused_before_work(models, tmp_path: Path) -> None:
+    onnx_model = models["onnx"].path
+    result = run_cli("optimize", onnx_model, "-o", tmp_path / "out", "export", "--format", "tflite")
+    assert result.exit_code == 2
+    assert "cannot make tflite from a onnx model" in result.output
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_without_force(tmp_path: Path, models) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("optimize", models["onnx"].path, "-o", out, "export")
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    result = run_cli("optimize", models["onnx"].path, "-o", out, "--force", "export")
+    assert result.exit_code == 0, result.output
+    assert not (out / "keep.txt").exists() and (out / "modelpack.json").is_file()
+
+
+def test_version() -> None:
+    from modelpack import __version__
+
+    assert run_cli("--version").output.strip().endswith(__version__)
+    assert (BIN / "modelpack").exists()
+
+
+@pytest.mark.parametrize("args", [["verify"], ["pack", "x"], ["predict", "x"]])
+def test_commands_require_their_arguments(args: list[str]) -> None:
+    assert run_cli(*args).exit_code == 2

@@ -1,0 +1,49 @@
+"""Third-party stages: installed with pip, they appear as subcommands with no change to modelpack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from conftest import run_cli, run_subprocess
+
+
+def test_plugin_stage_is_listed(plugin_site: Path) -> None:
+    result = run_subprocess("stages", "--json", env={"PYTHONPATH": str(plugin_site)})
+    assert result.returncode == 0, result.stderr
+    stages = {s["name"]: s for s in json.loads(result.stdout)}
+    assert {"export", "hello", "explode"} <= set(stages)
+    assert stages["hello"]["from"] == "modelpack-hello 0.1.0"
+    assert [o["flag"] for o in stages["hello"]["options"]] == ["--greeting", "--times"]
+    help_text = run_subprocess("optimize", "--help", env={"PYTHONPATH": str(plugin_site)}).stdout
+    assert "hello" in help_text and "Stamp a greeting" in help_text
+
+
+def test_plugin_stage_runs_in_a_pipeline(plugin_site: Path, models, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    result = run_subprocess("optimize", models["onnx"].path, "-o", out, "hello", "--greeting", "hi", "--times", "2",
+                            env={"PYTHONPATH": str(plugin_site)})
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "modelpack.json").read_text())
+    stage = manifest["lineage"]["stages"][0]
+    assert stage["name"] == "hello" and stage["params"] == {"greeting": "hi", "times": 2}
+    assert stage["metrics"] == {"greeting_chars": 5}
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta["greeting"] == "hi hi"
+
+
+def test_plugin_options_are_validated(plugin, models, tmp_path: Path) -> None:
+    result = run_cli("optimize", models["onnx"].path, "-o", tmp_path / "pkg", "hello", "--times", "9")
+    assert result.exit_code == 2 and "--times" in result.output
+
+
+def test_plugin_gets_conversions_from_the_pipeline(plugin, models, tmp_path: Path) -> None:
+    """A stage that accepts only ONNX, after a Keras input: the pipeline converts first."""
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", models["tf_keras_h5"].path, "-o", out, "-q", "hello")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "modelpack.json").read_text())
+    assert manifest["lineage"]["stages"][0]["input_format"] == "onnx"
+    assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]
