@@ -44,7 +44,8 @@ def test_export_formats_with_parity(models, tmp_path: Path, kind: str) -> None:
     stage = manifest["lineage"]["stages"][0]
     assert stage["name"] == "export" and stage["status"] == "ok" and stage["duration_s"] >= 0
     assert stage["finished_at"] >= stage["started_at"]
-    assert set(stage["metrics"]) == set(CASES[kind])
+    assert set(CASES[kind]) <= set(stage["metrics"])
+    assert {"size_bytes", "compressed_bytes", "accuracy"} <= set(stage["metrics"])
     assert manifest["lineage"]["source"]["sha256"] and manifest["created_by"]["frameworks"]["onnxruntime"]
 
     # Every artifact answers like the source model, through modelpack's own runtimes.

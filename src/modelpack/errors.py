@@ -35,6 +35,10 @@ class StageFailed(ModelpackError):
         self.stage = stage
 
 
+class GateFailed(ModelpackError):
+    """A measured metric crossed a limit the user set, e.g. --max-accuracy-drop (exit 1)."""
+
+
 class IntegrityError(ModelpackError):
     """A package does not match its manifest: checksum, schema or load failure (exit 1)."""
 

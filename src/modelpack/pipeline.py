@@ -21,8 +21,9 @@ from . import convert
 from . import manifest as mf
 from .atomic import atomic_dir, check_output
 from .data import Dataset, load_dataset, random_inputs
-from .errors import ModelpackError, StageFailed, UsageError
-from .evaluation import EVAL_LIMIT, accuracy, run_batched
+from .errors import GateFailed, ModelpackError, StageFailed, UsageError
+from .archive import compressed_size
+from .evaluation import EVAL_LIMIT, accuracy, agreement, max_abs_diff, run_batched
 from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
 from .package import copy_artifact, digest
 from .runtimes import load_runner
@@ -48,6 +49,8 @@ class PipelineSpec:
     name: str | None = None
     model_version: str = "1"
     unsafe_load: bool = False
+    max_accuracy_drop: float | None = None
+    on_violation: str = "fail"
     force: bool = False
 
 
@@ -89,10 +92,11 @@ def plan(spec: PipelineSpec, source_rep: Repr) -> list[PlannedStage]:
     for index, stage_spec in enumerate(spec.stages, 1):
         stage = registry.get(stage_spec.name)
         params = stage.resolve(stage_spec.params)
-        target = next((r for r in ((rep,) if rep in stage.accepts else ()) + stage.accepts
+        accepts = stage.accepts_for(params)
+        target = next((r for r in ((rep,) if rep in accepts else ()) + accepts
                        if convert.route(rep, r) is not None), None)
         if target is None:
-            accepted = ", ".join(str(r) for r in stage.accepts)
+            accepted = ", ".join(str(r) for r in accepts)
             raise UsageError(
                 f"stage {index} '{stage.name}' works on {accepted} models, but the pipeline holds a {rep} model "
                 f"there and no conversion reaches those (modelpack converts keras -> savedmodel -> onnx or tflite)."
@@ -122,6 +126,8 @@ class _Run:
         self.reporter = reporter
         self._outputs: dict[Path, dict[str, Any]] = {}
         self._converted: dict[tuple[Path, Repr, int | None], ModelRef] = {}
+        self._datasets: dict[tuple[str, str], Dataset] = {}
+        self.source_accuracy: float | None = None
         self.probe = eval_data.head(EVAL_LIMIT).inputs if eval_data is not None else random_inputs(signature)
 
     def outputs(self, ref: ModelRef) -> dict[str, Any]:
@@ -149,11 +155,37 @@ class _Run:
     def scratch(self, name: str) -> Path:
         return convert.scratch(self.work, name)
 
+    def dataset(self, path: Any, option: str) -> Dataset:
+        key = (str(path), option)
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(path, self.signature, option)
+        return self._datasets[key]
+
+    def measure(self, ref: ModelRef, compression: str) -> dict[str, Any]:
+        """Size (raw and as the archive would store it), accuracy, and fidelity against the source."""
+        found: dict[str, Any] = {"size_bytes": digest(ref.path).size,
+                                 "compressed_bytes": compressed_size(ref.path, compression)}
+        outputs = self.outputs(ref)
+        if ref.path != self.source.path:
+            reference = self.outputs(self.source)
+            found["max_abs_diff"] = max_abs_diff(reference, outputs)
+            agree = agreement(reference, outputs)
+            if agree is not None:
+                found["top1_agreement"] = round(agree, 3)
+        if self.eval_data is not None and self.eval_data.labels is not None:
+            acc = accuracy(outputs, self.eval_data.labels[:EVAL_LIMIT])
+            if acc is not None:
+                found["accuracy"] = round(acc, 3)
+                if self.source_accuracy is not None and ref.path != self.source.path:
+                    found["accuracy_drop"] = round(self.source_accuracy - acc, 3)
+        return found
+
     def context(self) -> StageContext:
         return StageContext(
             workdir=self.work, signature=self.signature, source=self.source, eval_data=self.eval_data,
-            atol=self.spec.atol, safe=not self.spec.unsafe_load, note=self.reporter.note,
-            convert=self.convert, outputs=self.outputs, scratch=self.scratch,
+            atol=self.spec.atol, safe=not self.spec.unsafe_load, probe={k: v[:8] for k, v in self.probe.items()},
+            note=self.reporter.note, dataset=self.dataset, convert=self.convert, outputs=self.outputs,
+            scratch=self.scratch,
         )
 
 
@@ -174,6 +206,8 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     source = detect(spec.input)
     check_output(spec.output, spec.force)
     _check_identity(spec, source)
+    if spec.on_violation not in ("fail", "skip"):
+        raise UsageError(f"--on-violation '{spec.on_violation}': use fail or skip.")
     planned = plan(spec, source.rep)
     if spec.output.absolute() == source.path.absolute():
         raise UsageError(f"output '{spec.output}' is the input model; pick another -o.")
@@ -183,6 +217,8 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     signature = signature_of(source, native=native)
     eval_data = load_dataset(spec.eval_data, signature) if spec.eval_data else None
     del native
+    if spec.max_accuracy_drop is not None and (eval_data is None or eval_data.labels is None):
+        raise UsageError("--max-accuracy-drop needs --eval-data with labels (array 'y') to measure accuracy.")
 
     output = spec.output.absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +226,13 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
         work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-work-", dir=output.parent))
         try:
             state = _Run(spec, source, signature, work, eval_data, reporter)
+            compression = "deflate"
+            source_metrics = state.measure(source, compression)
+            state.source_accuracy = source_metrics.get("accuracy")
             source_record: dict[str, Any] = {
                 "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
-                "size": source_digest.size,
+                "size": source_digest.size, "metrics": source_metrics,
             }
-            if eval_data is not None and eval_data.labels is not None:
-                acc = accuracy(state.outputs(source), eval_data.labels[:EVAL_LIMIT])
-                if acc is not None:
-                    source_record["metrics"] = {"accuracy": round(acc, 3)}
             held = source
             records: list[dict[str, Any]] = []
             packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}
@@ -206,16 +241,30 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 started, t0 = mf.now(), time.perf_counter()
                 model = state.convert(held, step.input_rep)
                 result = _run_stage(step, model, state.context())
+                compression = result.archive_compression or compression
+                metrics = {**result.metrics, **state.measure(result.model, compression)}
                 record = {
                     "name": step.stage.name, "params": _jsonable(step.params), "started_at": started,
                     "finished_at": mf.now(), "duration_s": round(time.perf_counter() - t0, 3),
-                    "metrics": result.metrics, "input_format": str(model.rep), "output_format": str(result.model.rep),
+                    "metrics": metrics, "input_format": str(model.rep), "output_format": str(result.model.rep),
                     "status": "ok",
                 }
-                if result.notes:
-                    record["notes"] = result.notes
+                notes = list(result.notes)
+                violation = _gate(spec, step.stage.name, metrics)
+                if violation and spec.on_violation == "fail":
+                    raise GateFailed(violation + " Pass --on-violation skip to drop this stage and go on.")
+                if violation:
+                    record["status"] = "skipped"
+                    notes.append(violation + " The stage's output was dropped; the pipeline went on from its input.")
+                    reporter.note("skipped: " + violation)
+                if notes:
+                    record["notes"] = notes
+                record["finished_at"] = mf.now()
+                record["duration_s"] = round(time.perf_counter() - t0, 3)
                 records.append(record)
                 reporter.stage_finished(record)
+                if violation:
+                    continue
                 for artifact in result.artifacts:
                     packaged[artifact.rep] = (artifact, result.artifact_metrics.get(artifact.rep, {}))
                 held = result.model
@@ -223,10 +272,29 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 packaged[held.rep] = (held, {})
             if digest(source.path) != source_digest:  # pragma: no cover - a guard, never expected to fire
                 raise ModelpackError(f"input '{source.path}' changed during the run; nothing was written.")
-            manifest = _write_package(staging, spec, source, signature, source_record, records, packaged)
+            packaged = {rep: (ref, {**extra, "measured": _artifact_view(state.measure(ref, compression))})
+                        for rep, (ref, extra) in packaged.items()}
+            manifest = _write_package(staging, spec, source, signature, source_record, records, packaged,
+                                      compression)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return RunResult(output, manifest)
+
+
+def _artifact_view(measured: dict[str, Any]) -> dict[str, Any]:
+    """What a package artifact records of its measurement: quality against the source model."""
+    keys = ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff")
+    return {k: measured[k] for k in keys if k in measured}
+
+
+def _gate(spec: PipelineSpec, stage: str, metrics: dict[str, Any]) -> str | None:
+    """The reason a stage's output breaks --max-accuracy-drop, or None."""
+    drop = metrics.get("accuracy_drop")
+    if spec.max_accuracy_drop is None or drop is None or drop <= spec.max_accuracy_drop:
+        return None
+    source = metrics["accuracy"] + drop
+    return (f"stage '{stage}' lost {drop:.2f} accuracy points ({source:.2f}% -> {metrics['accuracy']:.2f}%), "
+            f"more than --max-accuracy-drop {spec.max_accuracy_drop:g}.")
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -252,7 +320,7 @@ def _run_stage(step: PlannedStage, model: ModelRef, ctx: StageContext) -> StageR
 
 def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signature: Signature,
                    source_record: dict[str, Any], records: list[dict[str, Any]],
-                   packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]]) -> dict[str, Any]:
+                   packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]], compression: str) -> dict[str, Any]:
     artifacts = []
     for rep in Repr:
         if rep not in packaged:
@@ -263,7 +331,8 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
             name = "model.h5"
         copy_artifact(ref.path, staging / name)
         d = digest(staging / name)
-        entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind}
+        entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind,
+                 "compressed_size": compressed_size(staging / name, compression)}
         entry.update(extra)
         artifacts.append(entry)
     data = {
@@ -273,6 +342,9 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
         "signature": signature.to_dict(),
         "artifacts": artifacts,
         "lineage": {"source": source_record, "stages": records},
+        "archive": {"compression": compression,
+                    "raw_bytes": sum(a["size"] for a in artifacts),
+                    "compressed_bytes": sum(a["compressed_size"] for a in artifacts)},
         "created_by": mf.created_by(),
         "created_at": mf.now(),
     }

@@ -87,6 +87,10 @@ class StageGroup(click.Group):
 @click.option("--atol", type=click.FloatRange(min=0), help="Max abs diff an export may show.  [default: 1e-4]")
 @click.option("--name", help="Package name.  [default: the input's file name]")
 @click.option("--model-version", help="Package version.  [default: 1]")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
+              help="Fail (or skip) a stage whose output loses more accuracy points than this.")
+@click.option("--on-violation", type=click.Choice(["fail", "skip"]),
+              help="On a --max-accuracy-drop violation: fail the run, or drop the stage and go on.  [default: fail]")
 @click.option("--unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
@@ -112,8 +116,8 @@ optimize.params[0].required = False
 @click.pass_context
 def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, output: Path | None,
          config_file: Path | None, save_config: Path | None, dry_run: bool, eval_data: Path | None,
-         atol: float | None, name: str | None, model_version: str | None, unsafe_load: bool, force: bool,
-         as_json: bool, quiet: bool) -> None:
+         atol: float | None, name: str | None, model_version: str | None, max_accuracy_drop: float | None,
+         on_violation: str | None, unsafe_load: bool, force: bool, as_json: bool, quiet: bool) -> None:
     from .. import config, pipeline
 
     spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
@@ -122,7 +126,8 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
     if stage_specs:
         spec.stages = list(stage_specs)
     overrides = {"input": input, "output": output, "eval_data": eval_data, "atol": atol, "name": name,
-                 "model_version": model_version}
+                 "model_version": model_version, "max_accuracy_drop": max_accuracy_drop,
+                 "on_violation": on_violation}
     for key, value in overrides.items():
         if value is not None:
             setattr(spec, key, value)
@@ -199,7 +204,7 @@ def stages(ctx: click.Context, as_json: bool) -> None:
         listing.append({
             "name": name, "help": stage.help, "accepts": [str(r) for r in stage.accepts],
             "from": registry.origin(name),
-            "options": [{"flag": o.flag, "type": o.param_type.name, "default": o.default, "multiple": o.multiple,
+            "options": [{"flag": o.flag, "type": "flag" if o.is_flag else o.param_type.name, "default": o.default, "multiple": o.multiple,
                          "help": o.help} for o in stage.options],
         })
     if as_json:

@@ -82,12 +82,14 @@ def verify(ctx: click.Context, package: Path, no_load: bool, as_json: bool) -> N
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .mpk file to write.")
-@click.option("--compression", type=click.Choice(sorted(COMPRESSION)), default="deflate", show_default=True,
-              help="How the archive compresses the artifacts.")
+@click.option("--compression", type=click.Choice(sorted(COMPRESSION)),
+              help="How the archive compresses the artifacts.  [default: what `compress --archive` recorded, "
+                   "else deflate]")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def pack(ctx: click.Context, package: Path, output: Path, compression: str, force: bool, as_json: bool) -> None:
+def pack(ctx: click.Context, package: Path, output: Path, compression: str | None, force: bool,
+         as_json: bool) -> None:
     """Write a package as one .mpk archive (zip), after checking its checksums."""
     from ..archive import pack as write_archive
     from ..atomic import check_output
@@ -98,6 +100,7 @@ def pack(ctx: click.Context, package: Path, output: Path, compression: str, forc
     with open_package(package) as pkg:
         pkg.check_checksums()
         raw = sum(a["size"] for a in pkg.artifacts)
+        compression = compression or pkg.manifest.get("archive", {}).get("compression", "deflate")
         size = write_archive(pkg.root, output, compression=compression, force=force)
     result = {"status": "ok", "output": str(output), "raw_size": raw, "archive_size": size,
               "ratio": round(raw / size, 3) if size else None, "compression": compression}

@@ -8,6 +8,7 @@ import time
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
@@ -57,39 +58,85 @@ def signature_table(signature: dict[str, Any]) -> Table:
     return table("Signature", ("", "name", "dtype", "shape (-1 = dynamic)"), rows)
 
 
+def _quality(m: dict[str, Any]) -> str:
+    if "accuracy" in m:
+        drop = m.get("accuracy_drop")
+        return f"{m['accuracy']:.2f}%" + (f" ({-drop:+.2f})" if drop is not None else "")
+    if "top1_agreement" in m:
+        return f"agree {m['top1_agreement']:.1f}%"
+    return "-"
+
+
+def _size(m: dict[str, Any], raw: str = "size_bytes", packed: str = "compressed_bytes") -> str:
+    if raw not in m:
+        return "-"
+    return f"{human_size(m[raw])} -> {human_size(m.get(packed))}"
+
+
 def artifacts_table(artifacts: list[dict[str, Any]]) -> Table:
     rows = []
     for a in artifacts:
+        measured = a.get("measured", {})
         parity = a.get("parity", {})
-        rows.append((a["format"], a["path"], human_size(a["size"]), a["sha256"][:12],
-                     fmt_num(parity.get("max_abs_diff")), fmt_num(parity.get("accuracy"))))
-    return table("Artifacts", ("format", "path", "size", "sha256", "max abs diff", "accuracy %"), rows)
+        diff = parity.get("max_abs_diff", measured.get("max_abs_diff"))
+        rows.append((a["format"], a["path"], _size({"s": a["size"], "c": a.get("compressed_size")}, "s", "c"),
+                     a["sha256"][:12], _quality(measured or parity), fmt_num(diff)))
+    return table("Artifacts", ("format", "path", "size -> compressed", "sha256", "accuracy (drop)",
+                               "max abs diff"), rows)
+
+
+# Per-stage metrics worth a glance; everything else stays in the manifest and --json.
+HIGHLIGHTS = {
+    "sparsity": lambda v: f"sparsity {v:.1%}",
+    "mode": lambda v: str(v),
+    "method": lambda v: str(v),
+    "speedup": lambda v: f"speed x{v:.2f}",
+    "clusters": lambda v: f"{v} clusters",
+    "nodes_after": lambda v: f"{v} nodes",
+}
+
+
+def _highlights(name: str, metrics: dict[str, Any]) -> str:
+    parts = [fmt(metrics[k]) for k, fmt in HIGHLIGHTS.items() if k in metrics]
+    if name == "export":
+        parts += [f"{k} diff {fmt_num(v.get('max_abs_diff'))}" for k, v in metrics.items() if isinstance(v, dict)]
+    return ", ".join(parts)
+
+
+def stage_defaults(lineage: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Default parameters of the stages in a lineage, so tables show only what the user changed."""
+    from ..errors import UsageError
+    from ..stages import registry
+
+    found = {}
+    for name in {rec["name"] for rec in lineage["stages"]}:
+        try:
+            found[name] = registry.get(name).defaults()
+        except UsageError:  # a plugin stage that is not installed here
+            continue
+    return found
 
 
 def lineage_table(lineage: dict[str, Any]) -> Table:
+    defaults = stage_defaults(lineage)
     src = lineage["source"]
-    rows: list[tuple[Any, ...]] = [("source", src["format"], "-", src["path"], _metrics_text(src.get("metrics", {})))]
+    sm = src.get("metrics", {})
+    rows: list[tuple[Any, ...]] = [("source", src["format"], "-", _size(sm), _quality(sm), src["path"])]
     for rec in lineage["stages"]:
-        params = ", ".join(f"{k}={v}" for k, v in rec["params"].items() if v not in (None, [], ""))
         status = "" if rec.get("status", "ok") == "ok" else f" [{rec['status']}]"
+        known = defaults.get(rec["name"], {})
+        params = ", ".join(f"{k}={v}" for k, v in rec["params"].items()
+                           if v not in (None, [], "", False) and _differs(v, known.get(k, object())))
+        details = "; ".join(p for p in (_highlights(rec["name"], rec["metrics"]), params) if p)
         rows.append((rec["name"] + status, f"{rec.get('input_format', '?')} -> {rec.get('output_format', '?')}",
-                     f"{rec['duration_s']:.2f}s", params, _metrics_text(rec["metrics"])))
-    return table("Lineage", ("step", "formats", "time", "parameters", "metrics"), rows)
+                     f"{rec['duration_s']:.2f}s", _size(rec["metrics"]), _quality(rec["metrics"]), details))
+    return table("Lineage", ("step", "formats", "time", "size -> compressed", "accuracy (drop)", "details"), rows)
 
 
-SHORT = {"max_abs_diff": "diff", "top1_agreement": "agree%", "accuracy": "acc%"}
-
-
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    parts = []
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{SHORT.get(k, k)} {fmt_num(v)}" for k, v in value.items()
-                              if not isinstance(v, (dict, list)))
-            parts.append(f"{key}: {inner}")
-        elif not isinstance(value, list):
-            parts.append(f"{SHORT.get(key, key)} {fmt_num(value)}")
-    return "; ".join(parts)
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(default, tuple):
+        default = list(default)
+    return value != default
 
 
 class RichReporter:
@@ -113,7 +160,10 @@ class RichReporter:
             self._status.stop()
             self._status = None
         if not self.quiet:
-            err.print(f"[green]✓[/] {self._label} [dim]{record['duration_s']:.2f}s[/]  {_metrics_text(record['metrics'])}")
+            m = record["metrics"]
+            status = "[green]✓[/]" if record.get("status", "ok") == "ok" else "[yellow]skipped[/]"
+            err.print(f"{status} {self._label} [dim]{record['duration_s']:.2f}s[/]  {_size(m)}  {_quality(m)}  "
+                      f"{escape(_highlights(record['name'], m))}")
 
     def note(self, message: str) -> None:
         if not self.quiet:

@@ -79,7 +79,9 @@ class StageContext:
     eval_data: Dataset | None = None
     atol: float = 1e-4
     safe: bool = True
+    probe: dict[str, Any] = field(default_factory=dict)  # a few eval (or random) inputs
     note: Callable[[str], None] = lambda message: None
+    dataset: Callable[[Any, str], Dataset] = field(default=lambda path, option: None)  # type: ignore[assignment,return-value]
     convert: Callable[..., ModelRef] = field(default=lambda m, r, opset=None: m)
     outputs: Callable[[ModelRef], dict[str, Any]] = field(default=lambda m: {})
     scratch: Callable[[str], Path] = field(default=lambda name: Path(name))
@@ -94,6 +96,7 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     artifact_metrics: dict[Repr, dict[str, Any]] = field(default_factory=dict)
+    archive_compression: str | None = None  # how `pack` should compress this package, when a stage decides
 
 
 class Stage:
@@ -123,9 +126,25 @@ class Stage:
                 raise UsageError(f"stage '{self.name}': option {option.flag} is required.")
         return params
 
+    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
+        """What the stage accepts with these parameters; by default `accepts`."""
+        return self.accepts
+
     def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
         """Check the parameters against the input representation before any work; return the output's."""
         return rep
 
     def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
         raise NotImplementedError
+
+
+# Options several built-in stages share, declared once.
+TRAIN_DATA = Option("train-data", click.Path(dir_okay=False), help="An .npz with arrays x and y to fine-tune on.")
+EPOCHS = Option("epochs", click.IntRange(1, 1000), default=12, help="Fine-tuning epochs (with --train-data).")
+BATCH_SIZE = Option("batch-size", click.IntRange(1, 65536), default=32, help="Fine-tuning batch size.")
+LEARNING_RATE = Option("learning-rate", click.FloatRange(0, 1, min_open=True), default=1e-3,
+                       help="Fine-tuning learning rate (Adam).")
+LOSS = Option("loss", click.Choice(["auto", "sparse_categorical_crossentropy", "categorical_crossentropy", "mse",
+                                    "binary_crossentropy"]), default="auto",
+              help="Fine-tuning loss; auto picks one from the labels and the model's outputs.")
+FINE_TUNING = (TRAIN_DATA, EPOCHS, BATCH_SIZE, LEARNING_RATE, LOSS)
