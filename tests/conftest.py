@@ -77,12 +77,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFile]:
     # Keras 3 functional CNN with BatchNormalization, DepthwiseConv2D and a residual Add.
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    # Layers big enough that 80% sparsity rounds to within a point, and that TFLite's
+    # dynamic-range quantization (tensors of 1024+ elements) has something to quantize.
+    x = keras.layers.Conv2D(16, 3, padding="same")(inp)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.ReLU()(x)
     y = keras.layers.DepthwiseConv2D(3, padding="same")(x)
     x = keras.layers.Add()([x, y])
     x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
     probs = keras.layers.Dense(3, activation="softmax", name="probs")(x)
     cnn = keras.Model(inp, probs)
     x_img = rng.random((24, 8, 8, 1), dtype=np.float32)
@@ -97,7 +100,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFile]:
     tf_keras.utils.set_random_seed(0)
     mlp = tf_keras.Sequential([
         tf_keras.layers.Input((16,), name="features"),
-        tf_keras.layers.Dense(32, activation="relu"),
+        tf_keras.layers.Dense(64, activation="relu"),
         tf_keras.layers.Dense(4, activation="softmax", name="scores"),
     ])
     mlp.save(base / "mlp.h5")

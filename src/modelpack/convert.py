@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StageFailed
+from .errors import ModelpackError, StageFailed
 from .formats import ModelRef, Repr
 from .signature import Signature
 
@@ -119,7 +119,7 @@ def savedmodel_to_tflite(ref: ModelRef, workdir: Path, signature: Signature, ops
         if configure is not None:
             configure(converter)
         out.write_bytes(converter.convert())
-    except StageFailed:
+    except ModelpackError:
         raise
     except Exception as exc:
         raise StageFailed("convert", f"the TFLite converter failed: {str(exc).splitlines()[0][:300]}") from exc

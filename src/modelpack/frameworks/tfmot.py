@@ -127,7 +127,7 @@ def prune(model: Any, sparsity: float, structure: tuple[int, int] | None, traini
 
     def clone(layer: Any) -> Any:
         has_weights = bool(layer.trainable_weights)
-        if prune_registry.PruneRegistry.supports(layer) and _prunable_names(prune_registry, layer):
+        if prune_registry.PruneRegistry.supports(layer) and _weight_names(prune_registry.PruneRegistry, layer):
             try:
                 kwargs = {"sparsity_m_by_n": structure} if structure else {"pruning_schedule": schedule}
                 out = sk.prune_low_magnitude(layer, **kwargs)
@@ -169,9 +169,9 @@ def prune(model: Any, sparsity: float, structure: tuple[int, int] | None, traini
     return stripped, report
 
 
-def _prunable_names(registry: Any, layer: Any) -> list[str]:
+def _weight_names(registry: Any, layer: Any) -> list[str]:
     try:
-        return list(registry.PruneRegistry._weight_names(layer))
+        return list(registry._weight_names(layer))
     except (ValueError, AttributeError):
         return []
 
@@ -181,8 +181,13 @@ def _is_prunable_weight(name: str, layer: Any) -> bool:
     return short in ("kernel", "embeddings", "pointwise_kernel", "depthwise_kernel")
 
 
-def cluster(model: Any, clusters: int, training: Training | None, note: Note) -> tuple[Any, dict[str, int]]:
-    """Weight clustering with cluster_weights, then strip_clustering; returns unique values per layer."""
+def cluster(model: Any, clusters: int, training: Training | None,
+            note: Note) -> tuple[Any, dict[str, int], list[str]]:
+    """Weight clustering with cluster_weights, then strip_clustering.
+
+    Returns the model, the unique values per clustered kernel, and the layers left unclustered
+    (tfmot refuses some, e.g. DepthwiseConv2D, for their accuracy loss).
+    """
     mot = tfmot()
     cl = mot.clustering.keras
     params = {"number_of_clusters": clusters,
@@ -191,15 +196,19 @@ def cluster(model: Any, clusters: int, training: Training | None, note: Note) ->
     from tensorflow_model_optimization.python.core.clustering.keras import clustering_registry
 
     clustered_names: list[str] = []
+    skipped: list[str] = []
 
     def clone(layer: Any) -> Any:
-        if layer.trainable_weights and clustering_registry.ClusteringRegistry.supports(layer):
+        registry = clustering_registry.ClusteringRegistry
+        if layer.trainable_weights and registry.supports(layer) and _weight_names(registry, layer):
             try:
                 out = cl.cluster_weights(layer, **params)
                 clustered_names.append(layer.name)
                 return out
             except (ValueError, TypeError) as exc:
                 note(f"layer {layer.name} not clustered: {str(exc).splitlines()[0][:120]}")
+        if layer.trainable_weights:
+            skipped.append(f"{layer.name} ({type(layer).__name__})")
         return layer
 
     # Centroids are initialised from the trained weights of the layers handed to clone().
@@ -210,10 +219,10 @@ def cluster(model: Any, clusters: int, training: Training | None, note: Note) ->
     unique = {}
     for layer in stripped.layers:
         if layer.name in clustered_names:
-            kernel = next((w.numpy() for w in layer.weights if "kernel" in w.name), None)
+            kernel = next((w.numpy() for w in layer.weights if _is_prunable_weight(w.name, layer)), None)
             if kernel is not None:
                 unique[layer.name] = int(np.unique(kernel).size)
-    return stripped, unique
+    return stripped, unique, skipped
 
 
 def quantize_aware(model: Any, training: Training, note: Note) -> Any:

@@ -70,9 +70,12 @@ def _cluster(model: ModelRef, clusters: int, params: dict[str, Any], ctx: StageC
         notes.append("clustering without --train-data: centroids are not fine-tuned; expect an accuracy drop")
         ctx.note(notes[-1])
     tf_model = tfmot.load_tf_keras(model, ctx.safe, ctx.probe, ctx.note)
-    clustered, unique = tfmot.cluster(tf_model, clusters, training, ctx.note)
+    clustered, unique, skipped = tfmot.cluster(tf_model, clusters, training, ctx.note)
+    if skipped:
+        notes.append("not clustered (tfmot does not cluster these): " + ", ".join(skipped))
+        ctx.note(notes[-1])
     metrics = {"clusters": clusters, "mode": "fine-tuned" if training else "one-shot",
-               "unique_weights_per_layer": unique}
+               "unique_weights_per_layer": unique, "unclustered_layers": skipped}
     return StageResult(model=save_tf_keras(clustered, ctx, "clustered"), metrics=metrics, notes=notes)
 
 

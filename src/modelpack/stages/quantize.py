@@ -108,13 +108,13 @@ def _tflite(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: l
     method = params["method"]
     if method == "qat":
         return _qat(model, params, ctx, notes)
+    calib = calibration_data(params, ctx) if method == "static" else None
 
     def configure(converter: Any) -> None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if method == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        elif method == "static":
-            calib = calibration_data(params, ctx)
+        elif calib is not None:
             ctx.note(f"calibrating on {len(calib)} samples")
             names = list(calib.inputs)
 
