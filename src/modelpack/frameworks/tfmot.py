@@ -181,8 +181,12 @@ def _is_prunable_weight(name: str, layer: Any) -> bool:
     return short in ("kernel", "embeddings", "pointwise_kernel", "depthwise_kernel")
 
 
-def cluster(model: Any, clusters: int, training: Training | None,
-            note: Note) -> tuple[Any, dict[str, int], list[str]]:
+CENTROID_INIT = {"linear": "LINEAR", "kmeans++": "KMEANS_PLUS_PLUS", "density": "DENSITY_BASED",
+                 "random": "RANDOM"}
+
+
+def cluster(model: Any, clusters: int, training: Training | None, note: Note,
+            init: str = "linear") -> tuple[Any, dict[str, int], list[str]]:
     """Weight clustering with cluster_weights, then strip_clustering.
 
     Returns the model, the unique values per clustered kernel, and the layers left unclustered
@@ -191,7 +195,7 @@ def cluster(model: Any, clusters: int, training: Training | None,
     mot = tfmot()
     cl = mot.clustering.keras
     params = {"number_of_clusters": clusters,
-              "cluster_centroids_init": cl.CentroidInitialization.KMEANS_PLUS_PLUS}
+              "cluster_centroids_init": getattr(cl.CentroidInitialization, CENTROID_INIT[init])}
     tf_keras = tfw.tf_keras()
     from tensorflow_model_optimization.python.core.clustering.keras import clustering_registry
 

@@ -21,6 +21,9 @@ class CompressStage(Stage):
         Option("clusters", click.IntRange(2, 256),
                help="Keras: share each layer's weights among N values (tfmot cluster_weights). "
                     "Default on Keras models: 16."),
+        Option("centroid-init", click.Choice(["linear", "kmeans++", "density", "random"]), default="linear",
+               help="How cluster centroids start. linear (Han et al., Deep Compression) kept accuracy best and "
+                    "gives skewed cluster use that compresses better."),
         Option("graph", click.Choice(["basic", "extended"]),
                help="ONNX: onnxruntime offline graph optimization. basic (constant folding, redundant nodes) is "
                     "portable; extended adds fusions into onnxruntime contrib ops. Default on ONNX models: basic."),
@@ -70,11 +73,12 @@ def _cluster(model: ModelRef, clusters: int, params: dict[str, Any], ctx: StageC
         notes.append("clustering without --train-data: centroids are not fine-tuned; expect an accuracy drop")
         ctx.note(notes[-1])
     tf_model = tfmot.load_tf_keras(model, ctx.safe, ctx.probe, ctx.note)
-    clustered, unique, skipped = tfmot.cluster(tf_model, clusters, training, ctx.note)
+    clustered, unique, skipped = tfmot.cluster(tf_model, clusters, training, ctx.note, params["centroid_init"])
     if skipped:
         notes.append("not clustered (tfmot does not cluster these): " + ", ".join(skipped))
         ctx.note(notes[-1])
-    metrics = {"clusters": clusters, "mode": "fine-tuned" if training else "one-shot",
+    metrics = {"clusters": clusters, "centroid_init": params["centroid_init"],
+               "mode": "fine-tuned" if training else "one-shot",
                "unique_weights_per_layer": unique, "unclustered_layers": skipped}
     return StageResult(model=save_tf_keras(clustered, ctx, "clustered"), metrics=metrics, notes=notes)
 

@@ -157,7 +157,7 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
 
     feeds = {k: v[:1] for k, v in ctx.probe.items()}
     runners = [load_runner(baseline, ctx.signature), load_runner(quantized, ctx.signature)]
-    float_ms, quant_ms = (float(np.median(s)) for s in interleaved_latencies(runners, feeds, iterations=60))
+    float_ms, quant_ms = (float(np.median(s)) for s in interleaved_latencies(runners, feeds, iterations=200))
     found: dict[str, Any] = {"float_p50_ms": round(float_ms, 4), "quantized_p50_ms": round(quant_ms, 4),
                              "speedup": round(float_ms / quant_ms, 3) if quant_ms else None}
     if quant_ms > float_ms * SLOWER:
