@@ -89,9 +89,21 @@ def signature(model: Any) -> Signature:
         TensorSpec.make(name, _dtype(t), tuple(t.shape)) for name, t in zip(names, tensors)
     )
     outputs = tuple(
-        TensorSpec.make(name, _dtype(t), tuple(t.shape)) for name, t in zip(model.output_names, model.outputs)
+        TensorSpec.make(name, _dtype(t), tuple(t.shape)) for name, t in zip(_output_names(model), model.outputs)
     )
     return Signature(inputs, outputs)
+
+
+def _output_names(model: Any) -> list[str]:
+    """Output layer names; Keras 3 Sequential models have no `output_names`, so ask the tensors."""
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    found = []
+    for tensor in model.outputs:
+        history = getattr(tensor, "_keras_history", None)
+        found.append(history[0].name if history else tensor.name)
+    return found
 
 
 def _dtype(tensor: Any) -> str:
