@@ -49,3 +49,51 @@ class OutputExistsError(UsageError):
 
 class OutputBusyError(ModelpackError):
     """Another modelpack run is writing the same output right now (exit 1)."""
+
+
+class RequestError(ModelpackError):
+    """A request the server will not serve. `status` is the HTTP status the client gets (4xx or 503/504).
+
+    The server turns these into the V2 error body `{"error": "..."}` in one place; a
+    client's mistake is never a 500.
+    """
+
+    status: int = 400
+
+    def __init__(self, message: str, status: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+
+class NotFound(RequestError):
+    status = 404
+
+
+class Unauthorized(RequestError):
+    status = 401
+
+
+class Forbidden(RequestError):
+    status = 403
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
+class RateLimited(RequestError):
+    status = 429
+
+
+class Overloaded(RequestError):
+    """The bounded queue is full: try again shortly (503 with Retry-After)."""
+
+    status = 503
+
+
+class RequestTimeout(RequestError):
+    """The request waited or ran longer than --timeout-s (504)."""
+
+    status = 504

@@ -54,6 +54,7 @@ class RootGroup(click.Group):
         "verify": ("modelpack.cli.package", "verify"),
         "pack": ("modelpack.cli.package", "pack"),
         "predict": ("modelpack.cli.predict", "predict"),
+        "serve": ("modelpack.cli.serve", "serve"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,0 +1,99 @@
+"""`modelpack serve`: serve a package over HTTP (KServe V2, TF Serving REST, /predict)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import IntegrityError, UsageError
+from ..package import open_package
+from . import render
+
+
+@click.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes on the port; each loads the model once.")
+@click.option("--runtime", type=click.Choice(["onnx", "tflite", "savedmodel"]),
+              help="Artifact to serve.  [default: the fastest in the package]")
+@click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
+              help="Most rows per model call; larger requests get 400.")
+@click.option("--batch-timeout-ms", type=click.FloatRange(0, 10000), default=0.0, show_default=True,
+              help="How long a batch waits for more requests. 0: batch only what is already queued.")
+@click.option("--max-queue", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
+              help="Requests that may wait; beyond it, 503 with Retry-After.")
+@click.option("--timeout-s", type=click.FloatRange(0.001), default=30.0, show_default=True,
+              help="Per-request limit; past it, 504.")
+@click.option("--max-body-mb", type=click.FloatRange(0.001), default=16.0, show_default=True,
+              help="Largest request body; past it, 413.")
+@click.option("--api-key", envvar="MODELPACK_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every route but health. Prefer the environment "
+                   "variable: a command line is visible to other users.")
+@click.option("--api-keys-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A file of keys, one 'name:key' per line.")
+@click.option("--threads", type=click.IntRange(1, 256), help="Intra-op threads of the runtime.")
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this cert.")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), help="The certificate's key.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--get", "get_path", metavar="PATH",
+              help="Make one GET request in-process, print the response and exit (a smoke test).")
+def serve(package: Path, get_path: str | None, **options: Any) -> None:
+    """Serve a package over HTTP: KServe V2, TF Serving REST and /predict on one port."""
+    from ..serve.config import ServeConfig
+
+    if bool(options["ssl_certfile"]) != bool(options["ssl_keyfile"]):
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together.")
+    with open_package(package) as pkg:
+        try:
+            pkg.check_checksums()
+        except IntegrityError as exc:
+            raise IntegrityError(f"refusing to serve: {exc}") from exc
+        pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
+        config = ServeConfig(package_dir=pkg.root, **options)
+        if get_path is not None:
+            _one_request(config, get_path)
+            return
+        if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
+            render.err.print(f"[yellow]warning:[/] binding {config.host} without an API key: anyone who can reach "
+                             "this port can use the model. Set MODELPACK_API_KEY or --api-keys-file.")
+        from ..serve import server
+
+        try:
+            code = server.run(config)
+        except KeyboardInterrupt:
+            code = 0  # uvicorn re-raises SIGTERM/SIGINT after draining: a clean stop, not an error
+    if code:
+        raise IntegrityError("the server did not start; see the log above.")
+
+
+def _one_request(config: Any, path: str) -> None:
+    from ..serve.app import build_app
+
+    app = build_app(config)
+
+    async def call() -> tuple[int, bytes]:
+        await app.startup()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        key = config.api_key
+        headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+        await app({"type": "http", "method": "GET", "path": path, "headers": headers, "query_string": b""},
+                  receive, send)
+        await app.shutdown()
+        return sent[0]["status"], sent[1]["body"]
+
+    status, body = asyncio.run(call())
+    click.echo(body.decode(errors="replace"))
+    if status >= 400:
+        raise UsageError(f"GET {path} answered {status}.")

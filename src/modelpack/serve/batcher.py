@@ -1,0 +1,148 @@
+"""Dynamic batching: merge concurrent requests into one model call, then split the results back.
+
+A batch takes whatever is queued (up to --max-batch-size rows), waiting at most
+--batch-timeout-ms for more; with a timeout of 0 it never waits, so a lone request
+pays no delay and a busy server still batches. Requests merge only when their
+non-batch dimensions agree. The queue is bounded: past it a request gets 503 with
+Retry-After instead of growing memory. The model runs on one worker thread, so the
+event loop keeps reading requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import Overloaded, RequestTimeout
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass
+class _Item:
+    feeds: Tensors
+    rows: int
+    future: asyncio.Future[Tensors]
+    key: tuple[tuple[int, ...], ...] = field(default=())
+
+
+class Batcher:
+    def __init__(self, run: Callable[[Tensors], Tensors], *, max_batch_size: int, timeout_ms: float,
+                 max_queue: int, on_batch: Callable[[int], None] | None = None) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_ms / 1000.0
+        self.max_queue = max_queue
+        self._on_batch = on_batch or (lambda rows: None)
+        self._pending: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpack-model")
+        self.in_flight = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish every queued request, then stop."""
+        while self._pending or self.in_flight:
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, feeds: Tensors, rows: int, timeout_s: float) -> Tensors:
+        if len(self._pending) >= self.max_queue:
+            raise Overloaded(f"the server is at capacity ({self.max_queue} requests queued); retry shortly.",
+                             headers={"Retry-After": "1"})
+        key = tuple(v.shape[1:] for v in feeds.values())
+        item = _Item(feeds, rows, asyncio.get_running_loop().create_future(), key)
+        self._pending.append(item)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except asyncio.TimeoutError:
+            item.future.cancel()  # the batcher skips it if it has not run yet
+            raise RequestTimeout(f"the request took longer than --timeout-s {timeout_s:g}s.") from None
+
+    def _take(self) -> list[_Item]:
+        """Pop a batch: same-shaped requests, oldest first, up to max_batch_size rows."""
+        while self._pending and self._pending[0].future.done():
+            self._pending.popleft()  # timed out while queued
+        if not self._pending:
+            return []
+        first = self._pending.popleft()
+        batch, rows, skipped = [first], first.rows, []
+        while self._pending and rows < self.max_batch_size:
+            item = self._pending.popleft()
+            if item.future.done():
+                continue
+            if item.key != first.key or rows + item.rows > self.max_batch_size:
+                skipped.append(item)
+                if rows + item.rows > self.max_batch_size:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+        self._pending.extendleft(reversed(skipped))
+        return batch
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.timeout_s > 0 and sum(i.rows for i in self._pending) < self.max_batch_size:
+                deadline = time.perf_counter() + self.timeout_s
+                while time.perf_counter() < deadline and sum(i.rows for i in self._pending) < self.max_batch_size:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())
+                    except asyncio.TimeoutError:
+                        break
+            batch = self._take()
+            if not batch:
+                continue
+            self.in_flight = len(batch)
+            try:
+                await self._execute(batch, loop)
+            finally:
+                self.in_flight = 0
+
+    async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        rows = sum(i.rows for i in batch)
+        self._on_batch(rows)
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in batch[0].feeds}
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+        except Exception as exc:  # the model failed: every request in the batch hears about it
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        start = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result({k: v[start:start + item.rows] for k, v in outputs.items()})
+            start += item.rows

@@ -1,0 +1,118 @@
+"""The model a server serves: loaded once, checked against the package signature, warmed up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..data import random_inputs
+from ..errors import RequestError
+from ..formats import Repr
+from ..package import Package
+from ..runtimes import Runner, load_runner
+from ..signature import DYNAMIC, Signature
+from .tensors import v2_datatype
+
+PLATFORMS = {Repr.ONNX: "onnxruntime_onnx", Repr.TFLITE: "tflite", Repr.SAVEDMODEL: "tensorflow_savedmodel",
+             Repr.KERAS: "keras"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    signature: Signature
+    runtime: Repr
+    runner: Runner
+    max_batch_size: int
+    load_seconds: float = 0.0
+    _dtypes: dict[str, np.dtype] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, pkg: Package, runtime: str | None, max_batch_size: int, threads: int | None = None,
+             model_bytes: bytes | None = None) -> "ServedModel":
+        """Load the package's best artifact (or `runtime`'s) once; `model_bytes` loads ONNX from memory."""
+        from ..runtimes import OnnxRunner
+
+        start = time.perf_counter()
+        entry = pkg.artifact(runtime)
+        rep = Repr(entry["format"])
+        if model_bytes is not None and rep is Repr.ONNX:
+            runner: Runner = OnnxRunner(model_bytes, pkg.signature, threads)
+        else:
+            runner = load_runner(pkg.model_ref(entry), pkg.signature, threads=threads)
+        model = cls(pkg.name, pkg.version, pkg.signature, rep, runner, max_batch_size,
+                    time.perf_counter() - start)
+        model._dtypes = {t.name: np.dtype(t.dtype) for t in pkg.signature.inputs}
+        return model
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.runtime]
+
+    def warm_up(self, rounds: int = 3) -> None:
+        """Run the model a few times at batch 1 and at the largest batch, so the first request is not slow."""
+        for batch in sorted({1, self.max_batch_size}):
+            feeds = random_inputs(self.signature, batch=batch)
+            for _ in range(rounds):
+                self.runner.run(feeds)
+
+    def check_version(self, version: str | None) -> None:
+        if version is not None and version != self.version:
+            from ..errors import NotFound
+
+            raise NotFound(f"model '{self.name}' has no version '{version}' (this server has version {self.version}).")
+
+    def validate(self, feeds: dict[str, np.ndarray]) -> int:
+        """Check names, dtypes and shapes against the signature; return the batch size."""
+        expected = self.signature.input_names
+        unknown = sorted(set(feeds) - set(expected))
+        if unknown:
+            raise RequestError(f"unknown input '{unknown[0]}'; this model takes {', '.join(expected)}.")
+        missing = [n for n in expected if n not in feeds]
+        if missing:
+            raise RequestError(f"missing input '{missing[0]}'; this model takes {', '.join(expected)}.")
+        batch = None
+        for spec in self.signature.inputs:
+            value = feeds[spec.name]
+            if value.dtype != self._dtypes[spec.name]:
+                raise RequestError(f"input '{spec.name}': datatype {v2_datatype(value.dtype.name)}, expected "
+                                   f"{v2_datatype(spec.dtype)}.")
+            if value.ndim != len(spec.shape) or any(d != DYNAMIC and d != v for d, v in zip(spec.shape, value.shape)):
+                raise RequestError(f"input '{spec.name}': shape {list(value.shape)}, expected {list(spec.shape)} "
+                                   "(-1 = any).")
+            rows = value.shape[0] if value.ndim else 1
+            if batch is not None and rows != batch:
+                raise RequestError(f"input '{spec.name}': batch {rows} differs from the other inputs' {batch}.")
+            batch = rows
+        if batch == 0:
+            raise RequestError("the request holds an empty batch (0 rows).")
+        if batch is not None and batch > self.max_batch_size:
+            raise RequestError(f"batch of {batch} exceeds the server's --max-batch-size {self.max_batch_size}; "
+                               "split the request.")
+        return batch or 1
+
+    def metadata(self) -> dict[str, Any]:
+        """V2 model metadata, from the package signature (-1 marks dynamic dimensions)."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [{"name": t.name, "datatype": v2_datatype(t.dtype), "shape": list(t.shape)}
+                       for t in self.signature.inputs],
+            "outputs": [{"name": t.name, "datatype": v2_datatype(t.dtype), "shape": list(t.shape)}
+                        for t in self.signature.outputs],
+        }
+
+    def coerce(self, name: str, value: Any) -> np.ndarray:
+        """A JSON value for input `name` as an array of the expected dtype (TF Serving and /predict formats)."""
+        dtype = self._dtypes.get(name)
+        if dtype is None:
+            raise RequestError(f"unknown input '{name}'; this model takes {', '.join(self.signature.input_names)}.")
+        try:
+            return np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise RequestError(f"input '{name}': cannot read the data as {dtype.name} ({exc}).") from None
