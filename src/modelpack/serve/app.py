@@ -50,6 +50,8 @@ log = logging.getLogger("modelpack.serve")
 
 Headers = dict[str, str]
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+# A model faster than this (batch 1, measured at warm-up) runs on the event loop: a thread hop costs more.
+INLINE_BELOW_MS = 0.5
 JSON_TYPE = [(b"content-type", b"application/json")]
 
 
@@ -100,8 +102,20 @@ V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]
 TFS_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>:predict)?$")
 
 
+_resolved: dict[tuple[str, str], tuple[Route, dict[str, str | None]]] = {}
+
+
 def resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
-    """The route for a request, or NotFound / 405."""
+    """The route for a request, or NotFound / 405; cached per (method, path)."""
+    found = _resolved.get((method, path))
+    if found is None:
+        found = _resolve(method, path)
+        if len(_resolved) < 4096:
+            _resolved[(method, path)] = found
+    return found
+
+
+def _resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
     candidates: list[Route] = STATIC.get(path, [])
     params: dict[str, str | None] = {}
     if not candidates and (m := V2_MODEL.match(path)):
@@ -149,10 +163,10 @@ class App:
         model = self.model
         self.metrics = Metrics(model.name, model.version)
         self.metrics.load_seconds = model.load_seconds
-        model.warm_up()
+        single_ms = model.warm_up()
         self.batcher = Batcher(model.runner.run, max_batch_size=self.config.max_batch_size,
                                timeout_ms=self.config.batch_timeout_ms, max_queue=self.config.max_queue,
-                               on_batch=self.metrics.batch.observe)
+                               on_batch=self.metrics.batch.observe, inline=single_ms < INLINE_BELOW_MS)
         self.batcher.start()
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
         self.ready = True

@@ -4,8 +4,9 @@ A batch takes whatever is queued (up to --max-batch-size rows), waiting at most
 --batch-timeout-ms for more; with a timeout of 0 it never waits, so a lone request
 pays no delay and a busy server still batches. Requests merge only when their
 non-batch dimensions agree. The queue is bounded: past it a request gets 503 with
-Retry-After instead of growing memory. The model runs on one worker thread, so the
-event loop keeps reading requests meanwhile.
+Retry-After instead of growing memory. A model slower than `inline_below_ms` runs on
+one worker thread, so the event loop keeps reading requests meanwhile; a faster one
+runs inline, because the thread hop would cost more than the model.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class _Item:
 
 class Batcher:
     def __init__(self, run: Callable[[Tensors], Tensors], *, max_batch_size: int, timeout_ms: float,
-                 max_queue: int, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_queue: int, on_batch: Callable[[int], None] | None = None, inline: bool = False) -> None:
         self._run = run
+        self.inline = inline
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_ms / 1000.0
         self.max_queue = max_queue
@@ -70,16 +72,18 @@ class Batcher:
         if len(self._pending) >= self.max_queue:
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests queued); retry shortly.",
                              headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
         key = tuple(v.shape[1:] for v in feeds.values())
-        item = _Item(feeds, rows, asyncio.get_running_loop().create_future(), key)
+        item = _Item(feeds, rows, loop.create_future(), key)
         self._pending.append(item)
         assert self._wakeup is not None
         self._wakeup.set()
+        # One timer per request (cheaper than wait_for, which wraps the future in tasks).
+        timer = loop.call_later(timeout_s, _expire, item.future, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
-        except asyncio.TimeoutError:
-            item.future.cancel()  # the batcher skips it if it has not run yet
-            raise RequestTimeout(f"the request took longer than --timeout-s {timeout_s:g}s.") from None
+            return await item.future
+        finally:
+            timer.cancel()
 
     def _take(self) -> list[_Item]:
         """Pop a batch: same-shaped requests, oldest first, up to max_batch_size rows."""
@@ -135,7 +139,10 @@ class Batcher:
         else:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in batch[0].feeds}
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+            if self.inline:
+                outputs = self._run(feeds)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run, feeds)
         except Exception as exc:  # the model failed: every request in the batch hears about it
             for item in batch:
                 if not item.future.done():
@@ -146,3 +153,9 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result({k: v[start:start + item.rows] for k, v in outputs.items()})
             start += item.rows
+
+
+def _expire(future: asyncio.Future[Tensors], timeout_s: float) -> None:
+    """Fail a request that outlived --timeout-s; the batcher skips it if it has not run yet."""
+    if not future.done():
+        future.set_exception(RequestTimeout(f"the request took longer than --timeout-s {timeout_s:g}s."))

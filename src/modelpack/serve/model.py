@@ -53,12 +53,20 @@ class ServedModel:
     def platform(self) -> str:
         return PLATFORMS[self.runtime]
 
-    def warm_up(self, rounds: int = 3) -> None:
-        """Run the model a few times at batch 1 and at the largest batch, so the first request is not slow."""
+    def warm_up(self, rounds: int = 5) -> float:
+        """Run the model at batch 1 and at the largest batch, so the first request is not slow.
+
+        Returns the median batch-1 latency in ms.
+        """
+        timings = []
         for batch in sorted({1, self.max_batch_size}):
             feeds = random_inputs(self.signature, batch=batch)
             for _ in range(rounds):
+                start = time.perf_counter()
                 self.runner.run(feeds)
+                if batch == 1:
+                    timings.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(timings))
 
     def check_version(self, version: str | None) -> None:
         if version is not None and version != self.version:

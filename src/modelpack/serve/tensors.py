@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
         raise RequestError(f"input '{name}': unsupported datatype {datatype!r}; expected one of "
                            f"{', '.join(V2_TO_NUMPY)}.")
     dtype = V2_TO_NUMPY[datatype]
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
