@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on the bundled example: Keras 3 CNN -> prune 80% (fine-tuned) -> ONNX ->
-# static int8 -> lzma archive, gated on accuracy, verified, packed.
+# static int8 -> lzma archive, gated on accuracy; then benchmarked against the original, reported, verified, packed.
 demo: $(STAMP)
 	$(BIN)/modelpack optimize examples/digits/model.keras -o build/demo --force \
 	    --name digits --eval-data examples/digits/eval.npz --max-accuracy-drop 1.0 \
@@ -25,6 +25,9 @@ demo: $(STAMP)
 	    export --format onnx \
 	    quantize --method static --per-channel \
 	    compress --archive lzma
+	$(BIN)/modelpack benchmark build/demo --eval-data examples/digits/eval.npz --batch-sizes 1,32 --duration 0.5 \
+	    --fail-if "onnx.p99_ms@1 > 20" --fail-if "accuracy_drop > 1"
+	$(BIN)/modelpack report build/demo -o build/demo-report.html --force
 	$(BIN)/modelpack verify build/demo
 	$(BIN)/modelpack pack build/demo -o build/demo.mpk --force
 

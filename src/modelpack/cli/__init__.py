@@ -55,6 +55,9 @@ class RootGroup(click.Group):
         "pack": ("modelpack.cli.package", "pack"),
         "predict": ("modelpack.cli.predict", "predict"),
         "serve": ("modelpack.cli.serve", "serve"),
+        "benchmark": ("modelpack.cli.benchmark", "benchmark"),
+        "report": ("modelpack.cli.benchmark", "report"),
+        "compare": ("modelpack.cli.benchmark", "compare"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# Tables in CI logs and pipes are not cut to 80 columns: without a terminal, assume a wide one.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
 
 
 def human_size(n: int | float | None) -> str:
@@ -58,10 +59,15 @@ def signature_table(signature: dict[str, Any]) -> Table:
     return table("Signature", ("", "name", "dtype", "shape (-1 = dynamic)"), rows)
 
 
+def quality_cell(m: dict[str, Any]) -> str:
+    """Accuracy with its drop, or top-1 agreement when there are no labels."""
+    return _quality(m)
+
+
 def _quality(m: dict[str, Any]) -> str:
     if "accuracy" in m:
         drop = m.get("accuracy_drop")
-        return f"{m['accuracy']:.2f}%" + (f" ({-drop:+.2f})" if drop is not None else "")
+        return f"{m['accuracy']:.2f}%" + (f" ({0.0 - drop:+.2f})" if drop is not None else "")
     if "top1_agreement" in m:
         return f"agree {m['top1_agreement']:.1f}%"
     return "-"

@@ -1,0 +1,262 @@
+"""Timing models fairly on a noisy machine, and the numbers a benchmark records.
+
+Every target (the original model and each artifact) is loaded once and warmed up.
+The timed calls then run in `repeats` rounds; in each round every target takes its
+turn at every batch size, in a rotated order, so drift on a shared machine (another
+process, a CPU frequency change) hits all targets alike. Ratios against the baseline
+come from the same run. The spread of the per-round medians says how far to trust a
+number; above NOISY_SPREAD the result carries a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import manifest as mf
+from ..archive import compressed_size
+from ..data import Dataset, Tensors, random_inputs
+from ..errors import UsageError
+from ..evaluation import EVAL_LIMIT, accuracy, agreement, max_abs_diff, run_batched
+from ..formats import ModelRef, Repr
+from ..package import digest
+from ..runtimes import Runner, load_runner
+from ..signature import DYNAMIC, Signature
+
+DEFAULT_DURATION_S = 1.0
+NOISY_SPREAD = 0.10  # per-round medians more than 10% apart: too noisy to trust
+QUANTILES = tuple(range(0, 101, 5))  # kept per batch size, for the report's distribution charts
+MAX_CALLS = 200_000
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """How to measure. `duration_s` and `iterations` are per target and batch size."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    duration_s: float | None = None
+    iterations: int | None = None
+    repeats: int = 5
+    warmup: int = 10
+    memory: bool = True
+    safe: bool = True
+    compression: str = "deflate"
+
+    def settings(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["batch_sizes"] = list(self.batch_sizes)
+        if self.iterations is None and self.duration_s is None:
+            data["duration_s"] = DEFAULT_DURATION_S
+        return data
+
+
+@dataclass
+class Target:
+    """One model to measure: the original, or an artifact of a package."""
+
+    name: str
+    ref: ModelRef
+    baseline: bool = False
+    display: str | None = None  # the path to show and record (a package artifact's relative path)
+    runner: Runner | None = field(default=None, repr=False)
+    load_ms: float = 0.0
+
+
+def runtime_of(ref: ModelRef) -> str:
+    return {Repr.ONNX: "onnxruntime", Repr.TFLITE: "tflite", Repr.SAVEDMODEL: "tensorflow",
+            Repr.KERAS: "keras"}[ref.rep]
+
+
+def batch_inputs(signature: Signature, batch: int, data: Dataset | None) -> Tensors:
+    """`batch` rows of eval inputs (repeated when the set is smaller), else random ones."""
+    for spec in signature.inputs:
+        first = spec.shape[0] if spec.shape else DYNAMIC
+        if first != DYNAMIC and first != batch:
+            raise UsageError(f"--batch-sizes {batch}: input '{spec.name}' has a fixed batch of {first}; "
+                             f"use --batch-sizes {first}.")
+    if data is None:
+        return random_inputs(signature, batch=batch)
+    n = len(data)
+    index = np.arange(batch) % n
+    return {k: np.ascontiguousarray(v[index]) for k, v in data.inputs.items()}
+
+
+def _prepare_runtimes(targets: Sequence[Target], threads: int | None) -> None:
+    """Import TensorFlow before any load is timed, so no target is charged for the import."""
+    if all(t.ref.rep is Repr.ONNX for t in targets):
+        return
+    from ..frameworks import tf as tfw
+
+    tf = tfw.tensorflow()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # already initialized in this process; the setting cannot change now
+            pass
+
+
+def load(targets: Sequence[Target], signature: Signature, spec: BenchSpec) -> None:
+    _prepare_runtimes(targets, spec.threads)
+    for target in targets:
+        start = time.perf_counter()
+        target.runner = load_runner(target.ref, signature, threads=spec.threads, safe=spec.safe)
+        target.load_ms = (time.perf_counter() - start) * 1e3
+
+
+def _calls_per_round(estimate_ms: float, spec: BenchSpec) -> int:
+    if spec.iterations is not None:
+        return max(1, math.ceil(spec.iterations / spec.repeats))
+    budget_ms = (spec.duration_s if spec.duration_s is not None else DEFAULT_DURATION_S) * 1e3 / spec.repeats
+    return int(min(MAX_CALLS, max(3, budget_ms / max(estimate_ms, 1e-3))))
+
+
+def time_targets(targets: Sequence[Target], signature: Signature, spec: BenchSpec, data: Dataset | None,
+                 progress: Callable[[str], None] = lambda m: None) -> dict[tuple[str, int], list[np.ndarray]]:
+    """Per (target, batch size): one array of per-call latencies in ms for each round."""
+    feeds = {bs: batch_inputs(signature, bs, data) for bs in spec.batch_sizes}
+    calls: dict[tuple[str, int], int] = {}
+    for bs in spec.batch_sizes:
+        for target in targets:
+            assert target.runner is not None
+            start = time.perf_counter()
+            for _ in range(max(spec.warmup, 1)):
+                target.runner.run(feeds[bs])
+            estimate = (time.perf_counter() - start) * 1e3 / max(spec.warmup, 1)
+            calls[(target.name, bs)] = _calls_per_round(estimate, spec)
+    samples: dict[tuple[str, int], list[np.ndarray]] = {key: [] for key in calls}
+    clock = time.perf_counter_ns
+    for rnd in range(spec.repeats):
+        progress(f"round {rnd + 1}/{spec.repeats}")
+        shift = rnd % len(targets)
+        order = list(targets[shift:]) + list(targets[:shift])
+        for bs in spec.batch_sizes:
+            feed = feeds[bs]
+            for target in order:
+                run = target.runner.run  # type: ignore[union-attr]
+                n = calls[(target.name, bs)]
+                out = np.empty(n)
+                for i in range(n):
+                    t0 = clock()
+                    run(feed)
+                    out[i] = clock() - t0
+                samples[(target.name, bs)].append(out / 1e6)
+    return samples
+
+
+def latency_stats(rounds: list[np.ndarray], batch: int) -> dict[str, Any]:
+    """The numbers recorded for one target at one batch size."""
+    allv = np.concatenate(rounds)
+    medians = np.array([np.median(r) for r in rounds])
+    p50 = float(np.percentile(allv, 50))
+    spread = float((medians.max() - medians.min()) / p50) if p50 > 0 and len(medians) > 1 else 0.0
+    q25, q75 = np.percentile(allv, [25, 75])
+    return {
+        "batch_size": batch,
+        "calls": int(allv.size),
+        "mean_ms": round(float(allv.mean()), 5),
+        "p50_ms": round(p50, 5),
+        "p90_ms": round(float(np.percentile(allv, 90)), 5),
+        "p99_ms": round(float(np.percentile(allv, 99)), 5),
+        "std_ms": round(float(allv.std()), 5),
+        "iqr_ms": round(float(q75 - q25), 5),
+        "min_ms": round(float(allv.min()), 5),
+        "max_ms": round(float(allv.max()), 5),
+        "throughput": round(batch * allv.size / (allv.sum() / 1e3), 2),  # rows per second, one stream
+        "round_medians_ms": [round(float(m), 5) for m in medians],
+        "round_spread": round(spread, 4),
+        "noisy": spread > NOISY_SPREAD,
+        "quantiles_ms": [round(float(q), 5) for q in np.percentile(allv, QUANTILES)],
+    }
+
+
+def quality(targets: Sequence[Target], data: Dataset | None, signature: Signature) -> dict[str, dict[str, Any]]:
+    """Accuracy with labels, and fidelity (top-1 agreement, max abs diff) against the baseline."""
+    inputs = data.head(EVAL_LIMIT).inputs if data is not None else random_inputs(signature, batch=32)
+    labels = data.labels[:EVAL_LIMIT] if data is not None and data.labels is not None else None
+    outputs = {t.name: run_batched(t.runner, inputs) for t in targets}  # type: ignore[arg-type]
+    base = next(t for t in targets if t.baseline)
+    base_acc = accuracy(outputs[base.name], labels) if labels is not None else None
+    found: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        metrics: dict[str, Any] = {}
+        if labels is not None:
+            acc = accuracy(outputs[target.name], labels)
+            if acc is not None:
+                metrics["accuracy"] = round(acc, 3)
+                if base_acc is not None:
+                    metrics["accuracy_drop"] = round(base_acc - acc, 3)
+        metrics["max_abs_diff"] = max_abs_diff(outputs[base.name], outputs[target.name])
+        agree = agreement(outputs[base.name], outputs[target.name])
+        if agree is not None:
+            metrics["top1_agreement"] = round(agree, 3)
+        found[target.name] = metrics
+    return found
+
+
+def host() -> dict[str, Any]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, data: Dataset | None = None,
+              progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Measure every target in one interleaved run; the record that goes into the manifest."""
+    if not targets:
+        raise UsageError("nothing to benchmark: no models were given.")
+    if sum(t.baseline for t in targets) != 1:
+        raise ValueError("exactly one target must be the baseline")
+    started = mf.now()
+    progress("loading " + ", ".join(t.name for t in targets))
+    load(targets, signature, spec)
+    progress("timing")
+    samples = time_targets(targets, signature, spec, data, progress)
+    progress("accuracy and fidelity")
+    qual = quality(targets, data, signature)
+    base = next(t for t in targets if t.baseline)
+    records = []
+    for target in targets:
+        d = digest(target.ref.path)
+        record: dict[str, Any] = {
+            "name": target.name, "format": target.ref.rep.value, "runtime": runtime_of(target.ref),
+            "path": target.display or str(target.ref.path), "baseline": target.baseline, "load_ms": round(target.load_ms, 3),
+            "size_bytes": d.size, "compressed_bytes": compressed_size(target.ref.path, spec.compression),
+            **qual[target.name],
+            "latency": [latency_stats(samples[(target.name, bs)], bs) for bs in spec.batch_sizes],
+        }
+        records.append(record)
+    base_record = next(r for r in records if r["name"] == base.name)
+    for record in records:
+        record["size_ratio"] = round(record["compressed_bytes"] / max(base_record["compressed_bytes"], 1), 4)
+        for row, base_row in zip(record["latency"], base_record["latency"]):
+            row["latency_ratio"] = round(row["p50_ms"] / base_row["p50_ms"], 4) if base_row["p50_ms"] else None
+    if spec.memory:
+        progress("peak memory, one process per model")
+        for target, record in zip(targets, records):
+            found = _memory(target, signature, spec)
+            if isinstance(found, str):
+                record["memory_error"] = found
+            else:
+                record.update(cold_load_ms=found["load_ms"], peak_rss_mb=found["peak_rss_mb"],
+                              model_rss_mb=found["model_rss_mb"])
+    warnings = [
+        f"{r['name']} at batch {row['batch_size']}: per-round medians differ by {row['round_spread'] * 100:.0f}% "
+        f"(over {NOISY_SPREAD * 100:.0f}%); the machine is busy or the run is short, so treat these numbers with care"
+        for r in records for row in r["latency"] if row["noisy"]
+    ]
+    return {"started_at": started, "finished_at": mf.now(), "host": host(), "settings": spec.settings(),
+            "baseline": base.name, "data": str(data.path) if data is not None and data.path else "random inputs",
+            "targets": records, "warnings": warnings}
+
+
+def _memory(target: Target, signature: Signature, spec: BenchSpec) -> dict[str, Any] | str:
+    from .probe import run_probe
+
+    return run_probe(target.ref.rep.value, target.ref.path, signature, max(spec.batch_sizes), spec.threads,
+                     spec.safe)

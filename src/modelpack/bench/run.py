@@ -1,0 +1,88 @@
+"""`modelpack benchmark` as a library call: pick the targets, measure, gate, record in the manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import manifest as mf
+from ..data import load_dataset
+from ..errors import UsageError
+from ..formats import ModelRef, detect
+from ..package import is_package, open_package
+from . import gates as gates_mod
+from .measure import BenchSpec, benchmark
+from .targets import model_targets, package_targets
+
+
+@dataclass
+class BenchRequest:
+    path: Path
+    spec: BenchSpec = field(default_factory=BenchSpec)
+    baseline: Path | None = None
+    formats: tuple[str, ...] = ()
+    eval_data: Path | None = None
+    fail_if: tuple[str, ...] = ()
+    record: bool = True
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s < 1 or s > 65536 for s in sizes):
+        raise UsageError(f"--batch-sizes '{text}': give positive integers separated by commas, e.g. 1,8,32.")
+    return tuple(dict.fromkeys(sizes))
+
+
+def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Measure, evaluate the gates (result["gates"]), and record into a package directory's manifest."""
+    gates = gates_mod.parse_all(request.fail_if)
+    baseline = detect(request.baseline) if request.baseline is not None else None
+    if is_package(request.path):
+        with open_package(request.path) as pkg:
+            targets, notes = package_targets(pkg, request.formats, baseline)
+            spec = request.spec
+            if spec.compression == "deflate":
+                from dataclasses import replace
+
+                spec = replace(spec, compression=pkg.manifest.get("archive", {}).get("compression", "deflate"))
+            data = load_dataset(request.eval_data, pkg.signature) if request.eval_data else None
+            result = benchmark(targets, pkg.signature, spec, data, progress)
+            result["notes"] = notes
+            result["gates"] = gates_mod.evaluate(gates, result)
+            result["recorded"] = False
+            if request.record and request.path.is_dir():
+                _record(request.path, result)
+                result["recorded"] = True
+        return result
+    if request.formats:
+        raise UsageError("--runtime picks artifacts of a package; a model file has one runtime.")
+    model = detect(request.path)
+    signature = _signature(model if baseline is None else baseline, request.spec.safe)
+    data = load_dataset(request.eval_data, signature) if request.eval_data else None
+    result = benchmark(model_targets(model, baseline), signature, request.spec, data, progress)
+    result["notes"], result["recorded"] = [], False
+    result["gates"] = gates_mod.evaluate(gates, result)
+    return result
+
+
+def _signature(ref: ModelRef, safe: bool) -> Any:
+    from ..inspection import signature_of
+
+    return signature_of(ref, safe=safe)
+
+
+def _record(package_dir: Path, result: dict[str, Any]) -> None:
+    """Store the result in the package's manifest, replacing the file atomically."""
+    from ..atomic import atomic_file
+
+    path = package_dir / mf.MANIFEST_NAME
+    data = mf.read(path)
+    data["benchmark"] = {k: v for k, v in result.items() if k != "recorded"}
+    mf.validate(data, str(path))
+    with atomic_file(path, force=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,60 @@
+"""The `benchmark` stage: time the model the pipeline holds against the source model, and gate on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import GateFailed
+from ..formats import ModelRef, Repr
+from . import Option, Stage, StageContext, StageResult
+
+
+class BenchmarkStage(Stage):
+    name = "benchmark"
+    help = ("Measure latency, throughput, load time, memory, size and accuracy of the model so far against the "
+            "source model, interleaved; --fail-if gates fail the run.")
+    accepts = tuple(Repr)
+    options = (
+        Option("batch-sizes", str, default="1", help="Comma-separated batch sizes, e.g. 1,8,32."),
+        Option("threads", click.IntRange(1, 256), help="Intra-op threads of each runtime."),
+        Option("duration", click.FloatRange(0.01, 3600), default=1.0,
+               help="Timed seconds per model and batch size."),
+        Option("repeats", click.IntRange(2, 1000), default=5, help="Interleaved rounds; their spread flags noise."),
+        Option("memory", bool, default=False, is_flag=True,
+               help="Also measure peak memory, in one fresh process per model."),
+        Option("fail-if", str, multiple=True, help="Fail the run when this holds, e.g. 'p99_ms > 20'. Repeatable."),
+    )
+
+    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
+        from ..bench import gates
+        from ..bench.run import parse_batch_sizes
+
+        parse_batch_sizes(params["batch_sizes"])
+        gates.parse_all(params["fail_if"])
+        return rep
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        from ..bench import gates
+        from ..bench.measure import BenchSpec, Target, benchmark
+        from ..bench.run import parse_batch_sizes
+
+        spec = BenchSpec(batch_sizes=parse_batch_sizes(params["batch_sizes"]), threads=params["threads"],
+                         duration_s=params["duration"], repeats=params["repeats"], memory=params["memory"],
+                         safe=ctx.safe)
+        targets = [Target("original", ctx.source, baseline=True)]
+        if model.path != ctx.source.path:
+            targets.append(Target(model.rep.value, model))
+        result = benchmark(targets, ctx.signature, spec, ctx.eval_data, ctx.note)
+        result["gates"] = gates.evaluate(gates.parse_all(params["fail_if"]), result)
+        for warning in result["warnings"]:
+            ctx.note(warning)
+        failed = gates.failures(result["gates"])
+        if failed:
+            raise GateFailed(f"stage 'benchmark': {len(failed)} gate check(s) failed: " + "; ".join(failed))
+        held = result["targets"][-1]
+        first = held["latency"][0]
+        metrics = {"benchmark": result, "p50_ms": first["p50_ms"], "p99_ms": first["p99_ms"],
+                   "speedup": round(1 / first["latency_ratio"], 3) if first.get("latency_ratio") else None}
+        return StageResult(model=model, metrics=metrics)
