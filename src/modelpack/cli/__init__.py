@@ -58,6 +58,8 @@ class RootGroup(click.Group):
         "benchmark": ("modelpack.cli.benchmark", "benchmark"),
         "report": ("modelpack.cli.benchmark", "report"),
         "compare": ("modelpack.cli.benchmark", "compare"),
+        "deploy": ("modelpack.cli.deploy", "deploy"),
+        "discover": ("modelpack.cli.discover", "discover"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -16,16 +16,23 @@ RUNTIMES = ("onnx", "tflite", "savedmodel", "keras")
 
 
 @click.command()
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package", type=click.Path(path_type=Path), required=False)
 @click.option("--input", "input_file", type=click.Path(path_type=Path), required=True,
               help="Inputs: .npy (one input), .npz, or .json (a list, or an object keyed by input name).")
+@click.option("--discover", "registry", metavar="zk://HOST:PORT/PATH",
+              help="Instead of a package: call a live server of --model found in ZooKeeper, over the V2 protocol, "
+                   "trying the next instance when one fails.")
+@click.option("--model", help="With --discover: the model to call.")
+@click.option("--pick", type=click.Choice(["round-robin", "random"]), default="random", show_default=True,
+              help="With --discover: the order in which instances are tried.")
+@click.option("--api-key", envvar="MODELPACK_API_KEY", show_envvar=True, help="With --discover: the servers' key.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write outputs to .npy, .npz or .json.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), help="Artifact to run.  [default: the fastest in the package]")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
 @click.pass_context
-def predict(ctx: click.Context, package: Path, input_file: Path, output: Path | None, runtime: str | None,
-            as_json: bool) -> None:
-    """Run a package on a file of inputs and print or write the outputs."""
+def predict(ctx: click.Context, package: Path | None, input_file: Path, registry: str | None, model: str | None,
+            pick: str, api_key: str | None, output: Path | None, runtime: str | None, as_json: bool) -> None:
+    """Run a package (or a live server found in ZooKeeper) on a file of inputs; print or write the outputs."""
     from ..data import load_tensors
     from ..runtimes import load_runner
 
@@ -33,15 +40,23 @@ def predict(ctx: click.Context, package: Path, input_file: Path, output: Path | 
         want_json(ctx)
     if output is not None and output.suffix.lower() not in (".npy", ".npz", ".json"):
         raise UsageError(f"-o '{output}': use a .npy, .npz or .json file name.")
-    with open_package(package) as pkg:
-        feeds = load_tensors(input_file, pkg.signature)
-        entry = pkg.artifact(runtime)
-        runner = load_runner(pkg.model_ref(entry), pkg.signature)
-        results = runner.run(feeds)
+    if (package is None) == (registry is None):
+        raise UsageError("give a PACKAGE, or --discover zk://HOST:PORT/PATH --model NAME (not both).")
+    if registry is not None:
+        if not model:
+            raise UsageError("--discover needs --model NAME: the model to call.")
+        results, source = _remote(registry, model, input_file, pick, api_key)
+    else:
+        with open_package(package) as pkg:
+            feeds = load_tensors(input_file, pkg.signature)
+            entry = pkg.artifact(runtime)
+            runner = load_runner(pkg.model_ref(entry), pkg.signature)
+            results = runner.run(feeds)
+        source = {"artifact": entry["path"]}
     if output is not None:
         _write(output, results)
     if as_json:
-        render.print_json({"status": "ok", "artifact": entry["path"],
+        render.print_json({"status": "ok", **source,
                            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
                                        for k, v in results.items()}})
         return
@@ -53,6 +68,56 @@ def predict(ctx: click.Context, package: Path, input_file: Path, output: Path | 
         render.out.print(np.array2string(value, threshold=200, precision=5, suppress_small=True))
         if value.ndim == 2 and value.shape[1] > 1:
             render.out.print(f"argmax: {value.argmax(axis=1).tolist()}")
+
+
+def _remote(registry: str, model: str, input_file: Path, pick: str,
+            api_key: str | None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    from ..data import load_tensors
+    from ..discovery import Balancer, discover, parse_zk, predict as call
+    from ..signature import Signature
+
+    address = parse_zk(registry)
+    instances = discover(address, model)
+    if not instances:
+        from ..discovery import RegistryError
+
+        raise RegistryError(f"no live instance of model '{model}' under {registry}.")
+    # The input file is read as any V2 client would: against the served signature, fetched once.
+    signature = _signature(instances, api_key)
+    feeds = load_tensors(input_file, Signature.from_dict(signature)) if signature else _raw(input_file)
+    results, tried = call(address, model, feeds, api_key=api_key, balancer=Balancer(pick))
+    render.err.print(f"[dim]served by {tried[-1]}" + (f" after {len(tried) - 1} failed" if len(tried) > 1 else "")
+                     + "[/]")
+    return results, {"instance": tried[-1], "tried": tried}
+
+
+def _signature(instances: list[dict], api_key: str | None) -> dict | None:
+    """The V2 metadata of the first instance that answers, as a package signature."""
+    import http.client
+    import json
+
+    from ..serve.tensors import V2_TO_NUMPY
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    for inst in instances:
+        try:
+            conn = http.client.HTTPConnection(inst["host"], int(inst["port"]), timeout=5)
+            conn.request("GET", f"/v2/models/{inst['model']}", headers=headers)
+            response = conn.getresponse()
+            meta = json.loads(response.read())
+            conn.close()
+        except (OSError, ValueError):
+            continue
+        if response.status != 200:
+            continue
+        return {kind: [{"name": t["name"], "dtype": V2_TO_NUMPY[t["datatype"]].name, "shape": t["shape"]}
+                       for t in meta[kind]] for kind in ("inputs", "outputs")}
+    return None
+
+
+def _raw(input_file: Path) -> dict[str, np.ndarray]:
+    raise UsageError(f"--input '{input_file}': no instance answered its metadata request, so the input names "
+                     "are unknown; is any server up?")
 
 
 def _write(path: Path, results: dict[str, np.ndarray]) -> None:

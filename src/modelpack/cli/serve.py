@@ -40,6 +40,12 @@ from . import render
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this cert.")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), help="The certificate's key.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--register", metavar="zk://HOST:PORT/PATH",
+              help="Register in ZooKeeper once ready (an ephemeral entry, removed on stop or crash).")
+@click.option("--register-required", is_flag=True,
+              help="Exit if ZooKeeper is unreachable at startup.  [default: serve anyway and keep retrying]")
+@click.option("--advertise-host", help="Host name other machines use to reach this server, in the registry.  "
+              "[default: --host, or this machine's address when bound to all]")
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
@@ -48,6 +54,14 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
 
     if bool(options["ssl_certfile"]) != bool(options["ssl_keyfile"]):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together.")
+    if options["register"]:
+        from ..discovery import parse_zk
+
+        parse_zk(options["register"])
+        if options["port"] == 0 and options["workers"] > 1:
+            raise UsageError("--register with --workers needs a fixed --port.")
+    elif options["register_required"]:
+        raise UsageError("--register-required goes with --register zk://HOST:PORT/PATH.")
     with open_package(package) as pkg:
         try:
             pkg.check_checksums()

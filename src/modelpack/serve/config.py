@@ -30,6 +30,9 @@ class ServeConfig:
     ssl_keyfile: Path | None = None
     access_log: bool = False
     graceful_timeout_s: float = 30.0
+    register: str | None = None  # zk://HOST:PORT/PATH
+    register_required: bool = False
+    advertise_host: str | None = None
 
     def load_model(self) -> Any:
         from ..package import Package

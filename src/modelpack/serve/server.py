@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 from .config import ENV, ServeConfig
 
@@ -33,18 +35,88 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Returns an exit code."""
+    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Returns an exit code.
+
+    With `register`, the ZooKeeper session is opened before serving (so --register-required
+    fails fast), the entry is created once the server answers ready, and removed at the end.
+    """
     import uvicorn
 
     configure_logging()
     options = uvicorn_options(config)
-    if config.workers > 1:
-        # Each worker process builds its own app (and loads the model once) from the environment.
-        os.environ[ENV] = config.to_env()
-        uvicorn.run("modelpack.serve.config:app_from_env", factory=True, workers=config.workers, **options)
-        return 0
-    from .app import build_app
+    registration = _registration(config)
+    try:
+        if config.workers > 1:
+            # Each worker process builds its own app (and loads the model once) from the environment.
+            os.environ[ENV] = config.to_env()
+            if registration is not None:
+                _register_when(registration, config, lambda: _answers_ready(config) and config.port)
+            uvicorn.run("modelpack.serve.config:app_from_env", factory=True, workers=config.workers, **options)
+            return 0
+        from .app import build_app
 
-    server = uvicorn.Server(uvicorn.Config(build_app(config), **options))
-    server.run()
-    return 0 if server.started else 1
+        server = uvicorn.Server(uvicorn.Config(build_app(config), **options))
+        if registration is not None:
+            _register_when(registration, config, lambda: server.started and _bound_port(server))
+        server.run()
+        return 0 if server.started else 1
+    finally:
+        if registration is not None:
+            registration.close()
+
+
+def _registration(config: ServeConfig) -> Any:
+    if not config.register:
+        return None
+    from ..discovery import Registration, parse_zk
+
+    registration = Registration(parse_zk(config.register), config.register_required,
+                                note=logging.getLogger("modelpack").warning)
+    registration.connect()
+    return registration
+
+
+def _register_when(registration: Any, config: ServeConfig, ready: Callable[[], Any]) -> None:
+    """Register from a helper thread as soon as `ready()` returns the bound port."""
+    from ..discovery import advertised_host, instance_record
+    from ..package import Package
+
+    pkg = Package.load(config.package_dir)
+
+    def wait_then_register() -> None:
+        while True:
+            port = ready()
+            if port:
+                break
+            time.sleep(0.05)
+        registration.register(instance_record(
+            host=config.advertise_host or advertised_host(config.host), port=int(port), model=pkg.name,
+            version=pkg.version, signature=pkg.manifest["signature"], scheme="https" if config.ssl_certfile else "http"))
+
+    threading.Thread(target=wait_then_register, name="modelpack-register", daemon=True).start()
+
+
+def _bound_port(server: Any) -> int | None:
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return None
+
+
+def _answers_ready(config: ServeConfig) -> bool:
+    import http.client
+    import ssl
+
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+    try:
+        if config.ssl_certfile:
+            conn: Any = http.client.HTTPSConnection(host, config.port, timeout=2,
+                                                    context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection(host, config.port, timeout=2)
+        conn.request("GET", "/v2/health/ready")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False

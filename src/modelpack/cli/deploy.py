@@ -1,0 +1,58 @@
+"""`modelpack deploy`: write what Docker, Kubernetes, KServe, Triton or TF Serving need to run a package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import render, want_json
+
+
+@click.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["docker", "k8s", "kserve", "triton", "tfserving"]), required=True,
+              help="What to generate.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory to write.")
+@click.option("--image", help="Container image (docker, k8s, kserve).  [default: NAME:VERSION]")
+@click.option("--replicas", type=click.IntRange(1, 1000), default=2, show_default=True,
+              help="Replicas; the autoscaler's minimum (k8s, kserve).")
+@click.option("--max-replicas", type=click.IntRange(1, 10000), help="The autoscaler's maximum.  [default: 4 x replicas]")
+@click.option("--namespace", default="default", show_default=True, help="Kubernetes namespace.")
+@click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica.")
+@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The server's port.")
+@click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
+              help="Triton's max_batch_size.")
+@click.option("--model-version", help="Integer version for Triton and TF Serving.  [default: the package's]")
+@click.option("--requirement", help="What the image pip-installs.  [default: modelpack[serve]==THIS VERSION]")
+@click.option("--build", is_flag=True, help="docker: run docker build when a Docker engine answers.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
+           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, max_batch_size: int,
+           model_version: str | None, requirement: str | None, build: bool, force: bool, as_json: bool) -> None:
+    """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
+    from ..deploy import DeployOptions, deploy as write_deployment
+    from ..deploy.docker import build as docker_build
+    from ..errors import UsageError
+
+    if as_json:
+        want_json(ctx)
+    if build and target != "docker":
+        raise UsageError("--build works with --target docker.")
+    options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
+                            memory=memory, port=port, max_batch_size=max_batch_size, model_version=model_version,
+                            requirement=requirement)
+    result = write_deployment(package, target, output, options, force=force)
+    if build:
+        docker_build(output, image or result.next_steps[0].split(" -t ")[1].split()[0])
+    if as_json:
+        render.print_json({"status": "ok", "target": target, "output": str(output), "files": result.files,
+                           "next_steps": result.next_steps})
+        return
+    render.out.print(f"[bold green]{target}:[/] {output}  ({', '.join(result.files[:6])}"
+                     f"{', …' if len(result.files) > 6 else ''})")
+    for step in result.next_steps:
+        render.out.print(f"  {step}")

@@ -1,0 +1,216 @@
+"""`modelpack deploy`: every generated file validated (Kubernetes schemas, Triton's ModelConfig, a live server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import BIN, EXAMPLE, run_cli
+from modelpack.package import sha256_file
+from servers import free_port
+
+K8S_VERSION = "1.30.0"
+
+
+def _deploy(pkg: Path, target: str, out: Path, *extra: str) -> dict:
+    result = run_cli("deploy", pkg, "--target", target, "-o", out, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _dockerfile(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text().replace("\\\n", " ")
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docker"
+    result = _deploy(digits_package, "docker", out)
+    assert set(result["files"]) >= {"Dockerfile", ".dockerignore", "package/modelpack.json", "package/model.onnx"}
+    steps = dict(_dockerfile(out / "Dockerfile"))
+    instructions = [k for k, _ in _dockerfile(out / "Dockerfile")]
+    assert re.fullmatch(r"python:3\.\d+-slim", steps["FROM"])
+    assert "'modelpack[serve]==" in steps["RUN"] and "tf" not in steps["RUN"].split("==")[0]  # no TensorFlow
+    assert re.fullmatch(r"\d+:\d+", steps["USER"]) and not steps["USER"].startswith("0:")
+    assert instructions.index("USER") < instructions.index("CMD")
+    assert steps["EXPOSE"] == "8000"
+    assert "/v2/health/ready" in steps["HEALTHCHECK"]
+    assert "MODELPACK_API_KEY" not in steps.get("ENV", "") and "api-key" not in steps["CMD"]
+    assert ".git" in (out / ".dockerignore").read_text()
+    assert sha256_file(out / "package" / "model.onnx") == sha256_file(digits_package / "model.onnx")
+
+    # The image's command serves the copied package: run it here, with the key from the environment.
+    cmd = json.loads(steps["CMD"])
+    port = free_port()
+    cmd = [str(BIN / "modelpack")] + [str(out / "package") if a.startswith("/models/") else a for a in cmd[1:]]
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--host") + 1] = "127.0.0.1"
+    proc = subprocess.Popen(cmd, env={**os.environ, "MODELPACK_API_KEY": "k3y"}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model").status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model", headers={"Authorization": "Bearer k3y"}).is_success
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_docker_without_onnx_installs_tensorflow(tmp_path: Path) -> None:
+    pkg = tmp_path / "tfl"
+    assert run_cli("optimize", EXAMPLE / "model.keras", "-o", pkg, "-q", "export", "--format", "tflite").exit_code == 0
+    out = tmp_path / "docker"
+    _deploy(pkg, "docker", out)
+    assert "modelpack[serve,tf]==" in (out / "Dockerfile").read_text()
+
+
+def test_docker_build_says_what_to_run_without_an_engine(digits_package: Path, tmp_path: Path) -> None:
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = str(BIN)  # no docker on this PATH, whatever the machine has
+    try:
+        result = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx", "--build",
+                         "--image", "me/digits:7")
+    finally:
+        os.environ["PATH"] = env_path
+    assert result.exit_code == 1
+    assert f"run: docker build -t me/digits:7 {tmp_path / 'ctx'}" in result.output
+    assert (tmp_path / "ctx" / "Dockerfile").is_file()  # the context is ready
+
+
+def test_kubernetes_manifests_validate(digits_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k8s"
+    _deploy(digits_package, "k8s", out, "--replicas", "3", "--namespace", "ml", "--cpu", "500m", "--memory",
+            "512Mi", "--image", "registry.example/digits:1")
+    docs = {f.name: yaml.safe_load(f.read_text()) for f in sorted(out.glob("*.yaml"))}
+    assert set(docs) == {"deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"}
+    for name, doc in docs.items():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises on any schema error
+        assert doc["metadata"]["namespace"] == "ml", name
+    deployment = docs["deployment.yaml"]
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/digits:1"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"},
+                                      "limits": {"cpu": "500m", "memory": "512Mi"}}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["runAsUser"] != 0 and security["capabilities"]["drop"] == ["ALL"]
+    key = container["env"][0]
+    assert key["name"] == "MODELPACK_API_KEY" and key["valueFrom"]["secretKeyRef"]["name"] == "model-api-key"
+    assert docs["hpa.yaml"]["spec"]["minReplicas"] == 3 and docs["hpa.yaml"]["spec"]["maxReplicas"] == 12
+    assert docs["service.yaml"]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert docs["pdb.yaml"]["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+    broken = dict(deployment, spec={**deployment["spec"], "replicas": "three"})
+    with pytest.raises(kubernetes_validate.ValidationError):  # the validator does catch mistakes
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_kserve_inference_service(digits_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kserve"
+    _deploy(digits_package, "kserve", out)
+    isvc = yaml.safe_load((out / "inferenceservice.yaml").read_text())
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", isvc["metadata"]["name"])
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["minReplicas"] <= predictor["maxReplicas"]
+    container = predictor["containers"][0]
+    assert container["name"] == "kserve-container"
+    assert {"name": "PROTOCOL", "value": "v2"} in container["env"]
+    assert container["ports"][0]["containerPort"] == 8080 and container["command"][-1] == "8080"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    # The predictor is a pod spec plus replica bounds: validate that part against the Kubernetes schema.
+    pod_spec = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas")}
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod_spec},
+                                 K8S_VERSION, strict=True)
+
+
+def test_triton_repository(digits_package: Path, tmp_path: Path) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out = tmp_path / "triton"
+    _deploy(digits_package, "triton", out, "--max-batch-size", "16")
+    config = text_format.Parse((out / "model" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "model" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("image", model_config_pb2.TYPE_FP32, [8, 8, 1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("probs", model_config_pb2.TYPE_FP32, [10])]
+    assert config.HasField("dynamic_batching")
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert sha256_file(out / "model" / "1" / "model.onnx") == sha256_file(digits_package / "model.onnx")
+
+
+def test_triton_fixed_batch_and_versions(tmp_path: Path) -> None:
+    import onnx
+
+    from conftest import make_onnx_mlp
+
+    fixed = make_onnx_mlp(tmp_path / "fixed.onnx")
+    proto = onnx.load(str(fixed))
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(proto, str(fixed))
+    pkg = tmp_path / "pkg"
+    assert run_cli("optimize", fixed, "-o", pkg, "-q", "--model-version", "2.1", "export").exit_code == 0
+    refused = run_cli("deploy", pkg, "--target", "triton", "-o", tmp_path / "t")
+    assert refused.exit_code == 2 and "--model-version N" in refused.output and not (tmp_path / "t").exists()
+    _deploy(pkg, "triton", tmp_path / "t", "--model-version", "3")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((tmp_path / "t" / "fixed" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [4, 16]
+    assert not config.HasField("dynamic_batching")
+    assert (tmp_path / "t" / "fixed" / "3" / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_tfserving_layout_loads_in_tensorflow(tmp_path: Path, digits_package: Path) -> None:
+    pkg = tmp_path / "sm"
+    assert run_cli("optimize", EXAMPLE / "model.keras", "-o", pkg, "-q", "--name", "digits",
+                   "export", "--format", "savedmodel").exit_code == 0
+    out = tmp_path / "tfs"
+    result = _deploy(pkg, "tfserving", out)
+    assert "digits/1/saved_model.pb" in result["files"] and "models.config" in result["files"]
+    config = (out / "models.config").read_text()
+    assert re.search(r'config \{\s*name: "digits"\s*base_path: "/models/digits"\s*model_platform: "tensorflow"\s*\}',
+                     config)
+    assert "tensorflow/serving" in result["next_steps"][0] and os.access(out / "serve.sh", os.X_OK)
+    from modelpack.frameworks import tf as tfw
+
+    loaded = tfw.tensorflow().saved_model.load(str(out / "digits" / "1"))
+    assert "serving_default" in loaded.signatures
+    refused = run_cli("deploy", digits_package, "--target", "tfserving", "-o", tmp_path / "none")
+    assert refused.exit_code == 2 and "export --format savedmodel" in refused.output
+
+
+def test_output_is_atomic_and_guarded(digits_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k8s"
+    _deploy(digits_package, "k8s", out)
+    again = run_cli("deploy", digits_package, "--target", "k8s", "-o", out)
+    assert again.exit_code == 2 and "--force" in again.output
+    _deploy(digits_package, "k8s", out, "--force", "--replicas", "5")
+    assert yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["replicas"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["k8s"]  # no staging directories left behind
+    assert run_cli("deploy", digits_package, "--target", "k8s", "-o", tmp_path / "x", "--build").exit_code == 2

@@ -1,0 +1,157 @@
+"""Registration, discovery and failover against a real ZooKeeper server (Debian's zookeeperd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import zookeeper
+from conftest import EXAMPLE, run_cli, run_subprocess
+from servers import Process, free_port
+
+if not zookeeper.available():
+    if os.environ.get("MODELPACK_CI") == "1":  # .ci/run installs zookeeperd: never skip there
+        raise RuntimeError("ZooKeeper is missing, but .ci/run should have installed zookeeperd")
+    pytest.skip("ZooKeeper (Debian zookeeperd) is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory: pytest.TempPathFactory):
+    server = zookeeper.ZooKeeper(tmp_path_factory.mktemp("zk"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def registry(zk: zookeeper.ZooKeeper, request: pytest.FixtureRequest) -> str:
+    return f"zk://{zk.hosts}/modelpack/{request.node.name.replace('[', '-').rstrip(']')}"
+
+
+def _instances(registry: str, model: str | None = None) -> list[dict]:
+    args = ["discover", registry, "--json"] + (["--model", model] if model else [])
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["instances"]
+
+
+def _until(check: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_register_discover_and_clean_stop(digits_package: Path, registry: str) -> None:
+    server = Process(digits_package, "--register", registry)
+    try:
+        assert _until(lambda: len(_instances(registry)) == 1)
+        entry = _instances(registry, "model")[0]
+        assert entry["znode"].startswith("/modelpack/") and "/instance-" in entry["znode"]
+        assert (entry["host"], entry["port"], entry["model"], entry["version"]) == ("127.0.0.1", server.port, "model", "1")
+        assert entry["protocols"][0] == "v2" and entry["health"] == f"{server.url}/v2/health/ready"
+        assert len(entry["signature_digest"]) == 64
+        assert _instances(registry, "no-such-model") == []
+        table = run_cli("discover", registry)
+        assert str(server.port) in table.stdout and "1 live instance" in table.stdout
+    finally:
+        code, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert _instances(registry) == []  # a graceful stop deletes the entry at once
+
+
+def test_a_killed_server_vanishes_and_predict_fails_over(digits_package: Path, registry: str,
+                                                          tmp_path: Path) -> None:
+    a = Process(digits_package, "--register", registry)
+    b = Process(digits_package, "--register", registry)
+    try:
+        assert _until(lambda: len(_instances(registry)) == 2)
+        x = np.load(EXAMPLE / "eval.npz")["x"][:3]
+        np.save(tmp_path / "x.npy", x)
+        a.proc.kill()  # kill -9: no chance to deregister; the entry stays until the session expires
+        a.proc.wait()
+        # While the dead entry is still listed, every call must still succeed, some after a failed try.
+        tried = []
+        for _ in range(4):
+            result = run_cli("predict", "--discover", registry, "--model", "model", "--input", tmp_path / "x.npy",
+                             "--pick", "round-robin", "--json")
+            assert result.exit_code == 0, result.output
+            body = json.loads(result.stdout)
+            assert body["instance"] == f"127.0.0.1:{b.port}"
+            assert np.asarray(body["outputs"]["probs"]["data"]).shape == (3, 10)
+            tried.append(len(body["tried"]))
+        assert set(tried) <= {1, 2}  # the dead instance costs at most one failed try
+        assert _until(lambda: [i["port"] for i in _instances(registry)] == [b.port], timeout=30)
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_round_robin_failover_in_the_library(digits_package: Path, registry: str, zk: zookeeper.ZooKeeper) -> None:
+    """A dead instance whose session has not expired yet: every call still lands, half of them after a retry."""
+    from kazoo.client import KazooClient
+
+    from modelpack import discovery
+
+    live = Process(digits_package, "--register", registry)
+    try:
+        address = discovery.parse_zk(registry)
+        assert _until(lambda: len(discovery.discover(address)) == 1)
+        dead_port = free_port()  # nothing listens here: a crashed server's entry
+        client = KazooClient(hosts=zk.hosts)
+        client.start(timeout=10)
+        record = discovery.instance_record(host="127.0.0.1", port=dead_port, model="model", version="1",
+                                           signature={})
+        client.create(f"{address.path}/{discovery.PREFIX}", json.dumps(record).encode(), ephemeral=True,
+                      sequence=True)
+        balancer = discovery.Balancer("round-robin")
+        x = {"image": np.load(EXAMPLE / "eval.npz")["x"][:2].astype("float32")}
+        attempts = []
+        for _ in range(4):
+            outputs, tried = discovery.predict(address, "model", x, balancer=balancer)
+            assert outputs["probs"].shape == (2, 10) and tried[-1] == f"127.0.0.1:{live.port}"
+            attempts.append(len(tried))
+        assert sorted(attempts) == [1, 1, 2, 2]  # round robin started on the dead one every other call
+        client.stop()
+        client.close()
+        with pytest.raises(discovery.RegistryError, match="no live instance of model 'other'"):
+            discovery.predict(address, "other", x)
+    finally:
+        live.stop()
+
+
+def test_zookeeper_down_at_startup(digits_package: Path, tmp_path: Path) -> None:
+    port = free_port()
+    registry = f"zk://127.0.0.1:{port}/modelpack/late"
+    strict = run_subprocess("serve", digits_package, "--port", str(free_port()), "--register", registry,
+                            "--register-required", timeout=60)
+    assert strict.returncode == 1
+    assert f"ZooKeeper at 127.0.0.1:{port} is unreachable" in strict.stderr and "Traceback" not in strict.stderr
+    # By default it serves anyway, says so, and registers once ZooKeeper comes up.
+    server = Process(digits_package, "--register", registry)
+    late = zookeeper.ZooKeeper(tmp_path / "late-zk", port)
+    try:
+        assert server.proc.poll() is None
+        late.start()
+        assert _until(lambda: len(_instances(registry)) == 1, timeout=40)
+    finally:
+        code, err = server.stop()
+        late.stop()
+    assert "is unreachable; serving anyway" in err
+
+
+def test_bad_registry_urls() -> None:
+    assert run_cli("discover", "http://x:1/p").exit_code == 2
+    assert "expected zk://HOST:PORT/PATH" in run_cli("discover", "zk://host/").output
+    result = run_cli("predict", "--discover", "zk://127.0.0.1:1/x", "--input", "x.npy")
+    assert result.exit_code == 2 and "--model" in result.output
+    result = run_cli("predict", "--input", "x.npy")
+    assert result.exit_code == 2 and "give a PACKAGE" in result.output
