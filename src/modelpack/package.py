@@ -20,6 +20,7 @@ from .formats import ModelRef, Repr, detect
 from .signature import Signature
 
 CHUNK = 1 << 20
+_KEY_HINT = "MODELPACK_KEY or --key-file"
 
 # Which artifact to run when the caller does not say: fastest runtime first.
 RUNTIME_PREFERENCE = (Repr.ONNX, Repr.TFLITE, Repr.SAVEDMODEL, Repr.KERAS)
@@ -164,6 +165,11 @@ def open_package(path: str | Path) -> Iterator[Package]:
             raise InputError(f"'{p}' is not a modelpack package (no {mf.MANIFEST_NAME}).")
         yield Package.load(p, p)
         return
+    from .encryption import is_encrypted
+
+    if is_encrypted(p):
+        raise InputError(f"'{p}' is encrypted: inspect, verify and serve read it (in memory, with {_KEY_HINT}); "
+                         "other commands need the unencrypted package.")
     tmp = Path(tempfile.mkdtemp(prefix="modelpack-"))
     try:
         archive.extract(p, tmp)

@@ -54,10 +54,11 @@ class OnnxRunner:
 
 
 class TFLiteRunner:
-    def __init__(self, path: Path, signature: Signature, threads: int | None = None) -> None:
+    def __init__(self, path: Path | None, signature: Signature, threads: int | None = None,
+                 content: bytes | None = None) -> None:
         from .frameworks import tflite
 
-        self.interpreter = tflite.interpreter(path, threads=threads)
+        self.interpreter = tflite.interpreter(path, content=content, threads=threads)
         sigs = self.interpreter.get_signature_list()
         key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
         self._runner = self.interpreter.get_signature_runner(key)
@@ -117,3 +118,12 @@ def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = No
     if ref.rep is Repr.SAVEDMODEL:
         return SavedModelRunner(ref.path, signature)
     return KerasRunner(ref, signature, safe=safe)
+
+
+def runner_from_bytes(rep: Repr, data: bytes, signature: Signature, threads: int | None = None) -> Runner:
+    """A runner for a model held in memory (a decrypted artifact): ONNX or TFLite only."""
+    if rep is Repr.ONNX:
+        return OnnxRunner(data, signature, threads)
+    if rep is Repr.TFLITE:
+        return TFLiteRunner(None, signature, threads, content=data)
+    raise InputError(f"a {rep} model cannot be loaded from memory; only ONNX and TFLite can.")

@@ -56,8 +56,14 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
             result["gates"] = gates_mod.evaluate(gates, result)
             result["recorded"] = False
             if request.record and request.path.is_dir():
-                _record(request.path, result)
-                result["recorded"] = True
+                from ..signing import SIGNATURE_NAME
+
+                if (request.path / SIGNATURE_NAME).is_file():
+                    notes.append("the package is signed, so the results were not written into its manifest (that "
+                                 "would void the signature); benchmark an unsigned copy to record them, then sign.")
+                else:
+                    _record(request.path, result)
+                    result["recorded"] = True
         return result
     if request.formats:
         raise UsageError("--runtime picks artifacts of a package; a model file has one runtime.")

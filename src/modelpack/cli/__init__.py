@@ -59,6 +59,8 @@ class RootGroup(click.Group):
         "report": ("modelpack.cli.benchmark", "report"),
         "compare": ("modelpack.cli.benchmark", "compare"),
         "deploy": ("modelpack.cli.deploy", "deploy"),
+        "keygen": ("modelpack.cli.security", "keygen"),
+        "sign": ("modelpack.cli.security", "sign"),
         "discover": ("modelpack.cli.discover", "discover"),
     }
 

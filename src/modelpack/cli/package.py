@@ -21,9 +21,15 @@ def inspect(ctx: click.Context, target: Path, unsafe_load: bool, as_json: bool) 
     """Show a model's or package's signature, sizes, layers or ops, and lineage."""
     if as_json:
         want_json(ctx)
-    if is_package(target):
+    from ..encryption import is_encrypted, read_manifest
+
+    data: dict[str, Any] | None = None
+    if target.is_file() and is_encrypted(target):
+        data = dict(read_manifest(target)[1])
+    elif is_package(target):
         with open_package(target) as pkg:
             data = dict(pkg.manifest)
+    if data is not None:
         if as_json:
             render.print_json(data)
             return
@@ -61,17 +67,26 @@ def inspect(ctx: click.Context, target: Path, unsafe_load: bool, as_json: bool) 
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--no-load", is_flag=True, help="Check schema and checksums only; do not load the artifacts.")
+@click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path),
+              help="Check the package's signature against this Ed25519 public key first.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Key of an encrypted .mpk (else MODELPACK_KEY); it is decrypted in memory only.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def verify(ctx: click.Context, package: Path, no_load: bool, as_json: bool) -> None:
-    """Check a package: manifest schema, every artifact's checksum, and that each loads."""
+def verify(ctx: click.Context, package: Path, no_load: bool, pubkey: Path | None, key_file: Path | None,
+           as_json: bool) -> None:
+    """Check a package: its signature (with --pubkey), manifest schema, every checksum, and that each loads."""
+    from ..verification import verify as check_package
+
     if as_json:
         want_json(ctx)
-    with open_package(package) as pkg:
-        report = pkg.verify(load=not no_load)
+    result = check_package(package, pubkey=pubkey, key_file=key_file, load=not no_load)
+    report = result["artifacts"]
     if as_json:
-        render.print_json({"status": "ok", "package": str(package), "artifacts": report})
+        render.print_json({"status": "ok", "package": str(package), **result})
         return
+    if result["signature"]:
+        render.out.print(f"[bold green]signature:[/] valid, key {result['signature']['key']}")
     render.out.print(render.table(None, ("artifact", "format", "size", "checksum", "loads"), [
         (r["path"], r["format"], render.human_size(r["size"]), r["checksum"], r.get("load", "skipped"))
         for r in report
@@ -85,27 +100,46 @@ def verify(ctx: click.Context, package: Path, no_load: bool, as_json: bool) -> N
 @click.option("--compression", type=click.Choice(sorted(COMPRESSION)),
               help="How the archive compresses the artifacts.  [default: what `compress --archive` recorded, "
                    "else deflate]")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt the artifacts with AES-256-GCM; the manifest stays readable. Key: MODELPACK_KEY or "
+                   "--key-file.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --encrypt: a file holding the 32-byte key (from modelpack keygen --symmetric).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
-def pack(ctx: click.Context, package: Path, output: Path, compression: str | None, force: bool,
-         as_json: bool) -> None:
-    """Write a package as one .mpk archive (zip), after checking its checksums."""
+def pack(ctx: click.Context, package: Path, output: Path, compression: str | None, encrypt: bool,
+         key_file: Path | None, force: bool, as_json: bool) -> None:
+    """Write a package as one .mpk archive (zip), after checking its checksums; optionally encrypted."""
     from ..archive import pack as write_archive
     from ..atomic import check_output
+    from ..errors import UsageError
 
     if as_json:
         want_json(ctx)
+    if key_file is not None and not encrypt:
+        raise UsageError("--key-file goes with --encrypt.")
     check_output(output, force)
+    key = None
+    if encrypt:
+        from ..encryption import load_key
+
+        key = load_key(key_file)
     with open_package(package) as pkg:
         pkg.check_checksums()
         raw = sum(a["size"] for a in pkg.artifacts)
         compression = compression or pkg.manifest.get("archive", {}).get("compression", "deflate")
-        size = write_archive(pkg.root, output, compression=compression, force=force)
+        if key is not None:
+            from ..encryption import pack as write_encrypted
+
+            size = write_encrypted(pkg.root, output, key, compression=compression, force=force)
+        else:
+            size = write_archive(pkg.root, output, compression=compression, force=force)
     result = {"status": "ok", "output": str(output), "raw_size": raw, "archive_size": size,
-              "ratio": round(raw / size, 3) if size else None, "compression": compression}
+              "ratio": round(raw / size, 3) if size else None, "compression": compression, "encrypted": encrypt}
     if as_json:
         render.print_json(result)
     else:
         render.out.print(f"[bold green]packed:[/] {output}  {render.human_size(raw)} raw -> "
-                         f"{render.human_size(size)} ({compression}, {result['ratio']}x)")
+                         f"{render.human_size(size)} ({compression}{', AES-256-GCM' if encrypt else ''}, "
+                         f"{result['ratio']}x)")

@@ -46,6 +46,12 @@ from . import render
               help="Exit if ZooKeeper is unreachable at startup.  [default: serve anyway and keep retrying]")
 @click.option("--advertise-host", help="Host name other machines use to reach this server, in the registry.  "
               "[default: --host, or this machine's address when bound to all]")
+@click.option("--require-signature", type=click.Path(dir_okay=False, path_type=Path), metavar="PUBLIC.pem",
+              help="Refuse a package that is not signed by this Ed25519 public key, or was changed since.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Key of an encrypted .mpk (else MODELPACK_KEY). It is decrypted into memory only.")
+@click.option("--rate-limit", metavar="N/s|N/m",
+              help="Per-key token bucket for keys that set none in the keys file; past it, 429 with Retry-After.")
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
@@ -62,25 +68,59 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             raise UsageError("--register with --workers needs a fixed --port.")
     elif options["register_required"]:
         raise UsageError("--register-required goes with --register zk://HOST:PORT/PATH.")
+    require_signature = options.pop("require_signature")
+    from ..encryption import is_encrypted
+
+    if package.is_file() and is_encrypted(package):
+        config = ServeConfig(package_dir=package, encrypted=True, **options)
+        _check_encrypted(config, require_signature)
+        _serve(config, get_path)
+        return
+    options.pop("key_file")
     with open_package(package) as pkg:
         try:
+            if require_signature is not None:
+                from ..signing import verify_dir
+
+                verify_dir(pkg.root, require_signature, str(package))
             pkg.check_checksums()
         except IntegrityError as exc:
             raise IntegrityError(f"refusing to serve: {exc}") from exc
         pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
-        config = ServeConfig(package_dir=pkg.root, **options)
-        if get_path is not None:
-            _one_request(config, get_path)
-            return
-        if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
-            render.err.print(f"[yellow]warning:[/] binding {config.host} without an API key: anyone who can reach "
-                             "this port can use the model. Set MODELPACK_API_KEY or --api-keys-file.")
-        from ..serve import server
+        _serve(ServeConfig(package_dir=pkg.root, **options), get_path)
 
-        try:
-            code = server.run(config)
-        except KeyboardInterrupt:
-            code = 0  # uvicorn re-raises SIGTERM/SIGINT after draining: a clean stop, not an error
+
+def _check_encrypted(config: Any, require_signature: Path | None) -> None:
+    """Before serving: the key fits, the signature holds, and the served artifact decrypts to its checksum."""
+    from ..encryption import load_key, open_encrypted
+    from ..signing import check, load_public
+
+    try:
+        package = open_encrypted(config.package_dir, load_key(config.key_file))
+        if require_signature is not None:
+            check(package.manifest_bytes, package.signature_bytes, load_public(require_signature, "--require-signature"),
+                  str(config.package_dir))
+        from ..serve.config import memory_runtime
+
+        pkg = config.package()
+        package.read(pkg.artifact(config.runtime or memory_runtime(pkg))["path"])  # decrypts, checks sha256
+    except IntegrityError as exc:
+        raise IntegrityError(f"refusing to serve: {exc}") from exc
+
+
+def _serve(config: Any, get_path: str | None) -> None:
+    if get_path is not None:
+        _one_request(config, get_path)
+        return
+    if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
+        render.err.print(f"[yellow]warning:[/] binding {config.host} without an API key: anyone who can reach "
+                         "this port can use the model. Set MODELPACK_API_KEY or --api-keys-file.")
+    from ..serve import server
+
+    try:
+        code = server.run(config)
+    except KeyboardInterrupt:
+        code = 0  # uvicorn re-raises SIGTERM/SIGINT after draining: a clean stop, not an error
     if code:
         raise IntegrityError("the server did not start; see the log above.")
 

@@ -8,8 +8,10 @@ protocol handlers only parse, validate, infer and encode. A client's mistake is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -87,16 +89,17 @@ class Route:
     method: str
     handler: str
     public: bool = False  # reachable without an API key
+    scope: str = "metadata"  # what an API key needs: infer, metadata or admin
 
 
 STATIC: dict[str, list[Route]] = {
     "/v2/health/live": [Route("/v2/health/live", "GET", "live", public=True)],
     "/v2/health/ready": [Route("/v2/health/ready", "GET", "ready", public=True)],
     "/v2": [Route("/v2", "GET", "server_metadata")],
-    "/metrics": [Route("/metrics", "GET", "metrics")],
+    "/metrics": [Route("/metrics", "GET", "metrics", scope="admin")],
     "/openapi.json": [Route("/openapi.json", "GET", "openapi")],
     "/docs": [Route("/docs", "GET", "docs")],
-    "/predict": [Route("/predict", "POST", "simple_predict")],
+    "/predict": [Route("/predict", "POST", "simple_predict", scope="infer")],
 }
 V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 TFS_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>:predict)?$")
@@ -124,12 +127,13 @@ def _resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
         rest = m["rest"] or ""
         handler = {"": "model_metadata", "/ready": "model_ready", "/infer": "infer"}[rest]
         verb = "POST" if rest == "/infer" else "GET"
-        candidates = [Route(f"/v2/models/{{name}}{suffix}{rest}", verb, handler)]
+        candidates = [Route(f"/v2/models/{{name}}{suffix}{rest}", verb, handler,
+                            scope="infer" if handler == "infer" else "metadata")]
     elif not candidates and (m := TFS_MODEL.match(path)):
         params = {"name": m["name"], "version": m["version"]}
         suffix = "/versions/{version}" if m["version"] else ""
         if m["verb"]:
-            candidates = [Route(f"/v1/models/{{name}}{suffix}:predict", "POST", "tfs_predict")]
+            candidates = [Route(f"/v1/models/{{name}}{suffix}:predict", "POST", "tfs_predict", scope="infer")]
         else:
             candidates = [Route(f"/v1/models/{{name}}{suffix}", "GET", "tfs_status")]
     for route in candidates:
@@ -149,7 +153,7 @@ class App:
         self.config = config
         self.model = model
         self.ready = False
-        self.keys = KeyRing.build(config.api_key, config.api_keys_file)
+        self.keys = KeyRing.build(config.api_key, config.api_keys_file, config.rate_limit)
         self.metrics: Metrics | None = None
         self.batcher: Batcher | None = None
         self._openapi: bytes | None = None
@@ -169,9 +173,27 @@ class App:
                                on_batch=self.metrics.batch.observe, inline=single_ms < INLINE_BELOW_MS)
         self.batcher.start()
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
+        self._watch_sighup()
         self.ready = True
         log.info("model %s version %s ready (%s, loaded in %.2fs)", model.name, model.version, model.platform,
                  model.load_seconds)
+
+    def _watch_sighup(self) -> None:
+        """SIGHUP re-reads the keys file; requests in flight are not disturbed."""
+        if self.config.api_keys_file is None:
+            return
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no signals
+            pass
+
+    def reload_keys(self) -> None:
+        try:
+            count = self.keys.reload()
+        except InputError as exc:
+            log.error("keys file not reloaded, the previous keys stay in force: %s", exc)
+            return
+        log.info("reloaded %d API key(s) from %s", count, self.config.api_keys_file)
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -195,7 +217,10 @@ class App:
             route, params = resolve(method, path)
             route_name = route.name
             if not route.public and self.keys.enabled:
-                key = self.keys.check(headers.get("authorization"))
+                api_key = self.keys.check(headers.get("authorization"))
+                key = api_key.name
+                self.keys.authorize(api_key, route.scope, path)
+                self.keys.throttle(api_key)
             request = Request(method, path, headers, params)
             if route.method == "POST":
                 request.body = await self._read_body(receive, headers)

@@ -13,7 +13,7 @@ ENV = "MODELPACK_SERVE_CONFIG"  # how `--workers N` hands the config to each wor
 
 @dataclass
 class ServeConfig:
-    package_dir: Path  # an extracted package directory
+    package_dir: Path  # an extracted package directory, or an encrypted .mpk (with `encrypted`)
     runtime: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -33,13 +33,32 @@ class ServeConfig:
     register: str | None = None  # zk://HOST:PORT/PATH
     register_required: bool = False
     advertise_host: str | None = None
+    encrypted: bool = False  # package_dir is an encrypted .mpk, decrypted into memory only
+    key_file: Path | None = None  # its key (else MODELPACK_KEY)
+    rate_limit: str | None = None  # e.g. "50/s": the token bucket of keys that set none
+
+    def package(self) -> Any:
+        """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""
+        from ..package import Package
+
+        if not self.encrypted:
+            return Package.load(self.package_dir)
+        from ..encryption import read_manifest
+
+        _, manifest, _, _ = read_manifest(self.package_dir)
+        return Package(self.package_dir.parent, manifest, self.package_dir)
 
     def load_model(self) -> Any:
-        from ..package import Package
         from .model import ServedModel
 
-        pkg = Package.load(self.package_dir)
-        return ServedModel.load(pkg, self.runtime, self.max_batch_size, self.threads)
+        pkg = self.package()
+        if not self.encrypted:
+            return ServedModel.load(pkg, self.runtime, self.max_batch_size, self.threads)
+        from ..encryption import load_key, open_encrypted
+
+        entry = pkg.artifact(self.runtime or memory_runtime(pkg))
+        data = open_encrypted(self.package_dir, load_key(self.key_file)).read(entry["path"])
+        return ServedModel.load(pkg, entry["format"], self.max_batch_size, self.threads, model_bytes=data)
 
     def to_env(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})
@@ -49,6 +68,16 @@ class ServeConfig:
         data = json.loads(os.environ[ENV])
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
         return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
+
+
+def memory_runtime(pkg: Any) -> str:
+    from ..errors import UsageError
+
+    for fmt in ("onnx", "tflite"):
+        if fmt in [str(f) for f in pkg.formats()]:
+            return fmt
+    raise UsageError(f"{pkg.source}: an encrypted package is served from memory, which needs an ONNX or TFLite "
+                     f"artifact; this one has {', '.join(str(f) for f in pkg.formats())}.")
 
 
 def app_from_env() -> Any:

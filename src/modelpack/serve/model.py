@@ -35,13 +35,13 @@ class ServedModel:
     def load(cls, pkg: Package, runtime: str | None, max_batch_size: int, threads: int | None = None,
              model_bytes: bytes | None = None) -> "ServedModel":
         """Load the package's best artifact (or `runtime`'s) once; `model_bytes` loads ONNX from memory."""
-        from ..runtimes import OnnxRunner
+        from ..runtimes import runner_from_bytes
 
         start = time.perf_counter()
         entry = pkg.artifact(runtime)
         rep = Repr(entry["format"])
-        if model_bytes is not None and rep is Repr.ONNX:
-            runner: Runner = OnnxRunner(model_bytes, pkg.signature, threads)
+        if model_bytes is not None:
+            runner: Runner = runner_from_bytes(rep, model_bytes, pkg.signature, threads)
         else:
             runner = load_runner(pkg.model_ref(entry), pkg.signature, threads=threads)
         model = cls(pkg.name, pkg.version, pkg.signature, rep, runner, max_batch_size,

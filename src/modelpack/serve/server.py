@@ -79,9 +79,7 @@ def _registration(config: ServeConfig) -> Any:
 def _register_when(registration: Any, config: ServeConfig, ready: Callable[[], Any]) -> None:
     """Register from a helper thread as soon as `ready()` returns the bound port."""
     from ..discovery import advertised_host, instance_record
-    from ..package import Package
-
-    pkg = Package.load(config.package_dir)
+    pkg = config.package()
 
     def wait_then_register() -> None:
         while True:
