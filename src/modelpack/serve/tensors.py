@@ -70,7 +70,7 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
 
 def encode(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
     """One output -> (JSON part, binary bytes or None)."""
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray alone turns a scalar into [1]
     meta: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype.name), "shape": list(array.shape)}
     if binary:
         raw = array.tobytes()
