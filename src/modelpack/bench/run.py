@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,8 +47,6 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
             targets, notes = package_targets(pkg, request.formats, baseline)
             spec = request.spec
             if spec.compression == "deflate":
-                from dataclasses import replace
-
                 spec = replace(spec, compression=pkg.manifest.get("archive", {}).get("compression", "deflate"))
             data = load_dataset(request.eval_data, pkg.signature) if request.eval_data else None
             result = benchmark(targets, pkg.signature, spec, data, progress)

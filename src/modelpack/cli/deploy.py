@@ -47,7 +47,7 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
                             requirement=requirement)
     result = write_deployment(package, target, output, options, force=force)
     if build:
-        docker_build(output, image or result.next_steps[0].split(" -t ")[1].split()[0])
+        docker_build(output, result.image)
     if as_json:
         render.print_json({"status": "ok", "target": target, "output": str(output), "files": result.files,
                            "next_steps": result.next_steps})

@@ -84,7 +84,10 @@ def _remote(registry: str, model: str, input_file: Path, pick: str,
         raise RegistryError(f"no live instance of model '{model}' under {registry}.")
     # The input file is read as any V2 client would: against the served signature, fetched once.
     signature = _signature(instances, api_key)
-    feeds = load_tensors(input_file, Signature.from_dict(signature)) if signature else _raw(input_file)
+    if signature is None:
+        raise UsageError(f"--input '{input_file}': no instance of '{model}' answered a metadata request, so its "
+                         "input names are unknown; are the servers up, and is --api-key right?")
+    feeds = load_tensors(input_file, Signature.from_dict(signature))
     results, tried = call(address, model, feeds, api_key=api_key, balancer=Balancer(pick))
     render.err.print(f"[dim]served by {tried[-1]}" + (f" after {len(tried) - 1} failed" if len(tried) > 1 else "")
                      + "[/]")
@@ -101,7 +104,8 @@ def _signature(instances: list[dict], api_key: str | None) -> dict | None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     for inst in instances:
         try:
-            conn = http.client.HTTPConnection(inst["host"], int(inst["port"]), timeout=5)
+            cls = http.client.HTTPSConnection if inst.get("scheme") == "https" else http.client.HTTPConnection
+            conn = cls(inst["host"], int(inst["port"]), timeout=5)
             conn.request("GET", f"/v2/models/{inst['model']}", headers=headers)
             response = conn.getresponse()
             meta = json.loads(response.read())
@@ -113,11 +117,6 @@ def _signature(instances: list[dict], api_key: str | None) -> dict | None:
         return {kind: [{"name": t["name"], "dtype": V2_TO_NUMPY[t["datatype"]].name, "shape": t["shape"]}
                        for t in meta[kind]] for kind in ("inputs", "outputs")}
     return None
-
-
-def _raw(input_file: Path) -> dict[str, np.ndarray]:
-    raise UsageError(f"--input '{input_file}': no instance answered its metadata request, so the input names "
-                     "are unknown; is any server up?")
 
 
 def _write(path: Path, results: dict[str, np.ndarray]) -> None:

@@ -42,6 +42,7 @@ class DeployResult:
     output: Path
     files: list[str]
     next_steps: list[str]
+    image: str  # the container image the files refer to (docker, k8s, kserve)
 
 
 def k8s_name(name: str) -> str:
@@ -66,7 +67,8 @@ def deploy(package: Path, target: str, output: Path, options: DeployOptions, for
         with atomic_dir(output.absolute(), force=force) as staging:
             steps = module.write(pkg, staging, options, output)
             files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
-    return DeployResult(target, output, files, steps)
+        image = options.image or default_image(pkg.manifest)
+    return DeployResult(target, output, files, steps, image)
 
 
 def dump_yaml(path: Path, documents: list[dict[str, Any]]) -> None:

@@ -55,6 +55,7 @@ class BenchmarkStage(Stage):
             raise GateFailed(f"stage 'benchmark': {len(failed)} gate check(s) failed: " + "; ".join(failed))
         held = result["targets"][-1]
         first = held["latency"][0]
-        metrics = {"benchmark": result, "p50_ms": first["p50_ms"], "p99_ms": first["p99_ms"],
-                   "speedup": round(1 / first["latency_ratio"], 3) if first.get("latency_ratio") else None}
+        metrics: dict[str, Any] = {"benchmark": result, "p50_ms": first["p50_ms"], "p99_ms": first["p99_ms"]}
+        if first.get("latency_ratio"):
+            metrics["speedup"] = round(1 / first["latency_ratio"], 3)
         return StageResult(model=model, metrics=metrics)
