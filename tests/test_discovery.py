@@ -14,6 +14,7 @@ import pytest
 
 import zookeeper
 from conftest import EXAMPLE, run_cli, run_subprocess
+from modelpack.errors import RegistryError
 from servers import Process, free_port
 
 if not zookeeper.available():
@@ -122,7 +123,7 @@ def test_round_robin_failover_in_the_library(digits_package: Path, registry: str
         assert sorted(attempts) == [1, 1, 2, 2]  # round robin started on the dead one every other call
         client.stop()
         client.close()
-        with pytest.raises(discovery.RegistryError, match="no live instance of model 'other'"):
+        with pytest.raises(RegistryError, match="no live instance of model 'other'"):
             discovery.predict(address, "other", x)
     finally:
         live.stop()

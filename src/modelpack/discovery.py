@@ -25,17 +25,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import InputError, ModelpackError, UsageError
+from .errors import InputError, RegistryError, UsageError
 
 log = logging.getLogger("modelpack.discovery")
 
 PREFIX = "instance-"
 SESSION_TIMEOUT_S = 4.0  # how soon a crashed server's entry disappears
 CONNECT_TIMEOUT_S = 5.0
-
-
-class RegistryError(ModelpackError):
-    """ZooKeeper could not be reached or used (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +201,32 @@ class Balancer:
         return instances[start:] + instances[:start]
 
 
+def _connection(instance: dict[str, Any], timeout: float) -> http.client.HTTPConnection:
+    cls = http.client.HTTPSConnection if instance.get("scheme") == "https" else http.client.HTTPConnection
+    return cls(instance["host"], int(instance["port"]), timeout=timeout)
+
+
+def fetch_signature(instances: list[dict[str, Any]], api_key: str | None = None) -> dict[str, Any] | None:
+    """The V2 metadata of the first instance that answers, as a package signature; None if none answers."""
+    from .serve.tensors import V2_TO_NUMPY
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    for instance in instances:
+        conn = _connection(instance, 5.0)
+        try:
+            conn.request("GET", f"/v2/models/{instance['model']}", headers=headers)
+            response = conn.getresponse()
+            meta = json.loads(response.read())
+        except (OSError, ValueError, http.client.HTTPException):
+            continue
+        finally:
+            conn.close()
+        if response.status == 200:
+            return {kind: [{"name": t["name"], "dtype": V2_TO_NUMPY[t["datatype"]].name, "shape": t["shape"]}
+                           for t in meta[kind]] for kind in ("inputs", "outputs")}
+    return None
+
+
 def infer_v2(instance: dict[str, Any], inputs: dict[str, np.ndarray], api_key: str | None = None,
              timeout: float = 30.0) -> dict[str, np.ndarray]:
     """One V2 JSON inference call to one instance. Connection failures raise OSError."""
@@ -215,8 +237,7 @@ def infer_v2(instance: dict[str, Any], inputs: dict[str, np.ndarray], api_key: s
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    cls = http.client.HTTPSConnection if instance.get("scheme") == "https" else http.client.HTTPConnection
-    conn = cls(instance["host"], int(instance["port"]), timeout=timeout)
+    conn = _connection(instance, timeout)
     try:
         conn.request("POST", f"/v2/models/{instance['model']}/versions/{instance['version']}/infer",
                      json.dumps(body), headers)

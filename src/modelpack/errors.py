@@ -43,6 +43,10 @@ class IntegrityError(ModelpackError):
     """A package does not match its manifest: checksum, schema or load failure (exit 1)."""
 
 
+class RegistryError(ModelpackError):
+    """ZooKeeper could not be reached or used, or no live instance answered (exit 1)."""
+
+
 class OutputExistsError(UsageError):
     """The output path exists and --force was not given (exit 2)."""
 

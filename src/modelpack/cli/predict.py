@@ -73,17 +73,16 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
 def _remote(registry: str, model: str, input_file: Path, pick: str,
             api_key: str | None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     from ..data import load_tensors
-    from ..discovery import Balancer, discover, parse_zk, predict as call
+    from ..discovery import Balancer, discover, fetch_signature, parse_zk, predict as call
+    from ..errors import RegistryError
     from ..signature import Signature
 
     address = parse_zk(registry)
     instances = discover(address, model)
     if not instances:
-        from ..discovery import RegistryError
-
         raise RegistryError(f"no live instance of model '{model}' under {registry}.")
     # The input file is read as any V2 client would: against the served signature, fetched once.
-    signature = _signature(instances, api_key)
+    signature = fetch_signature(instances, api_key)
     if signature is None:
         raise UsageError(f"--input '{input_file}': no instance of '{model}' answered a metadata request, so its "
                          "input names are unknown; are the servers up, and is --api-key right?")
@@ -92,31 +91,6 @@ def _remote(registry: str, model: str, input_file: Path, pick: str,
     render.err.print(f"[dim]served by {tried[-1]}" + (f" after {len(tried) - 1} failed" if len(tried) > 1 else "")
                      + "[/]")
     return results, {"instance": tried[-1], "tried": tried}
-
-
-def _signature(instances: list[dict], api_key: str | None) -> dict | None:
-    """The V2 metadata of the first instance that answers, as a package signature."""
-    import http.client
-    import json
-
-    from ..serve.tensors import V2_TO_NUMPY
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    for inst in instances:
-        try:
-            cls = http.client.HTTPSConnection if inst.get("scheme") == "https" else http.client.HTTPConnection
-            conn = cls(inst["host"], int(inst["port"]), timeout=5)
-            conn.request("GET", f"/v2/models/{inst['model']}", headers=headers)
-            response = conn.getresponse()
-            meta = json.loads(response.read())
-            conn.close()
-        except (OSError, ValueError):
-            continue
-        if response.status != 200:
-            continue
-        return {kind: [{"name": t["name"], "dtype": V2_TO_NUMPY[t["datatype"]].name, "shape": t["shape"]}
-                       for t in meta[kind]] for kind in ("inputs", "outputs")}
-    return None
 
 
 def _write(path: Path, results: dict[str, np.ndarray]) -> None:
