@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelpack-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-serve clean
+.PHONY: install demo test bench bench-int8 bench-serve bench-corpus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelpack needs Python >= 3.11; set PYTHON=python3.11")'
@@ -33,6 +33,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/optimize_bench.py
+
+bench-int8: $(STAMP)  # int8 against float on the corpus transformer and MobileNetV2
+	$(BIN)/python benchmarks/int8_bench.py
+
+bench-corpus: $(STAMP)  # every command on every corpus model: the README's corpus table
+	$(BIN)/python benchmarks/corpus_table.py
 
 bench-serve: $(STAMP)  # needs wrk (apt-get install wrk)
 	$(BIN)/python benchmarks/serve_bench.py

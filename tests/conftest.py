@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # corpus_table: the corpus routine the tests and the README share
 EXAMPLE = ROOT / "examples" / "digits"
 BIN = Path(sys.executable).parent
 

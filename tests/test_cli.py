@@ -149,3 +149,23 @@ def test_version() -> None:
 @pytest.mark.parametrize("args", [["verify"], ["pack", "x"], ["predict", "x"]])
 def test_commands_require_their_arguments(args: list[str]) -> None:
     assert run_cli(*args).exit_code == 2
+
+
+def test_a_misspelled_stage_gets_did_you_mean(models, tmp_path) -> None:
+    result = run_cli("optimize", models["onnx"].path, "-o", tmp_path / "out", "exprot", "--format", "onnx")
+    assert result.exit_code == 2
+    assert "unknown stage 'exprot'; did you mean 'export'?" in result.output
+
+
+def test_no_stages_is_a_usage_error(models, tmp_path) -> None:
+    result = run_cli("optimize", models["onnx"].path, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "no stages" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_anywhere_keeps_the_exit_code(tmp_path) -> None:
+    for args in (["--debug", "optimize", tmp_path / "nope.keras", "-o", tmp_path / "o", "export"],
+                 ["optimize", tmp_path / "nope.keras", "-o", tmp_path / "o", "--debug", "export"]):
+        proc = run_subprocess(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" in proc.stderr and "no such file or directory" in proc.stderr

@@ -114,13 +114,13 @@ def test_onnx_input_export_validates_and_copies(models, tmp_path: Path) -> None:
     assert (out / "model.onnx").read_bytes() == models["onnx"].path.read_bytes()
 
 
-def test_no_stage_packages_the_model_as_is(models, tmp_path: Path) -> None:
+def test_no_stage_is_a_usage_error(models, tmp_path: Path) -> None:
+    """A pipeline with no stages used to package the model as it was: almost always a forgotten stage."""
     out = tmp_path / "pkg"
     result = run_cli("optimize", EXAMPLE / "model.keras", "-o", out, "-q")
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "modelpack.json").read_text())
-    assert [a["path"] for a in manifest["artifacts"]] == ["model.keras"]
-    assert manifest["lineage"]["stages"] == []
+    assert result.exit_code == 2, result.output
+    assert "no stages" in result.output and "export" in result.output
+    assert not out.exists()
 
 
 def test_bad_eval_data_is_an_input_error(models, tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ BAD = [
     ("POST", "/v2/models/model/infer", {"json": {"nothing": 1}}, 400, "'inputs' list"),
     ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
                                                              "datatype": "FP32", "data": ["a"] * 64}]}},
-     400, "cannot be read as FP32"),
+     400, "data holds strings"),
     ("POST", "/v2/models/model/infer", {"json": v2_json(np.zeros((40, 8, 8, 1), np.float32))}, 400,
      "exceeds the server's --max-batch-size 32"),
     ("POST", "/v2/models/model/infer", {"json": {**v2_json(X[:1]), "outputs": [{"name": "logits"}]}}, 400,
@@ -192,7 +192,28 @@ BAD = [
     ("POST", "/v1/models/model:predict", {"json": {"signature_name": "other", "instances": [[1]]}}, 400,
      "unknown signature_name"),
     ("POST", "/predict", {"json": {"data": []}}, 400, "input_data"),
-    ("POST", "/predict", {"json": {"input_data": [[[["x"]]]]}}, 400, "cannot read the data as float32"),
+    ("POST", "/predict", {"json": {"input_data": [[[["x"]]]]}}, 400, "data holds strings"),
+    # Found by a hostile-client pass and schemathesis: each of these was a 500 or a silent misreading.
+    *[("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
+                                                               "datatype": bad, "data": [0] * 64}]}},
+       400, "unsupported datatype") for bad in ({}, [], ["FP32"])],
+    ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1] * 65, "datatype": "FP32",
+                                                             "data": [0]}]}}, 400, "65 dimensions"),
+    ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [0, 4611686018427387904],
+                                                             "datatype": "FP32", "data": []}]}}, 400, "integers from 0"),
+    ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
+                                                             "datatype": "FP32", "data": [None] * 64}]}},
+     400, "data holds nulls"),
+    ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
+                                                             "datatype": "FP32", "data": ["1.5"] * 64}]}},
+     400, "data holds strings"),
+    ("POST", "/v2/models/model/infer", {"json": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
+                                                             "datatype": "FP32", "data": [1e39] * 64}]}},
+     400, "out of range for FP32"),
+    ("POST", "/v2/models/model/infer", {"json": {**v2_json(X[:1]), "parameters": {"binary_data_output": "no"}}},
+     400, "must be true or false"),
+    ("POST", "/v2/models/model/infer", {"json": {**v2_json(X[:1]), "id": 7}}, 400, "'id' must be a string"),
+    ("POST", "/v1/models/model:predict", {"json": {"instances": [[0]], "inputs": [[0]]}}, 400, "not both"),
 ]
 
 
@@ -438,3 +459,43 @@ def test_sigterm_drains_accepted_requests(digits_package: Path) -> None:
         t.join()
     assert results == [200] * 6, (results, err)
     assert code == 0 and "Finished server process" in err
+
+
+def test_error_bodies_do_not_echo_a_huge_input(client) -> None:
+    huge = "x" * 5_000_000
+    response = client.post("/v2/models/model/infer", json={"inputs": [{"name": "image", "shape": [1, 8, 8, 1],
+                                                                       "datatype": "FP32",
+                                                                       "data": [huge] + [0] * 63}]})
+    assert response.status_code == 400 and len(response.content) < 2048
+    response = client.get("/v2/models/" + "m" * 60_000)
+    assert response.status_code == 404 and len(response.content) < 2048
+
+
+def test_a_shape_the_runtime_refuses_is_a_400_with_its_reason(tmp_path) -> None:
+    """A dynamic inner dimension the graph constrains: [1, 7] where a Reshape needs 8 values per row."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import run_cli
+    from servers import InProcess
+
+    shape = numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 4])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert run_cli("optimize", tmp_path / "m.onnx", "-o", tmp_path / "pkg", "--name", "model", "-q",
+                   "export").exit_code == 0
+    server = InProcess(tmp_path / "pkg")
+    try:
+        bad = server.post("/v2/models/model/infer", json={"inputs": [{"name": "x", "shape": [1, 7], "datatype": "FP32",
+                                                                      "data": [0.0] * 7}]})
+        assert bad.status_code == 400, bad.text
+        assert "the model rejected the input" in bad.json()["error"]
+        good = server.post("/v2/models/model/infer", json={"inputs": [{"name": "x", "shape": [1, 8],
+                                                                       "datatype": "FP32", "data": [0.0] * 8}]})
+        assert good.status_code == 200
+    finally:
+        server.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from functools import lru_cache
+from typing import Any
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -20,21 +22,45 @@ COMPRESSION = {
 MAX_UNPACKED = 16 << 30  # refuse zip bombs: no package needs more than 16 GiB unpacked
 
 
-def compressed_size(path: Path, compression: str = "deflate") -> int:
-    """Bytes a file or directory takes inside a .mpk written with `compression` (member data only)."""
+def _compressor(compression: str) -> Any:
     import bz2
     import lzma
     import zlib
 
-    codec = {
-        "deflate": lambda b: zlib.compress(b, 9),
-        "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}]),
-        "bzip2": lambda b: bz2.compress(b, 9),
-        "store": lambda b: b,
-    }[compression]
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    # zip stores a member raw when compressing would grow it
-    return sum(min(len(codec(data := f.read_bytes())), len(data)) for f in files)
+    if compression == "deflate":
+        return zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as zip stores it
+    if compression == "lzma":
+        return lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA1}])
+    if compression == "bzip2":
+        return bz2.BZ2Compressor(9)
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _file_compressed_size(path: str, mtime_ns: int, size: int, compression: str) -> int:
+    """One file's compressed size, streamed in 1 MiB chunks (never the whole file in memory), cached per file
+    version: a pipeline measures the same bytes several times (a stage's output, then the packaged artifact)."""
+    compressor = _compressor(compression)
+    if compressor is None:
+        return size
+    total = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            total += len(compressor.compress(chunk))
+    total += len(compressor.flush())
+    return min(total, size)  # zip stores a member raw when compressing would grow it
+
+
+def compressed_size(path: Path, compression: str = "deflate") -> int:
+    """Bytes a file or directory takes inside a .mpk written with `compression` (member data only)."""
+    from .package import companions
+
+    files = [path, *companions(path)] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    total = 0
+    for f in files:
+        st = f.stat()
+        total += _file_compressed_size(str(f.resolve()), st.st_mtime_ns, st.st_size, compression)
+    return total
 
 
 def is_archive(path: Path) -> bool:

@@ -132,3 +132,17 @@ def atomic_file(target: Path, *, force: bool = False) -> Iterator[Path]:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def sweep(target: Path) -> None:
+    """Remove what a killed run left beside `target`: its temporary outputs and its lock file.
+
+    Takes the lock first, so a run that is still alive is never disturbed."""
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return
+    try:
+        with _lock(target):
+            _sweep_stale(target)
+    except OutputBusyError:
+        pass

@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ModelpackError, StageFailed
+from .errors import ModelpackError, StageFailed, reason
 from .formats import ModelRef, Repr
 from .signature import Signature
 
@@ -122,7 +122,7 @@ def savedmodel_to_tflite(ref: ModelRef, workdir: Path, signature: Signature, ops
     except ModelpackError:
         raise
     except Exception as exc:
-        raise StageFailed("convert", f"the TFLite converter failed: {str(exc).splitlines()[0][:300]}") from exc
+        raise StageFailed("convert", f"the TFLite converter failed: {reason(exc)}") from exc
     return ModelRef(Repr.TFLITE, out)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +17,44 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass
 class Dataset:
-    """Inputs keyed by the signature's input names, and labels when the file has `y`."""
+    """Inputs keyed by the signature's input names, and labels when the file has `y`.
+
+    `axes` says where each input holds its examples (see `Signature.batch_axis`): axis 0 for most,
+    another axis for e.g. a recurrent state, None for an input every example shares (a scalar).
+    """
 
     inputs: Tensors
     labels: np.ndarray | None
     path: Path | None = None
+    axes: dict[str, int | None] = field(default_factory=dict)
+    fixed_batch: int | None = None  # the model takes exactly this many examples per call (e.g. a TFLite batch of 1)
+
+    def axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        for name, value in self.inputs.items():
+            axis = self.axis(name)
+            if axis is not None:
+                return int(value.shape[axis])
+        return 1
+
+    def take(self, index: np.ndarray | slice) -> "Dataset":
+        """The examples at `index` (an index array or a slice), labels cut with them."""
+        picked = {}
+        for name, value in self.inputs.items():
+            axis = self.axis(name)
+            if axis is None:
+                picked[name] = value
+            else:
+                where = [slice(None)] * value.ndim
+                where[axis] = index
+                picked[name] = value[tuple(where)]
+        return Dataset(picked, None if self.labels is None else self.labels[index], self.path, self.axes,
+                       self.fixed_batch)
 
     def head(self, n: int) -> "Dataset":
-        return Dataset({k: v[:n] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:n], self.path)
+        return self.take(slice(0, n))
 
 
 def load_dataset(path: str | Path, signature: Signature, option: str = "--eval-data") -> Dataset:
@@ -42,14 +68,22 @@ def load_dataset(path: str | Path, signature: Signature, option: str = "--eval-d
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InputError(f"{option} '{p}': not a readable .npz ({exc}). Expected arrays 'x' and 'y'.") from exc
     labels = arrays.pop("y", None)
-    inputs = _select_inputs(arrays, signature, f"{option} '{p}'")
-    n = {len(v) for v in inputs.values()}
-    if len(n) != 1 or (labels is not None and len(labels) not in n):
-        raise InputError(f"{option} '{p}': arrays have different numbers of samples.")
-    return Dataset(inputs, labels, p)
+    axes = {t.name: signature.batch_axis(t.name) for t in signature.inputs}
+    inputs = _select_inputs(arrays, signature, f"{option} '{p}'", axes)
+    rows = {name: v.shape[axes[name]] for name, v in inputs.items() if axes[name] is not None}
+    counts = set(rows.values()) | ({len(labels)} if labels is not None and labels.ndim else set())
+    if len(counts) > 1:
+        found = ", ".join(f"{k}: {v}" for k, v in rows.items()) + (f", y: {len(labels)}" if labels is not None else "")
+        raise InputError(f"{option} '{p}': arrays have different numbers of examples ({found}).")
+    if counts == {0}:
+        raise InputError(f"{option} '{p}': the arrays hold no examples.")
+    fixed = {t.shape[axes[t.name]] for t in signature.inputs if axes[t.name] is not None}
+    fixed_batch = fixed.pop() if len(fixed) == 1 and DYNAMIC not in fixed else None
+    return Dataset(inputs, labels, p, axes, fixed_batch)
 
 
-def _select_inputs(arrays: dict[str, np.ndarray], signature: Signature, where: str) -> Tensors:
+def _select_inputs(arrays: dict[str, np.ndarray], signature: Signature, where: str,
+                   axes: dict[str, int | None] | None = None) -> Tensors:
     names = signature.input_names
     if all(n in arrays for n in names):
         chosen = {n: arrays[n] for n in names}
@@ -60,14 +94,15 @@ def _select_inputs(arrays: dict[str, np.ndarray], signature: Signature, where: s
     else:
         expected = "'x'" if len(names) == 1 else ", ".join(f"'{n}'" for n in names)
         raise InputError(f"{where}: expected array(s) {expected}, found {sorted(arrays) or 'none'}.")
-    return {spec.name: conform(chosen[spec.name], spec, where) for spec in signature.inputs}
+    axes = axes or {}
+    return {spec.name: conform(chosen[spec.name], spec, where, axes.get(spec.name)) for spec in signature.inputs}
 
 
-def conform(value: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
-    """Check rank and static dims against the spec, and cast to its dtype."""
+def conform(value: np.ndarray, spec: TensorSpec, where: str, batch_axis: int | None = None) -> np.ndarray:
+    """Check rank and static dims against the spec (any number of examples on `batch_axis`), and cast."""
     value = np.asarray(value)
     if value.ndim != len(spec.shape) or any(
-        d != DYNAMIC and d != v for d, v in zip(spec.shape, value.shape)
+        d != DYNAMIC and d != v and i != batch_axis for i, (d, v) in enumerate(zip(spec.shape, value.shape))
     ):
         raise InputError(
             f"{where}: input '{spec.name}' has shape {list(value.shape)}, expected {list(spec.shape)} (-1 = any)."
@@ -104,11 +139,12 @@ def load_tensors(path: str | Path, signature: Signature) -> Tensors:
 
 
 def random_inputs(signature: Signature, batch: int = 4, seed: int = 0) -> Tensors:
-    """Inputs built from the signature: dynamic dims become `batch` (first) or 8 (others)."""
+    """Inputs built from the signature: the batch axis becomes `batch`, other dynamic dims 8."""
     rng = np.random.default_rng(seed)
     out: Tensors = {}
     for spec in signature.inputs:
-        shape = [(batch if i == 0 else 8) if d == DYNAMIC else d for i, d in enumerate(spec.shape)]
+        axis = signature.batch_axis(spec.name)
+        shape = [(batch if i == axis else 8) if d == DYNAMIC else d for i, d in enumerate(spec.shape)]
         dtype = np.dtype(spec.dtype)
         if dtype.kind in "iu":
             out[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)

@@ -101,6 +101,9 @@ def pack(root: Path, out: Path, key: bytes, *, compression: str = "deflate", for
 
     manifest_bytes = (root / mf.MANIFEST_NAME).read_bytes()
     manifest = mf.validate(json.loads(manifest_bytes), str(root / mf.MANIFEST_NAME))
+    if any(entry.get("files") for entry in manifest["artifacts"]):
+        raise UsageError(f"{root}: an artifact keeps its weights in external data files, which encrypted archives do "
+                         "not support yet; pack it unencrypted, or re-export the model into one file.")
     aes = AESGCM(key)
     compress = _CODECS[compression][0]
     record: dict[str, Any] = {"algorithm": ALGORITHM, "key_id": key_id(key), "compression": compression,

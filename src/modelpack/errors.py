@@ -101,3 +101,9 @@ class RequestTimeout(RequestError):
     """The request waited or ran longer than --timeout-s (504)."""
 
     status = 504
+
+
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, or its class name when it has none (e.g. a bare assert)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

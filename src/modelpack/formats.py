@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, reason
 
-ACCEPTED = "Keras 3 .keras, legacy .h5 (Keras 3 or tf_keras), a TF SavedModel directory, or ONNX .onnx"
+ACCEPTED = "Keras 3 .keras, legacy .h5 (Keras 3 or tf_keras), a TF SavedModel directory, ONNX .onnx or TFLite .tflite"
+TORCH_HINT = ("modelpack reads ONNX from PyTorch: export it first with "
+              "torch.onnx.export(model, example_inputs, 'model.onnx'), then give model.onnx")
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -79,6 +81,8 @@ def detect(path: str | Path) -> ModelRef:
         return _detect_zip(p)
     if head[4:8] == b"TFL3":
         return ModelRef(Repr.TFLITE, p)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise InputError(f"input '{p}' is a Python pickle, as PyTorch's legacy torch.save writes; {TORCH_HINT}.")
     _check_onnx(p)
     return ModelRef(Repr.ONNX, p)
 
@@ -109,6 +113,8 @@ def _detect_zip(p: Path) -> ModelRef:
             names = set(zf.namelist())
             if "modelpack.json" in names:
                 raise InputError(f"input '{p}' is a modelpack archive (.mpk), not a model. Expected {ACCEPTED}.")
+            if any(n == "data.pkl" or n.endswith("/data.pkl") or n.endswith("/constants.pkl") for n in names):
+                raise InputError(f"input '{p}' is a PyTorch checkpoint or TorchScript file; {TORCH_HINT}.")
             if "config.json" not in names:
                 raise InputError(f"input '{p}' is a zip file but not a Keras model (no config.json). Expected {ACCEPTED}.")
             meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
@@ -121,11 +127,43 @@ def _detect_zip(p: Path) -> ModelRef:
 def _check_onnx(p: Path) -> None:
     import onnx
 
+    if p.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") and p.stat().st_size:
+        with p.open("rb") as fh:
+            if fh.read(1) == b"\x80":
+                raise InputError(f"input '{p}' looks like a PyTorch file; {TORCH_HINT}.")
     try:
         model = onnx.load(str(p), load_external_data=False)
         if not model.graph.output or model.ir_version <= 0:
             raise ValueError("no graph outputs")
-        onnx.checker.check_model(model)
+        external_files(model, p)
+        # By path, so external data is found beside the model and models over 2 GB are checked too.
+        onnx.checker.check_model(str(p))
+    except InputError:
+        raise
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ValueError...
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise InputError(f"input '{p}': not a model modelpack can read ({reason}). Expected {ACCEPTED}.") from exc
+        raise InputError(f"input '{p}': not a model modelpack can read ({reason(exc, 160)}). Expected {ACCEPTED}.") from exc
+
+
+def external_files(model: object, path: Path) -> list[str]:
+    """The external-data files an ONNX model's tensors point at, relative to the model's directory.
+
+    A location that is absolute, climbs out with '..', or names a missing file is an InputError:
+    a model must not read bytes from outside its own directory (or package)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    found: list[str] = []
+    root = path.parent.resolve()
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
+            raise InputError(f"'{path}': tensor '{tensor.name}' reads external data from '{location}', outside the "
+                             "model's directory; refusing it.")
+        if not target.is_file():
+            raise InputError(f"'{path}': tensor '{tensor.name}' keeps its data in '{location}', which is missing; "
+                             "keep the data file beside the model.")
+        if location not in found:
+            found.append(location)
+    return found

@@ -132,8 +132,24 @@ class Package:
                     f"(sha256 {found.sha256[:12]}…, expected {entry['sha256'][:12]}…; size {found.size}, "
                     f"expected {entry['size']}). The package was modified or corrupted."
                 )
+            for extra in entry.get("files", []):
+                self._check_companion(entry, extra)
             report.append({"path": entry["path"], "format": entry["format"], "size": found.size, "checksum": "ok"})
         return report
+
+    def _check_companion(self, entry: dict[str, Any], extra: dict[str, Any]) -> None:
+        path = self.path_of(extra)
+        if not path.is_file():
+            raise IntegrityError(f"{self.source}: '{extra['path']}' (external data of '{entry['path']}') is missing.")
+        found = digest(path)
+        if found.size != extra["size"] or found.sha256 != extra["sha256"]:
+            raise IntegrityError(f"{self.source}: '{extra['path']}' (external data of '{entry['path']}') does not match "
+                                 "the manifest; the package was modified or corrupted.")
+        listed = {e["path"] for e in entry.get("files", [])}
+        root = self.root.resolve()
+        for name in (p.resolve().relative_to(root).as_posix() for p in companions(self.path_of(entry))):
+            if name not in listed:
+                raise IntegrityError(f"{self.source}: '{entry['path']}' reads '{name}', which the manifest does not list.")
 
     def verify(self, load: bool = True) -> list[dict[str, Any]]:
         """Checksums, then load each artifact on its runtime."""
@@ -186,8 +202,52 @@ def is_package(path: Path) -> bool:
     return path.is_file() and archive.is_archive(path)
 
 
-def copy_artifact(src: Path, dst: Path) -> None:
+def companions(path: Path) -> list[Path]:
+    """Files a model reads besides itself: an ONNX model's external data (checked to stay beside it)."""
+    if not path.is_file() or path.suffix.lower() != ".onnx":
+        return []
+    import onnx
+
+    from .formats import external_files
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX after all: no companions
+        return []
+    return [path.parent / name for name in external_files(model, path)]
+
+
+def model_size(path: Path) -> int:
+    """Bytes of a model on disk, its external data included."""
+    return digest(path).size + sum(f.stat().st_size for f in companions(path))
+
+
+# ONNX's protobuf limit: a model this large keeps its weights in an external data file.
+PROTOBUF_LIMIT = (2 << 30) - (64 << 20)
+
+
+def copy_artifact(src: Path, dst: Path) -> list[Path]:
+    """Copy a model into a package; returns the companion files written beside it.
+
+    An ONNX model with external data (or one too large for a single protobuf) is written as
+    `model.onnx` plus `model.onnx.data`, with the tensors' locations rewritten to match."""
     if src.is_dir():
         shutil.copytree(src, dst, symlinks=False)
-    else:
+        return []
+    extra = companions(src)
+    if not extra and src.stat().st_size < PROTOBUF_LIMIT:
         shutil.copyfile(src, dst)
+        return []
+    import onnx
+
+    from onnx import numpy_helper
+    from onnx.external_data_helper import _get_all_tensors
+
+    data_name = dst.name + ".data"
+    model = onnx.load(str(src), load_external_data=True)
+    for tensor in _get_all_tensors(model):  # only raw_data can move out: re-encode typed fields (float_data, ...)
+        if not tensor.HasField("raw_data") and tensor.data_type != onnx.TensorProto.STRING:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
+              size_threshold=1024, convert_attribute=True)  # Constant nodes' tensors count toward 2 GB too
+    return [dst.parent / data_name] if (dst.parent / data_name).exists() else []

@@ -21,11 +21,11 @@ from . import convert
 from . import manifest as mf
 from .atomic import atomic_dir, check_output
 from .data import Dataset, load_dataset, random_inputs
-from .errors import GateFailed, ModelpackError, StageFailed, UsageError
+from .errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
 from .archive import compressed_size
-from .evaluation import EVAL_LIMIT, accuracy, agreement, max_abs_diff, run_batched
+from .evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
-from .package import copy_artifact, digest
+from .package import copy_artifact, digest, model_size
 from .runtimes import load_runner
 from .signature import Signature
 from .stages import Stage, StageContext, StageResult, registry
@@ -50,7 +50,10 @@ class PipelineSpec:
     model_version: str = "1"
     unsafe_load: bool = False
     max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
     on_violation: str = "fail"
+    eval_limit: int = DEFAULT_EVAL_LIMIT
     force: bool = False
 
 
@@ -83,6 +86,9 @@ class NullReporter:
 class RunResult:
     output: Path
     manifest: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "manifest": self.manifest}
 
 
 def plan(spec: PipelineSpec, source_rep: Repr) -> list[PlannedStage]:
@@ -128,7 +134,10 @@ class _Run:
         self._converted: dict[tuple[Path, Repr, int | None], ModelRef] = {}
         self._datasets: dict[tuple[str, str], Dataset] = {}
         self.source_accuracy: float | None = None
-        self.probe = eval_data.head(EVAL_LIMIT).inputs if eval_data is not None else random_inputs(signature)
+        # Every measurement uses the same examples: the first --eval-limit rows, labels cut with them.
+        self.probe = (eval_data if eval_data is not None else
+                      Dataset(random_inputs(signature), None, None,
+                              {t.name: signature.batch_axis(t.name) for t in signature.inputs}))
 
     def outputs(self, ref: ModelRef) -> dict[str, Any]:
         """Outputs of `ref` on the eval inputs (or random ones), cached per model."""
@@ -163,17 +172,13 @@ class _Run:
 
     def measure(self, ref: ModelRef, compression: str) -> dict[str, Any]:
         """Size (raw and as the archive would store it), accuracy, and fidelity against the source."""
-        found: dict[str, Any] = {"size_bytes": digest(ref.path).size,
+        found: dict[str, Any] = {"size_bytes": model_size(ref.path),
                                  "compressed_bytes": compressed_size(ref.path, compression)}
         outputs = self.outputs(ref)
         if ref.path != self.source.path:
-            reference = self.outputs(self.source)
-            found["max_abs_diff"] = max_abs_diff(reference, outputs)
-            agree = agreement(reference, outputs)
-            if agree is not None:
-                found["top1_agreement"] = round(agree, 3)
+            found.update(fidelity(self.outputs(self.source), outputs, token_mask(self.probe.inputs)))
         if self.eval_data is not None and self.eval_data.labels is not None:
-            acc = accuracy(outputs, self.eval_data.labels[:EVAL_LIMIT])
+            acc = accuracy(outputs, self.eval_data.labels)
             if acc is not None:
                 found["accuracy"] = round(acc, 3)
                 if self.source_accuracy is not None and ref.path != self.source.path:
@@ -183,7 +188,7 @@ class _Run:
     def context(self) -> StageContext:
         return StageContext(
             workdir=self.work, signature=self.signature, source=self.source, eval_data=self.eval_data,
-            atol=self.spec.atol, safe=not self.spec.unsafe_load, probe={k: v[:8] for k, v in self.probe.items()},
+            atol=self.spec.atol, safe=not self.spec.unsafe_load, probe=self.probe.head(8).inputs, examples=self.probe,
             note=self.reporter.note, dataset=self.dataset, convert=self.convert, outputs=self.outputs,
             scratch=self.scratch,
         )
@@ -212,13 +217,31 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     if spec.output.absolute() == source.path.absolute():
         raise UsageError(f"output '{spec.output}' is the input model; pick another -o.")
     source_digest = digest(source.path)
+    if any(step.params.get("train_data") for step in planned):
+        from .frameworks import tf as tfw
+
+        if tfw.prefer_stable_training():
+            reporter.note("fine-tuning ahead: TensorFlow's oneDNN custom ops are off for this run "
+                          f"({tfw.ONEDNN}=0; they crash tf_keras training on some models)")
 
     native = load_native(source, safe=not spec.unsafe_load)
     signature = signature_of(source, native=native)
-    eval_data = load_dataset(spec.eval_data, signature) if spec.eval_data else None
+    full_eval = load_dataset(spec.eval_data, signature) if spec.eval_data else None
     del native
-    if spec.max_accuracy_drop is not None and (eval_data is None or eval_data.labels is None):
-        raise UsageError("--max-accuracy-drop needs --eval-data with labels (array 'y') to measure accuracy.")
+    if spec.max_accuracy_drop is not None and (full_eval is None or full_eval.labels is None):
+        raise UsageError("--max-accuracy-drop needs --eval-data with labels (array 'y') to measure accuracy; "
+                         "without labels, gate on --min-agreement or --min-cosine against the source model.")
+    if (spec.min_agreement is not None or spec.min_cosine is not None) and full_eval is None:
+        raise UsageError("--min-agreement and --min-cosine compare outputs on real inputs: give --eval-data FILE.npz "
+                         "(labels are not needed).")
+    eval_data = full_eval.head(spec.eval_limit) if full_eval is not None else None
+    evaluation = ({"data": str(spec.eval_data), "examples": len(eval_data), "of": len(full_eval),
+                   "limit": spec.eval_limit} if full_eval is not None and eval_data is not None else
+                  {"data": "random inputs from the signature", "examples": 4})
+    if full_eval is not None and eval_data is not None and len(eval_data) < len(full_eval):
+        reporter.note(f"measuring on the first {len(eval_data)} of {len(full_eval)} eval examples "
+                      f"(--eval-limit {spec.eval_limit})")
+    compression = planned_compression(planned)
 
     output = spec.output.absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -226,13 +249,13 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
         work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-work-", dir=output.parent))
         try:
             state = _Run(spec, source, signature, work, eval_data, reporter)
-            compression = "deflate"
             source_metrics = state.measure(source, compression)
             state.source_accuracy = source_metrics.get("accuracy")
             source_record: dict[str, Any] = {
                 "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
-                "size": source_digest.size, "metrics": source_metrics,
+                "size": model_size(source.path), "metrics": source_metrics,
             }
+            lineage_extra = {"evaluation": evaluation}
             held = source
             records: list[dict[str, Any]] = []
             packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}
@@ -241,6 +264,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 started, t0 = mf.now(), time.perf_counter()
                 model = state.convert(held, step.input_rep)
                 result = _run_stage(step, model, state.context())
+                # The codec is known from the plan; a plugin stage may still pick one as it runs.
                 compression = result.archive_compression or compression
                 metrics = {**result.metrics, **state.measure(result.model, compression)}
                 record = {
@@ -275,7 +299,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
             packaged = {rep: (ref, {**extra, "measured": _artifact_view(state.measure(ref, compression))})
                         for rep, (ref, extra) in packaged.items()}
             manifest = _write_package(staging, spec, source, signature, source_record, records, packaged,
-                                      compression)
+                                      compression, lineage_extra)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return RunResult(output, manifest)
@@ -283,18 +307,44 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
 
 def _artifact_view(measured: dict[str, Any]) -> dict[str, Any]:
     """What a package artifact records of its measurement: quality against the source model."""
-    keys = ("accuracy", "accuracy_drop", "top1_agreement", "max_abs_diff")
+    keys = ("accuracy", "accuracy_drop", "top1_agreement", "cosine", "exact_match", "max_abs_diff", "outputs")
     return {k: measured[k] for k in keys if k in measured}
 
 
 def _gate(spec: PipelineSpec, stage: str, metrics: dict[str, Any]) -> str | None:
-    """The reason a stage's output breaks --max-accuracy-drop, or None."""
+    """The reason a stage's output breaks a quality gate, or None.
+
+    --max-accuracy-drop needs labels; --min-agreement (top-1 agreement with the source model, %) and
+    --min-cosine (mean cosine similarity of every float output to the source's) need none.
+    """
     drop = metrics.get("accuracy_drop")
-    if spec.max_accuracy_drop is None or drop is None or drop <= spec.max_accuracy_drop:
-        return None
-    source = metrics["accuracy"] + drop
-    return (f"stage '{stage}' lost {drop:.2f} accuracy points ({source:.2f}% -> {metrics['accuracy']:.2f}%), "
-            f"more than --max-accuracy-drop {spec.max_accuracy_drop:g}.")
+    if spec.max_accuracy_drop is not None and drop is not None and drop > spec.max_accuracy_drop:
+        source = metrics["accuracy"] + drop
+        return (f"stage '{stage}' lost {drop:.2f} accuracy points ({source:.2f}% -> {metrics['accuracy']:.2f}%), "
+                f"more than --max-accuracy-drop {spec.max_accuracy_drop:g}.")
+    agree = metrics.get("top1_agreement")
+    if spec.min_agreement is not None and agree is not None and agree < spec.min_agreement:
+        return (f"stage '{stage}' agrees with the source model's top-1 on {agree:.2f}% of the eval examples, "
+                f"below --min-agreement {spec.min_agreement:g}.")
+    cosine = metrics.get("cosine")
+    if spec.min_cosine is not None and cosine is not None and cosine < spec.min_cosine:
+        worst = min(((n, m["cosine"]) for n, m in metrics.get("outputs", {}).items() if "cosine" in m),
+                    key=lambda item: item[1], default=("?", cosine))
+        return (f"stage '{stage}' output '{worst[0]}' has mean cosine similarity {cosine:.4f} to the source model's, "
+                f"below --min-cosine {spec.min_cosine:g}.")
+    return None
+
+
+def planned_compression(planned: list[PlannedStage]) -> str:
+    """The archive codec the package will use: the last `compress --archive`, else deflate.
+
+    Known before any work, so the source model and every stage are measured with the same codec."""
+    chosen = "deflate"
+    for step in planned:
+        value = step.params.get("archive") if step.stage.name == "compress" else None
+        if isinstance(value, str):
+            chosen = value
+    return chosen
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -314,13 +364,13 @@ def _run_stage(step: PlannedStage, model: ModelRef, ctx: StageContext) -> StageR
     except (ModelpackError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise StageFailed(step.stage.name, reason) from exc
+        raise StageFailed(step.stage.name, reason(exc)) from exc
 
 
 def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signature: Signature,
                    source_record: dict[str, Any], records: list[dict[str, Any]],
-                   packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]], compression: str) -> dict[str, Any]:
+                   packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]], compression: str,
+                   lineage_extra: dict[str, Any]) -> dict[str, Any]:
     artifacts = []
     for rep in Repr:
         if rep not in packaged:
@@ -329,10 +379,17 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
         name = PACKAGE_NAMES[rep]
         if rep is Repr.KERAS and ref.container == "h5":
             name = "model.h5"
-        copy_artifact(ref.path, staging / name)
+        extra_files = copy_artifact(ref.path, staging / name)
         d = digest(staging / name)
         entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind,
                  "compressed_size": compressed_size(staging / name, compression)}
+        if extra_files:
+            listed = []
+            for companion in extra_files:
+                e = digest(companion)
+                listed.append({"path": companion.name, "size": e.size, "sha256": e.sha256,
+                               "compressed_size": compressed_size(companion, compression)})
+            entry["files"] = listed  # external data: hashed here, so a signature covers every byte loaded
         entry.update(extra)
         artifacts.append(entry)
     data = {
@@ -341,10 +398,11 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
         "version": spec.model_version,
         "signature": signature.to_dict(),
         "artifacts": artifacts,
-        "lineage": {"source": source_record, "stages": records},
+        "lineage": {"source": source_record, "stages": records, **lineage_extra},
         "archive": {"compression": compression,
-                    "raw_bytes": sum(a["size"] for a in artifacts),
-                    "compressed_bytes": sum(a["compressed_size"] for a in artifacts)},
+                    "raw_bytes": sum(a["size"] + sum(f["size"] for f in a.get("files", [])) for a in artifacts),
+                    "compressed_bytes": sum(a["compressed_size"] + sum(f["compressed_size"] for f in a.get("files", []))
+                                            for a in artifacts)},
         "created_by": mf.created_by(),
         "created_at": mf.now(),
     }

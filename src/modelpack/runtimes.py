@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, reason
 from .formats import ModelRef, Repr
 from .signature import Signature, match_names
 
@@ -34,13 +34,13 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # run errors become exceptions with the message; no log line too
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             where = "in-memory model" if isinstance(model, bytes) else f"'{model}'"
-            raise InputError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0][:200]}") from exc
+            raise InputError(f"onnxruntime cannot load {where}: {reason(exc, 200)}") from exc
         self.signature = signature
         self._in = match_names([i.name for i in self.session.get_inputs()], signature.input_names)
         self._in_rev = {v: k for k, v in self._in.items()}
@@ -59,10 +59,18 @@ class TFLiteRunner:
         from .frameworks import tflite
 
         self.interpreter = tflite.interpreter(path, content=content, threads=threads)
+        self.signature = signature
         sigs = self.interpreter.get_signature_list()
+        if not sigs:  # an older converter's file: no signature runner, only input and output tensors
+            self._runner = None
+            ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+            self._in_rev = {v: k for k, v in match_names([d["name"] for d in ins], signature.input_names).items()}
+            self._out = match_names([d["name"] for d in outs], signature.output_names)
+            self._details = ({d["name"]: d for d in ins}, outs)
+            self._dtypes = {d["name"]: d["dtype"] for d in ins}
+            return
         key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
         self._runner = self.interpreter.get_signature_runner(key)
-        self.signature = signature
         self._in = match_names(list(sigs[key]["inputs"]), signature.input_names)
         self._in_rev = {v: k for k, v in self._in.items()}
         self._out = match_names(list(sigs[key]["outputs"]), signature.output_names)
@@ -73,6 +81,15 @@ class TFLiteRunner:
             self._in_rev[name]: np.ascontiguousarray(value, dtype=self._dtypes[self._in_rev[name]])
             for name, value in feeds.items()
         }
+        if self._runner is None:
+            ins, outs = self._details
+            for name, value in native.items():
+                if tuple(ins[name]["shape"]) != value.shape:
+                    self.interpreter.resize_tensor_input(ins[name]["index"], value.shape)
+                    self.interpreter.allocate_tensors()
+                self.interpreter.set_tensor(ins[name]["index"], value)
+            self.interpreter.invoke()
+            return {self._out[d["name"]]: np.array(self.interpreter.get_tensor(d["index"])) for d in outs}
         results = self._runner(**native)
         return {self._out[n]: np.asarray(v) for n, v in results.items()}
 

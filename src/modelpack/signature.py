@@ -61,6 +61,28 @@ class Signature:
             tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
         )
 
+    def batch_axis(self, name: str) -> int | None:
+        """The axis along which input `name` holds examples, or None for an input shared by all of them.
+
+        Most inputs are batched on axis 0. Real models also have inputs whose first dimension is
+        fixed and whose batch sits further in (a recurrent state shaped [2, batch, 128]), and scalars
+        (a sample rate): those are read from the shape. An input with no dynamic dimension is
+        shared, unless every input is static (a fixed-batch model), when axis 0 is still the batch.
+        """
+        spec = next(t for t in self.inputs if t.name == name)
+        if not spec.shape:
+            return None
+        if spec.shape[0] == DYNAMIC:
+            return 0
+        if all(DYNAMIC not in t.shape for t in self.inputs if t.shape):
+            return 0
+        return spec.shape.index(DYNAMIC) if DYNAMIC in spec.shape else None
+
+    @property
+    def simple_batch(self) -> bool:
+        """Every input is batched on axis 0: requests and eval rows can be split and merged freely."""
+        return all(self.batch_axis(t.name) == 0 for t in self.inputs)
+
     def digest(self) -> str:
         """A stable sha256 of the signature, so clients can tell compatible servers apart."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -31,6 +31,7 @@ MODEL_METRICS: dict[str, str] = {
     "accuracy_drop": "accuracy points lost against the baseline",
     "top1_agreement": "% of top-1 predictions equal to the baseline's",
     "max_abs_diff": "largest output difference from the baseline",
+    "cosine": "mean cosine similarity to the baseline's outputs, worst output",
 }
 # Metrics of one model at one batch size.
 LATENCY_METRICS: dict[str, str] = {

@@ -23,9 +23,9 @@ from .. import manifest as mf
 from ..archive import compressed_size
 from ..data import Dataset, Tensors, random_inputs
 from ..errors import UsageError
-from ..evaluation import EVAL_LIMIT, accuracy, agreement, max_abs_diff, run_batched
+from ..evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from ..formats import ModelRef, Repr
-from ..package import digest
+from ..package import model_size
 from ..runtimes import Runner, load_runner
 from ..signature import DYNAMIC, Signature
 
@@ -77,15 +77,15 @@ def runtime_of(ref: ModelRef) -> str:
 def batch_inputs(signature: Signature, batch: int, data: Dataset | None) -> Tensors:
     """`batch` rows of eval inputs (repeated when the set is smaller), else random ones."""
     for spec in signature.inputs:
-        first = spec.shape[0] if spec.shape else DYNAMIC
-        if first != DYNAMIC and first != batch:
-            raise UsageError(f"--batch-sizes {batch}: input '{spec.name}' has a fixed batch of {first}; "
-                             f"use --batch-sizes {first}.")
+        axis = signature.batch_axis(spec.name)
+        fixed = spec.shape[axis] if axis is not None else DYNAMIC
+        if fixed != DYNAMIC and fixed != batch:
+            raise UsageError(f"--batch-sizes {batch}: input '{spec.name}' has a fixed batch of {fixed}; "
+                             f"use --batch-sizes {fixed}.")
     if data is None:
         return random_inputs(signature, batch=batch)
-    n = len(data)
-    index = np.arange(batch) % n
-    return {k: np.ascontiguousarray(v[index]) for k, v in data.inputs.items()}
+    picked = data.take(np.arange(batch) % len(data))
+    return {k: np.ascontiguousarray(v) for k, v in picked.inputs.items()}
 
 
 def _prepare_runtimes(targets: Sequence[Target], threads: int | None) -> None:
@@ -178,9 +178,12 @@ def latency_stats(rounds: list[np.ndarray], batch: int) -> dict[str, Any]:
 
 def quality(targets: Sequence[Target], data: Dataset | None, signature: Signature) -> dict[str, dict[str, Any]]:
     """Accuracy with labels, and fidelity (top-1 agreement, max abs diff) against the baseline."""
-    inputs = data.head(EVAL_LIMIT).inputs if data is not None else random_inputs(signature, batch=32)
-    labels = data.labels[:EVAL_LIMIT] if data is not None and data.labels is not None else None
-    outputs = {t.name: run_batched(t.runner, inputs) for t in targets}  # type: ignore[arg-type]
+    if data is None:
+        data = Dataset(random_inputs(signature, batch=32), None, None,
+                       {t.name: signature.batch_axis(t.name) for t in signature.inputs})
+    data = data.head(DEFAULT_EVAL_LIMIT)
+    labels = data.labels
+    outputs = {t.name: run_batched(t.runner, data) for t in targets}  # type: ignore[arg-type]
     base = next(t for t in targets if t.baseline)
     base_acc = accuracy(outputs[base.name], labels) if labels is not None else None
     found: dict[str, dict[str, Any]] = {}
@@ -192,10 +195,7 @@ def quality(targets: Sequence[Target], data: Dataset | None, signature: Signatur
                 metrics["accuracy"] = round(acc, 3)
                 if base_acc is not None:
                     metrics["accuracy_drop"] = round(base_acc - acc, 3)
-        metrics["max_abs_diff"] = max_abs_diff(outputs[base.name], outputs[target.name])
-        agree = agreement(outputs[base.name], outputs[target.name])
-        if agree is not None:
-            metrics["top1_agreement"] = round(agree, 3)
+        metrics.update(fidelity(outputs[base.name], outputs[target.name], token_mask(data.inputs)))
         found[target.name] = metrics
     return found
 
@@ -222,11 +222,10 @@ def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, 
     base = next(t for t in targets if t.baseline)
     records = []
     for target in targets:
-        d = digest(target.ref.path)
         record: dict[str, Any] = {
             "name": target.name, "format": target.ref.rep.value, "runtime": runtime_of(target.ref),
             "path": target.display or str(target.ref.path), "baseline": target.baseline, "load_ms": round(target.load_ms, 3),
-            "size_bytes": d.size, "compressed_bytes": compressed_size(target.ref.path, spec.compression),
+            "size_bytes": model_size(target.ref.path), "compressed_bytes": compressed_size(target.ref.path, spec.compression),
             **qual[target.name],
             "latency": [latency_stats(samples[(target.name, bs)], bs) for bs in spec.batch_sizes],
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -75,6 +76,16 @@ class RootGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        """`--debug` works anywhere on the line: after a subcommand or a stage too."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--debug" in argv[1:]:
+            cut = argv.index("--") if "--" in argv else len(argv)
+            if "--debug" in argv[1:cut]:
+                argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < cut)]
+                argv.insert(0, "--debug")
+        return super().main(argv, *rest, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
         previous = signal.getsignal(signal.SIGTERM)
         # SIGTERM unwinds like Ctrl-C, so temporary output is removed.
@@ -82,8 +93,8 @@ class RootGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ModelpackError as exc:
-            if _debug(ctx):
-                raise
+            if _debug(ctx):  # the traceback, then the same one-line error and exit code as without --debug
+                traceback.print_exc()
             raise _fail(ctx, str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             if _debug(ctx):

@@ -135,10 +135,30 @@ def compare(ctx: click.Context, package_a: Path, package_b: Path, as_json: bool)
     if as_json:
         want_json(ctx)
     with open_package(package_a) as a, open_package(package_b) as b:
-        rows = compare_manifests(a.manifest, b.manifest)
+        codec = a.manifest.get("archive", {}).get("compression", "deflate")
+        rows = compare_manifests(_with_codec(a, codec), _with_codec(b, codec))
     if as_json:
         render.print_json({"status": "ok", "a": str(package_a), "b": str(package_b), "metrics": rows})
         return
     render.out.print(render.table(f"A = {package_a}, B = {package_b}", ("metric", "A", "B", "B / A"), [
         (r["metric"], render.fmt_num(r["a"]), render.fmt_num(r["b"]),
          "-" if r["ratio"] is None else f"{r['ratio']:.3g}x") for r in rows]))
+
+
+def _with_codec(pkg: Any, codec: str) -> dict[str, Any]:
+    """The package's manifest with every compressed size as `codec` would store it, so two packages
+    built with different archive codecs compare on one codec."""
+    import copy
+
+    from ..archive import compressed_size
+
+    manifest = pkg.manifest
+    if manifest.get("archive", {}).get("compression", "deflate") == codec:
+        return dict(manifest)
+    manifest = copy.deepcopy(manifest)
+    total = 0
+    for entry in manifest["artifacts"]:
+        entry["compressed_size"] = compressed_size(pkg.path_of(entry), codec)
+        total += entry["compressed_size"]
+    manifest["archive"] = {**manifest.get("archive", {}), "compression": codec, "compressed_bytes": total}
+    return manifest

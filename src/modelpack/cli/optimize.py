@@ -29,6 +29,15 @@ def stage_command(stage: Stage) -> click.Command:
                          help=f"{stage.help}\n\nWorks on: {accepts}.", short_help=stage.help)
 
 
+def unknown_stage(name: str) -> str:
+    import difflib
+
+    names = registry.names()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown stage '{name}'; {hint}available stages: {', '.join(names)}. See 'modelpack stages'."
+
+
 class StageGroup(click.Group):
     """The stages come from the `modelpack.stages` entry points, built-in and third-party alike."""
 
@@ -51,6 +60,7 @@ class StageGroup(click.Group):
         stage_names = set(registry.names())
         split = len(args)
         skip = False
+        positionals = 0
         for index, token in enumerate(args):
             if skip:
                 skip = False
@@ -59,6 +69,10 @@ class StageGroup(click.Group):
             elif token in stage_names:
                 split = index
                 break
+            elif not token.startswith("-"):
+                positionals += 1
+                if positionals > 1:  # INPUT is the only positional before the stages: this was meant as one
+                    raise click.UsageError(unknown_stage(token), ctx)
         head, tail = args[:split], args[split:]
         ctx.allow_interspersed_args = True
         rest = click.Command.parse_args(self, ctx, head)
@@ -71,8 +85,7 @@ class StageGroup(click.Group):
         if self.get_command(ctx, name) is None:
             if name.startswith("-"):
                 raise click.UsageError(f"no such option: {name}. Global options go before the first stage.", ctx)
-            raise click.UsageError(f"unknown stage '{name}'; available stages: {', '.join(registry.names())}. "
-                                   "See 'modelpack stages'.", ctx)
+            raise click.UsageError(unknown_stage(name), ctx)
         return super().resolve_command(ctx, args)
 
 
@@ -89,8 +102,16 @@ class StageGroup(click.Group):
 @click.option("--model-version", help="Package version.  [default: 1]")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
               help="Fail (or skip) a stage whose output loses more accuracy points than this.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100),
+              help="Fail (or skip) a stage whose top-1 predictions agree with the source model's on fewer than this "
+                   "% of the eval examples. Needs no labels.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1),
+              help="Fail (or skip) a stage whose float outputs have a mean cosine similarity to the source model's "
+                   "below this (worst output). Needs no labels.")
 @click.option("--on-violation", type=click.Choice(["fail", "skip"]),
-              help="On a --max-accuracy-drop violation: fail the run, or drop the stage and go on.  [default: fail]")
+              help="On a quality-gate violation: fail the run, or drop the stage and go on.  [default: fail]")
+@click.option("--eval-limit", type=click.IntRange(1), help="Eval examples used for fidelity, accuracy and the gates "
+              "(the first N).  [default: 512]")
 @click.option("--unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
@@ -117,8 +138,9 @@ optimize.params[0].required = False
 def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, output: Path | None,
          config_file: Path | None, save_config: Path | None, dry_run: bool, eval_data: Path | None,
          atol: float | None, name: str | None, model_version: str | None, max_accuracy_drop: float | None,
-         on_violation: str | None, unsafe_load: bool, force: bool, as_json: bool, quiet: bool) -> None:
-    from .. import config, pipeline
+         min_agreement: float | None, min_cosine: float | None, on_violation: str | None, eval_limit: int | None,
+         unsafe_load: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    from .. import config
 
     spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
     if stage_specs and spec.stages:
@@ -127,7 +149,8 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
         spec.stages = list(stage_specs)
     overrides = {"input": input, "output": output, "eval_data": eval_data, "atol": atol, "name": name,
                  "model_version": model_version, "max_accuracy_drop": max_accuracy_drop,
-                 "on_violation": on_violation}
+                 "min_agreement": min_agreement, "min_cosine": min_cosine, "on_violation": on_violation,
+                 "eval_limit": eval_limit}
     for key, value in overrides.items():
         if value is not None:
             setattr(spec, key, value)
@@ -142,16 +165,19 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
             tmp.write_text(text)
         if not quiet and not as_json:
             render.err.print(f"wrote pipeline to {save_config}")
-    if dry_run:
-        _print_plan(spec, as_json, quiet)
-        return
     if spec.input is None and not stage_specs and not config_file:
         click.echo(ctx.get_help())
         ctx.exit(2)
+    if not spec.stages:
+        raise UsageError("no stages: name at least one after the options, e.g. 'export --format onnx' "
+                         "(see 'modelpack stages').")
+    if dry_run:
+        _print_plan(spec, as_json, quiet)
+        return
 
     reporter = render.RichReporter(quiet=quiet or as_json)
     try:
-        result = pipeline.run(spec, reporter)
+        result = _run_isolated(spec, reporter, ctx)
     finally:
         reporter.close()
     if as_json:
@@ -160,6 +186,18 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
         render.out.print(render.lineage_table(result.manifest["lineage"]))
         render.out.print(render.artifacts_table(result.manifest["artifacts"]))
         render.out.print(f"[bold green]package written:[/] {result.output}")
+
+
+def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context) -> Any:
+    """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
+    from .. import isolation, pipeline
+
+    if not isolation.available() or spec.output is None:
+        return pipeline.run(spec, reporter)
+    from . import _debug
+
+    value = isolation.run(lambda forward: pipeline.run(spec, forward), reporter, spec.output, debug=_debug(ctx))
+    return pipeline.RunResult(Path(value["output"]), value["manifest"])
 
 
 def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:

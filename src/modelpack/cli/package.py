@@ -41,12 +41,12 @@ def inspect(ctx: click.Context, target: Path, unsafe_load: bool, as_json: bool) 
         return
     from ..formats import detect
     from ..inspection import load_native, signature_of, summary_of
-    from ..package import digest
+    from ..package import model_size
 
     ref = detect(target)
     native = load_native(ref, safe=not unsafe_load)
     info: dict[str, Any] = {
-        "path": str(target), "format": ref.describe(), "size": digest(ref.path).size,
+        "path": str(target), "format": ref.describe(), "size": model_size(ref.path),
         "signature": signature_of(ref, native=native).to_dict(), "summary": summary_of(ref, native=native),
     }
     if as_json:

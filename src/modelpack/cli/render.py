@@ -151,7 +151,7 @@ class RichReporter:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self._status: Any = None
-        self._t0 = 0.0
+        self._t0 = time.perf_counter()
         self._label = ""
 
     def stage_started(self, index: int, total: int, name: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..package import Package
-from . import DeployOptions, default_image, dump_yaml, k8s_name
+from . import DeployOptions, dump_yaml, k8s_name
 from .k8s import container, labels, pod_extras, secret_name
 
 KSERVE_PORT = 8080  # where KServe sends traffic to a custom container

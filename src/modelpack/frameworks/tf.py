@@ -43,6 +43,21 @@ def tensorflow() -> Any:
     return tf
 
 
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def prefer_stable_training() -> bool:
+    """Turn oneDNN's custom ops off for a run that fine-tunes, before TensorFlow loads.
+
+    With them on, tf_keras `fit` on TensorFlow 2.21 crashes with a double free (SIGSEGV) on some real
+    pretrained models (a mini-Xception .h5 with SeparableConv2D and BatchNormalization); with them off
+    it trains. A value the user set is kept. Returns whether this call turned them off."""
+    if "tensorflow" in sys.modules or ONEDNN in os.environ:
+        return False
+    os.environ[ONEDNN] = "0"
+    return True
+
+
 def keras3() -> ModuleType:
     """Keras 3, the default Keras today (`import keras`)."""
     tensorflow()

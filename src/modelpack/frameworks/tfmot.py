@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data import Dataset
-from ..errors import StageFailed, UsageError
+from ..errors import StageFailed, UsageError, reason
 from ..formats import ModelRef
 from . import tf as tfw
 
@@ -134,7 +134,7 @@ def prune(model: Any, sparsity: float, structure: tuple[int, int] | None, traini
                 wrapped.append(layer.name)
                 return out
             except (ValueError, TypeError) as exc:
-                note(f"layer {layer.name} stays dense: {str(exc).splitlines()[0][:120]}")
+                note(f"layer {layer.name} stays dense: {reason(exc, 120)}")
         if has_weights:
             dense.append(f"{layer.name} ({type(layer).__name__})")
         return layer  # the original layer, trained weights and all, as tfmot itself does
@@ -210,7 +210,7 @@ def cluster(model: Any, clusters: int, training: Training | None, note: Note,
                 clustered_names.append(layer.name)
                 return out
             except (ValueError, TypeError) as exc:
-                note(f"layer {layer.name} not clustered: {str(exc).splitlines()[0][:120]}")
+                note(f"layer {layer.name} not clustered: {reason(exc, 120)}")
         if layer.trainable_weights:
             skipped.append(f"{layer.name} ({type(layer).__name__})")
         return layer
@@ -236,6 +236,6 @@ def quantize_aware(model: Any, training: Training, note: Note) -> Any:
         q_model = mot.quantization.keras.quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise StageFailed("quantize", f"tfmot cannot make this model quantization-aware: "
-                                      f"{str(exc).splitlines()[0][:200]}") from exc
+                                      f"{reason(exc, 200)}") from exc
     _fit(q_model, training, note, "qat", [])
     return q_model

@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, NotFound, PayloadTooLarge, RequestError
+from ..errors import InputError, NotFound, PayloadTooLarge, RequestError, reason
 from . import tensors
+from .tensors import clip
 from .auth import KeyRing
 from .batcher import Batcher
 from .config import ServeConfig
@@ -170,7 +171,8 @@ class App:
         single_ms = model.warm_up()
         self.batcher = Batcher(model.runner.run, max_batch_size=self.config.max_batch_size,
                                timeout_ms=self.config.batch_timeout_ms, max_queue=self.config.max_queue,
-                               on_batch=self.metrics.batch.observe, inline=single_ms < INLINE_BELOW_MS)
+                               on_batch=self.metrics.batch.observe, inline=single_ms < INLINE_BELOW_MS,
+                               mergeable=model.signature.simple_batch)
         self.batcher.start()
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
         self._watch_sighup()
@@ -226,10 +228,10 @@ class App:
                 request.body = await self._read_body(receive, headers)
             status, out_headers, body = await getattr(self, "route_" + route.handler)(request)
         except RequestError as exc:
-            status, out_headers, body = json_response(exc.status, {"error": str(exc)},
+            status, out_headers, body = json_response(exc.status, {"error": _capped(str(exc))},
                                                       [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()])
         except InputError as exc:
-            status, out_headers, body = json_response(400, {"error": str(exc)})
+            status, out_headers, body = json_response(400, {"error": _capped(str(exc))})
         except _Disconnected:
             return
         except Exception:  # a bug in the server or the model runtime, never the client's input
@@ -284,14 +286,23 @@ class App:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
         name = request.params.get("name")
         if name is not None and name != model.name:
-            raise NotFound(f"unknown model '{name}'; this server serves '{model.name}'.")
+            raise NotFound(f"unknown model {clip(name)}; this server serves '{model.name}'.")
         model.check_version(request.params.get("version"))
         return model
 
     async def _infer(self, model: ServedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = model.validate(feeds)
         assert self.batcher is not None
-        return await self.batcher.submit(feeds, rows, self.config.timeout_s)
+        try:
+            return await self.batcher.submit(feeds, rows, self.config.timeout_s)
+        except (RequestError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # The inputs matched the signature, so a runtime that refuses them (a dynamic dimension the graph
+            # constrains, a value out of a model's range) is answering the client's input: a 400 with its reason.
+            if _from_runtime(exc):
+                raise RequestError(f"the model rejected the input: {_capped(reason(exc, 400), 400)}") from None
+            raise
 
     # -- health, metadata, operations ----------------------------------------------------------------------
 
@@ -343,6 +354,8 @@ class App:
         payload = parse_json(body, "inference request")
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
             raise RequestError("an inference request is a JSON object with an 'inputs' list.")
+        if "id" in payload and (not isinstance(payload["id"], str) or len(payload["id"]) > 256):
+            raise RequestError(f"'id' must be a string of at most 256 characters, got {clip(payload['id'])}.")
         feeds: dict[str, np.ndarray] = {}
         offset = 0
         for item in payload["inputs"]:
@@ -360,7 +373,7 @@ class App:
                 chunks.append(raw)
         response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": parts}
         if "id" in payload:
-            response["id"] = payload["id"]
+            response["id"] = payload["id"]  # a string: checked before inference
         head = dumps(response)
         if not chunks:
             return 200, JSON_TYPE, head
@@ -369,7 +382,9 @@ class App:
 
     def _requested_outputs(self, model: ServedModel, payload: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
         params = payload.get("parameters") or {}
-        default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+        if not isinstance(params, dict):
+            raise RequestError(f"'parameters' must be an object, got {clip(params)}.")
+        default_binary = _flag(params, "binary_data_output", False)
         requested = payload.get("outputs")
         names = model.signature.output_names
         if not requested:
@@ -380,10 +395,11 @@ class App:
         for item in requested:
             name = item.get("name") if isinstance(item, dict) else None
             if name not in names:
-                raise RequestError(f"unknown output {name!r}; this model has {', '.join(names)}.")
+                raise RequestError(f"unknown output {clip(name)}; this model has {', '.join(names)}.")
             item_params = item.get("parameters") or {}
-            flags[name] = bool(item_params.get("binary_data", default_binary)) if isinstance(item_params, dict) \
-                else default_binary
+            if not isinstance(item_params, dict):
+                raise RequestError(f"output {clip(name)}: 'parameters' must be an object.")
+            flags[name] = _flag(item_params, "binary_data", default_binary)
             wanted.append(name)
         return wanted, flags
 
@@ -401,7 +417,10 @@ class App:
             raise RequestError("a predict request is a JSON object with 'instances' or 'inputs'.")
         signature_name = payload.get("signature_name", "serving_default")
         if signature_name != "serving_default":
-            raise RequestError(f"unknown signature_name {signature_name!r}; this model has 'serving_default'.")
+            raise RequestError(f"unknown signature_name {clip(signature_name)}; this model has 'serving_default'.")
+        if "instances" in payload and "inputs" in payload:
+            raise RequestError("a predict request has either 'instances' (row format) or 'inputs' (columnar "
+                               "format), not both.")
         names = model.signature.input_names
         if "instances" in payload:
             instances = payload["instances"]
@@ -459,6 +478,27 @@ class App:
         out_names = model.signature.output_names
         result = outputs[out_names[0]] if len(out_names) == 1 else {n: outputs[n] for n in out_names}
         return json_response(200, {"prediction": result})
+
+
+def _flag(params: dict[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(f"parameter '{key}' must be true or false, got {clip(value)}.")
+    return value
+
+
+ERROR_CHARS = 1024  # an error body never repeats more of the client's request than this
+
+
+def _capped(message: str, limit: int = ERROR_CHARS) -> str:
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def _from_runtime(exc: BaseException) -> bool:
+    """An exception raised by onnxruntime or the TFLite interpreter while running a request."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("onnxruntime", "tensorflow", "ai_edge_litert")) or isinstance(exc, (ValueError,
+                                                                                                  RuntimeError))
 
 
 def _field(instance: dict[str, Any], name: str) -> Any:

@@ -35,8 +35,12 @@ class _Item:
 
 class Batcher:
     def __init__(self, run: Callable[[Tensors], Tensors], *, max_batch_size: int, timeout_ms: float,
-                 max_queue: int, on_batch: Callable[[int], None] | None = None, inline: bool = False) -> None:
+                 max_queue: int, on_batch: Callable[[int], None] | None = None, inline: bool = False,
+                 mergeable: bool = True) -> None:
         self._run = run
+        # Requests merge along axis 0; a model with a state batched on another axis, or a shared scalar, runs
+        # each request on its own.
+        self.mergeable = mergeable
         self.inline = inline
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_ms / 1000.0
@@ -92,6 +96,8 @@ class Batcher:
         if not self._pending:
             return []
         first = self._pending.popleft()
+        if not self.mergeable:
+            return [first]
         batch, rows, skipped = [first], first.rows, []
         while self._pending and rows < self.max_batch_size:
             item = self._pending.popleft()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,12 +10,15 @@ from typing import Any
 import numpy as np
 
 from ..data import random_inputs
-from ..errors import RequestError
+from ..errors import RequestError, reason
 from ..formats import Repr
 from ..package import Package
 from ..runtimes import Runner, load_runner
 from ..signature import DYNAMIC, Signature
-from .tensors import v2_datatype
+from .tensors import json_array, v2_datatype
+
+log = logging.getLogger("modelpack.serve")
+WARM_UP_FAILED_MS = 1e3  # unknown latency: treat the model as slow (run it off the event loop)
 
 PLATFORMS = {Repr.ONNX: "onnxruntime_onnx", Repr.TFLITE: "tflite", Repr.SAVEDMODEL: "tensorflow_savedmodel",
              Repr.KERAS: "keras"}
@@ -63,7 +67,11 @@ class ServedModel:
             feeds = random_inputs(self.signature, batch=batch)
             for _ in range(rounds):
                 start = time.perf_counter()
-                self.runner.run(feeds)
+                try:
+                    self.runner.run(feeds)
+                except Exception as exc:  # some models refuse random values (a sample rate of 0): skip warm-up
+                    log.warning("warm-up on random inputs failed (%s); the first requests will be slower", reason(exc))
+                    return WARM_UP_FAILED_MS
                 if batch == 1:
                     timings.append((time.perf_counter() - start) * 1e3)
         return float(np.median(timings))
@@ -92,7 +100,10 @@ class ServedModel:
             if value.ndim != len(spec.shape) or any(d != DYNAMIC and d != v for d, v in zip(spec.shape, value.shape)):
                 raise RequestError(f"input '{spec.name}': shape {list(value.shape)}, expected {list(spec.shape)} "
                                    "(-1 = any).")
-            rows = value.shape[0] if value.ndim else 1
+            axis = self.signature.batch_axis(spec.name)
+            if axis is None:
+                continue  # shared by every example (a scalar such as a sample rate)
+            rows = value.shape[axis]
             if batch is not None and rows != batch:
                 raise RequestError(f"input '{spec.name}': batch {rows} differs from the other inputs' {batch}.")
             batch = rows
@@ -120,7 +131,4 @@ class ServedModel:
         dtype = self._dtypes.get(name)
         if dtype is None:
             raise RequestError(f"unknown input '{name}'; this model takes {', '.join(self.signature.input_names)}.")
-        try:
-            return np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise RequestError(f"input '{name}': cannot read the data as {dtype.name} ({exc}).") from None
+        return json_array(value, dtype, f"input '{name}'")

@@ -22,11 +22,25 @@ def v2_datatype(numpy_dtype: str) -> str:
     return NUMPY_TO_V2.get(np.dtype(numpy_dtype).name, "BYTES")
 
 
+MAX_RANK = 32  # numpy allows 64 dimensions; no model input has more than a handful
+MAX_DIM = 2**31 - 1
+ECHO = 64  # characters of a client's value an error message repeats
+
+
+def clip(value: Any, limit: int = ECHO) -> str:
+    """A client's value as an error message may repeat it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
 def _shape(tensor: dict[str, Any], name: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM
                                               for d in shape):
-        raise RequestError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}.")
+        raise RequestError(f"input '{name}': 'shape' must be a list of integers from 0 to {MAX_DIM}, "
+                           f"got {clip(shape)}.")
+    if len(shape) > MAX_RANK:
+        raise RequestError(f"input '{name}': 'shape' has {len(shape)} dimensions; at most {MAX_RANK} are accepted.")
     return tuple(shape)
 
 
@@ -36,11 +50,13 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
         raise RequestError("each entry of 'inputs' must be an object with name, shape, datatype and data.")
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
-        raise RequestError("an input has no 'name'.")
+        raise RequestError("an input has no 'name' (a non-empty string).")
+    if len(name) > 256:
+        raise RequestError(f"an input name is {len(name)} characters long; input names are short strings.")
     shape = _shape(tensor, name)
     datatype = tensor.get("datatype")
-    if datatype not in V2_TO_NUMPY:
-        raise RequestError(f"input '{name}': unsupported datatype {datatype!r}; expected one of "
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
+        raise RequestError(f"input '{name}': unsupported datatype {clip(datatype)}; expected one of "
                            f"{', '.join(V2_TO_NUMPY)}.")
     dtype = V2_TO_NUMPY[datatype]
     count = math.prod(shape)
@@ -50,8 +66,9 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
         if binary is None:
             raise RequestError(f"input '{name}': binary_data_size given but the request has no binary part "
                                "(set Inference-Header-Content-Length).")
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise RequestError(f"input '{name}': binary_data_size {size!r} runs past the end of the request body.")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+            raise RequestError(f"input '{name}': binary_data_size {clip(size)} is not a byte count within the "
+                               "request body.")
         if size != count * dtype.itemsize:
             raise RequestError(f"input '{name}': {size} bytes of binary data for shape {list(shape)} {datatype}; "
                                f"expected {count * dtype.itemsize}.")
@@ -59,13 +76,42 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
         return name, array, offset + size
     if "data" not in tensor:
         raise RequestError(f"input '{name}': missing 'data' (or parameters.binary_data_size for binary data).")
-    try:
-        array = np.asarray(tensor["data"], dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise RequestError(f"input '{name}': data cannot be read as {datatype} ({exc}).") from None
+    array = json_array(tensor["data"], dtype, f"input '{name}'", datatype)
     if array.size != count:
         raise RequestError(f"input '{name}': {array.size} elements of data for shape {list(shape)}; expected {count}.")
     return name, array.reshape(shape), offset
+
+
+def json_array(data: Any, dtype: np.dtype, where: str, datatype: str | None = None) -> np.ndarray:
+    """JSON values as an array of `dtype`: numbers (and booleans for BOOL) only, in range.
+
+    numpy alone would read null as NaN, "1.5" as 1.5 and 1e39 as inf for FP32; a client sending those
+    has made a mistake, and gets told so."""
+    label = datatype or dtype.name
+    try:
+        raw = np.asarray(data)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise RequestError(f"{where}: data is not a rectangular array of numbers ({clip(str(exc))}).") from None
+    if raw.dtype.kind not in "biuf":
+        kind = {"O": "nulls, nested objects or ragged lists", "U": "strings", "S": "strings"}.get(raw.dtype.kind,
+                                                                                                raw.dtype.name)
+        raise RequestError(f"{where}: data holds {kind}; {label} data must be numbers"
+                           f"{' or booleans' if dtype.kind == 'b' else ''}.")
+    if raw.dtype.kind == "b" and dtype.kind != "b":
+        raise RequestError(f"{where}: data holds booleans; {label} data must be numbers.")
+    if raw.dtype.kind == "f" and dtype.kind in "iub":
+        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+            raise RequestError(f"{where}: data holds fractional or non-finite numbers; {label} data must be integers.")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = raw.astype(dtype)
+    except (FloatingPointError, OverflowError, ValueError):
+        raise RequestError(f"{where}: a value is out of range for {label}.") from None
+    if dtype.kind in "iu" and raw.size and (raw.min() < np.iinfo(dtype).min or raw.max() > np.iinfo(dtype).max):
+        raise RequestError(f"{where}: a value is out of range for {label}.")
+    if dtype.kind == "f" and raw.dtype.kind in "iuf" and raw.size and not np.all(np.isfinite(array)):
+        raise RequestError(f"{where}: a value is out of range for {label} (it would become inf).")
+    return array
 
 
 def encode(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:

@@ -80,6 +80,7 @@ class StageContext:
     atol: float = 1e-4
     safe: bool = True
     probe: dict[str, Any] = field(default_factory=dict)  # a few eval (or random) inputs
+    examples: Dataset | None = None  # the examples outputs() runs on, with each input's batch axis
     note: Callable[[str], None] = lambda message: None
     dataset: Callable[[Any, str], Dataset] = field(default=lambda path, option: None)  # type: ignore[assignment,return-value]
     convert: Callable[..., ModelRef] = field(default=lambda m, r, opset=None: m)

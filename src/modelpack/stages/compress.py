@@ -88,7 +88,7 @@ def _graph(model: ModelRef, level: str, ctx: StageContext) -> StageResult:
 
     out = ctx.scratch(f"model.{level}.onnx")
     before, after = ort.optimize_graph(model.path, out, level)
-    ort.check_loads(out, "compress")
+    ort.check_loads(out, "compress", ctx.probe)
     ctx.note(f"graph optimization ({level}): {before} -> {after} nodes")
     return StageResult(model=ModelRef(Repr.ONNX, out),
                        metrics={"graph_level": level, "nodes_before": before, "nodes_after": after})

@@ -19,25 +19,37 @@ class ExportStage(Stage):
     name = "export"
     help = "Export the model to ONNX, TF SavedModel and/or TFLite, checking numerical parity of each."
     options = (
-        Option("format", click.Choice(FORMATS), default=("onnx",), multiple=True,
-               help="Format to write; repeat for several. The first one is what later stages work on."),
+        Option("format", click.Choice(FORMATS), multiple=True,
+               help="Format to write; repeat for several. The first one is what later stages work on. "
+                    "[default: onnx, or the input's own format when no conversion reaches onnx]"),
         Option("opset", click.IntRange(11, 21), default=DEFAULT_OPSET, help="ONNX opset for the onnx export."),
     )
 
+    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
+        return tuple(Repr)  # any model can be exported to the formats its conversions reach
+
     def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
-        formats = params["format"] or ("onnx",)
+        formats = self.formats(params, rep)
         for fmt in formats:
-            if route(rep, Repr(fmt)) is None:
+            if route(rep, fmt) is None:
+                reachable = [str(r) for r in Repr if route(rep, r) is not None]
                 raise UsageError(
-                    f"stage 'export': cannot make {fmt} from a {rep} model; modelpack converts "
-                    "keras -> savedmodel -> onnx or tflite, and an onnx input can only be exported as onnx."
+                    f"stage 'export': cannot make {fmt} from a {rep} model; from {rep} modelpack can write "
+                    f"{', '.join(reachable)} (it converts keras -> savedmodel -> onnx or tflite)."
                 )
-        return Repr(formats[0])
+        return formats[0]
+
+    @staticmethod
+    def formats(params: dict[str, Any], rep: Repr) -> list[Repr]:
+        """The formats asked for; by default ONNX, or the model's own format when ONNX is out of reach."""
+        if params["format"]:
+            return [Repr(f) for f in dict.fromkeys(params["format"])]
+        return [Repr.ONNX if route(rep, Repr.ONNX) is not None else rep]
 
     def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
-        formats = [Repr(f) for f in dict.fromkeys(params["format"] or ("onnx",))]
+        formats = self.formats(params, model.rep)
         reference = ctx.outputs(model)
-        probe = (f"eval data ({min(len(ctx.eval_data), 512)} samples)" if ctx.eval_data is not None
+        probe = (f"eval data ({len(ctx.eval_data)} examples)" if ctx.eval_data is not None
                  else "random inputs from the signature")
         result = StageResult(model=model)
         for rep in formats:

@@ -110,13 +110,22 @@ def _prune_onnx(model: ModelRef, params: dict[str, Any], structure: tuple[int, i
     ctx.note(notes[-1])
     proto = onnx.load(str(model.path))
     inits = {init.name: init for init in proto.graph.initializer}
+    # Some exporters (PaddlePaddle's, for one) keep weights in Constant nodes rather than initializers.
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            value = next((a.t for a in node.attribute if a.name == "value" and a.t.dims), None)
+            if value is not None:
+                value.name = node.output[0]
+                inits.setdefault(node.output[0], value)
     targets: dict[str, int] = {}  # initializer -> axis to group along for N:M
     for node in proto.graph.node:
-        if node.op_type in ONNX_WEIGHT_OPS and len(node.input) > 1 and node.input[1] in inits:
+        if (node.op_type in ONNX_WEIGHT_OPS and len(node.input) > 1 and node.input[1] in inits
+                and numpy_helper.to_array(inits[node.input[1]]).dtype.kind == "f"):
             trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
             targets[node.input[1]] = 1 if (node.op_type == "Gemm" and trans_b) or node.op_type == "Conv" else 0
     if not targets:
-        raise UsageError("stage 'prune': this ONNX model has no MatMul, Gemm or Conv weight initializers to prune.")
+        raise UsageError("stage 'prune': this ONNX model has no MatMul, Gemm or Conv weights (initializers or "
+                         "Constant nodes) to prune.")
     arrays = {name: numpy_helper.to_array(inits[name]).astype(np.float32, copy=True) for name in targets}
     dense: list[str] = []
     if structure:

@@ -8,11 +8,11 @@ import click
 import numpy as np
 
 from ..data import Dataset
-from ..errors import StageFailed, UsageError
+from ..errors import StageFailed, UsageError, reason
 from ..formats import ModelRef, Repr
 from . import FINE_TUNING, Option, Stage, StageContext, StageResult
 
-METHODS = ("dynamic", "static", "float16", "qat")
+METHODS = ("int8", "dynamic", "static", "float16", "qat")
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
 
 
@@ -21,9 +21,14 @@ class QuantizeStage(Stage):
     help = "Quantize to int8 (dynamic, static or QAT) or float16: ONNX via onnxruntime, Keras/SavedModel to TFLite."
     accepts = (Repr.KERAS, Repr.SAVEDMODEL, Repr.ONNX)
     options = (
-        Option("method", click.Choice(METHODS), default="dynamic",
-               help="dynamic: int8 weights; static: full int8 with calibration; float16; qat: "
-                    "quantization-aware training (Keras, needs --train-data)."),
+        Option("method", click.Choice(METHODS), default="int8",
+               help="int8: measure onnxruntime's int8 recipes on this model and keep the fastest that stays "
+                    "faithful (TFLite: dynamic-range int8); dynamic: int8 weights; static: full int8 with "
+                    "calibration; float16; qat: quantization-aware training (Keras, needs --train-data)."),
+        Option("target-cosine", click.FloatRange(-1, 1), default=0.98,
+               help="int8: the fidelity a recipe must keep: mean cosine similarity of every float output."),
+        Option("target-agreement", click.FloatRange(0, 100), default=98.0,
+               help="int8: ... and top-1 agreement with the float model, %, for class scores."),
         Option("target", click.Choice(["auto", "onnx", "tflite"]), default="auto",
                help="Runtime to quantize for; auto keeps ONNX as ONNX and turns Keras/SavedModel into TFLite."),
         Option("calib-data", click.Path(dir_okay=False),
@@ -54,13 +59,14 @@ class QuantizeStage(Stage):
     def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
         method = params["method"]
         notes: list[str] = []
+        metrics: dict[str, Any] = {"method": method}
         if model.rep is Repr.ONNX:
-            out = _onnx(model, params, ctx, notes)
+            out = _onnx(model, params, ctx, notes, metrics)
             baseline = model
         else:
             out = _tflite(model, params, ctx, notes)
             baseline = ctx.convert(ctx.convert(model, Repr.SAVEDMODEL), Repr.TFLITE)
-        metrics: dict[str, Any] = {"method": method, "runtime": str(out.rep)}
+        metrics["runtime"] = str(out.rep)
         metrics.update(_speed(baseline, out, ctx, notes))
         return StageResult(model=out, metrics=metrics, notes=notes)
 
@@ -77,26 +83,76 @@ def calibration_data(params: dict[str, Any], ctx: StageContext) -> Dataset:
                              "(array x), or --train-data, or the global --eval-data.")
         data = ctx.eval_data
     n = min(params["calib_samples"], len(data))
-    order = np.random.default_rng(0).permutation(len(data))[:n]
-    return Dataset({k: v[order] for k, v in data.inputs.items()}, None, data.path)
+    order = np.sort(np.random.default_rng(0).permutation(len(data))[:n])
+    picked = data.take(order)
+    return Dataset(picked.inputs, None, data.path, data.axes)
 
 
-def _onnx(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str]) -> ModelRef:
+def _onnx(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str],
+          metrics: dict[str, Any]) -> ModelRef:
     from ..frameworks import ort
 
     method = params["method"]
     out = ctx.scratch(f"model.{method}.onnx")
+    if method == "int8":
+        return _int8(model, params, ctx, notes, metrics)
     if method == "dynamic":
-        notes += ort.quantize_dynamic(model.path, out, per_channel=params["per_channel"])
+        notes += ort.quantize_dynamic(model.path, out, per_channel=params["per_channel"], feeds=ctx.probe)
     elif method == "static":
         calib = calibration_data(params, ctx)
         ctx.note(f"calibrating on {len(calib)} samples ({params['calibration']})")
         notes += ort.quantize_static(model.path, out, ctx.workdir, calib, params["calibration"], params["per_channel"])
     else:
         ort.to_float16(model.path, out)
-    ort.check_loads(out, "quantize")
+    ort.check_loads(out, "quantize", ctx.probe)
     for line in notes:
         ctx.note(line)
+    return ModelRef(Repr.ONNX, out)
+
+
+def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str],
+          metrics: dict[str, Any]) -> ModelRef:
+    """Measure onnxruntime's int8 recipes on this model; keep the fastest that meets the fidelity target."""
+    from ..evaluation import fidelity, token_mask
+    from ..frameworks import int8
+    from ..runtimes import load_runner
+    from ..timing import interleaved_latencies
+
+    has_data = bool(params.get("calib_data") or params.get("train_data") or ctx.eval_data is not None)
+    calib = calibration_data(params, ctx) if has_data else None
+    if calib is None:
+        notes.append("no calibration data (--calib-data, --train-data or --eval-data): only dynamic int8 was tried")
+    examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
+    feeds = examples.head(1).inputs
+    reference = ctx.outputs(model)
+
+    mask = token_mask(ctx.examples.inputs if ctx.examples is not None else None)
+
+    def measure(path: Any) -> tuple[float | None, float | None]:
+        found = fidelity(reference, ctx.outputs(ModelRef(Repr.ONNX, path)), mask)
+        return found.get("cosine"), found.get("top1_agreement")
+
+    def time_all(paths: list[Any]) -> list[float]:
+        # One intra-op thread: the ranking holds on a shared, busy machine, where a thread pool's spinning does not.
+        runners = [load_runner(model, ctx.signature, threads=1)] + [
+            load_runner(ModelRef(Repr.ONNX, p), ctx.signature, threads=1) for p in paths]
+        samples = interleaved_latencies(runners, feeds, iterations=60)
+        base = float(np.median(samples[0]))
+        return [base / float(np.median(s)) for s in samples[1:]]
+
+    target = int8.Target(params["target_cosine"], params["target_agreement"])
+    work = ctx.scratch("int8")
+    work.mkdir()
+    chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds, measure, time_all, target, ctx.note)
+    notes += found_notes
+    metrics["chosen"] = chosen.name
+    metrics["candidates"] = [dict(c.record(), chosen=c is chosen) for c in tried]
+    why = ("the fastest that met the target" if chosen.meets_target else "none met the target; the closest")
+    notes.append(f"int8 recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ {target.agreement:g}%)")
+    ctx.note(notes[-1])
+    out = ctx.scratch("model.int8.onnx")
+    assert chosen.path is not None
+    out.write_bytes(chosen.path.read_bytes())
     return ModelRef(Repr.ONNX, out)
 
 
@@ -145,7 +201,7 @@ def _qat(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         out.write_bytes(converter.convert())
     except Exception as exc:
-        raise StageFailed("quantize", f"TFLite conversion of the QAT model failed: {str(exc).splitlines()[0][:200]}")
+        raise StageFailed("quantize", f"TFLite conversion of the QAT model failed: {reason(exc, 200)}")
     notes.append(f"quantization-aware training for {training.epochs} epochs, then int8 TFLite")
     return ModelRef(Repr.TFLITE, out)
 
@@ -155,7 +211,8 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
     from ..runtimes import load_runner
     from ..timing import interleaved_latencies
 
-    feeds = {k: v[:1] for k, v in ctx.probe.items()}
+    examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
+    feeds = examples.head(1).inputs
     runners = [load_runner(baseline, ctx.signature), load_runner(quantized, ctx.signature)]
     float_ms, quant_ms = (float(np.median(s)) for s in interleaved_latencies(runners, feeds, iterations=200))
     found: dict[str, Any] = {"float_p50_ms": round(float_ms, 4), "quantized_p50_ms": round(quant_ms, 4),

@@ -1,0 +1,149 @@
+"""Running a pipeline in a child process, so a crash inside a framework cannot take the CLI with it.
+
+TensorFlow and onnxruntime are C++: a bug there (a double free in a training step, say) kills the
+process with a signal, and no Python `finally` runs. `optimize` therefore forks before any framework
+is imported; the child runs the pipeline and reports each stage it starts over a pipe. When the child
+dies by a signal, the parent says which stage was running and which signal killed it, and removes
+what the child left: its lock file and its temporary directories. The child's output is the user's
+terminal, unchanged.
+
+Where fork is not safe (no os.fork, or TensorFlow is already loaded in this process, as in a test
+that built its models in-process) the pipeline runs in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import errors
+from .atomic import sweep
+
+ENV_OFF = "MODELPACK_NO_ISOLATION"
+
+
+def available() -> bool:
+    return hasattr(os, "fork") and "tensorflow" not in sys.modules and os.environ.get(ENV_OFF) != "1"
+
+
+class _Forwarding:
+    """A reporter for the child: renders as usual and tells the parent which stage started."""
+
+    def __init__(self, inner: Any, fd: int) -> None:
+        self.inner = inner
+        self.fd = fd
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, default=str) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def stage_started(self, index: int, total: int, name: str) -> None:
+        self.send({"event": "stage", "index": index, "total": total, "name": name})
+        self.inner.stage_started(index, total, name)
+
+    def stage_finished(self, record: dict[str, Any]) -> None:
+        self.inner.stage_finished(record)
+
+    def note(self, message: str) -> None:
+        self.inner.note(message)
+
+    def close(self) -> None:
+        if hasattr(self.inner, "close"):
+            self.inner.close()
+
+
+def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = False) -> Any:
+    """`work(reporter)` in a forked child; its return value must be JSON-serialisable (or have `to_json()`).
+
+    Returns what `work` returned (as JSON data), or raises what it raised, as a ModelpackError."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        # Its own process group: Ctrl-C reaches the parent only, which forwards it once. And it dies with the
+        # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
+        os.setpgid(0, 0)
+        _die_with_parent()
+        forward = _Forwarding(reporter, write_fd)
+        code = 0
+        try:
+            result = work(forward)
+            forward.send({"event": "result", "value": result.to_json() if hasattr(result, "to_json") else result})
+        except BaseException as exc:  # every outcome goes back to the parent, which owns the exit code
+            code = 1
+            forward.send({"event": "error", "type": type(exc).__name__, "message": str(exc),
+                          "exit_code": getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1),
+                          "domain": isinstance(exc, errors.ModelpackError),
+                          "traceback": traceback.format_exc()})
+        finally:
+            forward.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_fd)
+    def forward(signum: int, frame: Any) -> None:  # the child cleans up and reports "interrupted"
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous_int = signal.signal(signal.SIGINT, forward)
+    previous_term = signal.signal(signal.SIGTERM, forward)
+    stage, outcome = None, None
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                message = json.loads(line)
+                if message["event"] == "stage":
+                    stage = message
+                else:
+                    outcome = message
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+    if os.WIFSIGNALED(status) and outcome is None:
+        number = os.WTERMSIG(status)
+        sweep(output)
+        where = (f"stage {stage['index']}/{stage['total']} '{stage['name']}'" if stage else "the pipeline")
+        raise errors.StageFailed(stage["name"] if stage else "pipeline",
+                                 f"the process running {where} was killed by {signal.Signals(number).name} "
+                                 "(a crash inside the framework); nothing was written, and its lock file and "
+                                 "temporary folders were removed. Rerun with --debug to see the framework's output.")
+    if outcome is None:
+        sweep(output)
+        raise errors.ModelpackError(f"the pipeline process exited with code {os.WEXITSTATUS(status)} without a result.")
+    if outcome["event"] == "result":
+        return outcome["value"]
+    if debug:
+        sys.stderr.write(outcome["traceback"])
+    if outcome["type"] == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    cls = getattr(errors, outcome["type"], None)
+    if outcome["domain"] and isinstance(cls, type) and issubclass(cls, errors.ModelpackError):
+        exc = errors.ModelpackError(outcome["message"])
+        exc.__class__ = cls  # the same class and message as in the child, whatever its constructor takes
+        raise exc
+    if outcome["domain"]:
+        failure = errors.ModelpackError(outcome["message"])
+        failure.exit_code = int(outcome["exit_code"])
+        raise failure
+    raise errors.ModelpackError(f"internal error: {outcome['type']}: {outcome['message'].strip()[:300]} "
+                                "(rerun with --debug for the traceback)")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the stale-lock sweep of the next run still applies
+        pass
