@@ -169,3 +169,15 @@ def test_debug_anywhere_keeps_the_exit_code(tmp_path) -> None:
         proc = run_subprocess(*args)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" in proc.stderr and "no such file or directory" in proc.stderr
+
+
+def test_framework_output_is_hidden_unless_verbose(tmp_path) -> None:
+    """TensorFlow's and tf2onnx's own lines stay out of the terminal; -v shows them."""
+    proc = run_subprocess("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "a", "export")
+    assert proc.returncode == 0, proc.stderr
+    assert "✓ [1/1] export" in proc.stderr
+    noise = [line for line in proc.stderr.splitlines() if not line.startswith(("  [1/1]", "✓", " "))]
+    assert noise == [], noise
+    loud = run_subprocess("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "b", "-v", "export",
+                          env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 0 and len(loud.stderr.splitlines()) > len(proc.stderr.splitlines())

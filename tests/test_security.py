@@ -184,7 +184,9 @@ def test_scopes_and_per_key_metrics(digits_package: Path, tmp_path: Path) -> Non
     server = InProcess(digits_package, api_keys_file=keys)
     try:
         assert server.post("/v2/models/model/infer", json=INFER, headers=_h("app-key-0001")).status_code == 200
-        denied = server.get("/v2/models/model", headers=_h("app-key-0001"))
+        # An infer key may ask about the model it calls (clients check readiness first), nothing more.
+        assert server.get("/v2/models/model", headers=_h("app-key-0001")).status_code == 200
+        denied = server.get("/openapi.json", headers=_h("app-key-0001"))
         assert denied.status_code == 403 and "lacks the 'metadata' scope" in denied.json()["error"]
         assert server.get("/v2/models/model", headers=_h("viewer-key-02")).status_code == 200
         assert server.post("/predict", json={"input_data": X.tolist()}, headers=_h("viewer-key-02")).status_code == 403
@@ -193,7 +195,7 @@ def test_scopes_and_per_key_metrics(digits_package: Path, tmp_path: Path) -> Non
         metrics = server.get("/metrics", headers=_h("ops-key-00003")).text
         counts = dict(m.groups() for m in re.finditer(r'modelpack_key_requests_total\{[^}]*key="(\w+)"\} (\d+)',
                                                       metrics))
-        assert counts == {"app": "2", "viewer": "3", "ops": "1"}  # the scrape itself is counted after it answers
+        assert counts == {"app": "3", "viewer": "3", "ops": "1"}  # the scrape itself is counted after it answers
     finally:
         server.close()
 
@@ -255,3 +257,61 @@ def test_sighup_reloads_keys_without_dropping_requests(digits_package: Path, tmp
         code, err = server.stop()
     assert failures == [] and server.proc.returncode == 0
     assert "reloaded 2 API key(s)" in err and "keys file not reloaded" in err
+
+
+def test_an_infer_key_may_ask_for_readiness_and_metadata_and_bearer_is_case_insensitive(digits_package,
+                                                                                         tmp_path) -> None:
+    import tritonclient.http as triton
+
+    keys = tmp_path / "keys"
+    keys.write_text("app:app-secret-123:infer\n")
+    server = Process(digits_package, "--api-keys-file", keys)
+    try:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        auth = {"Authorization": "Bearer app-secret-123"}
+        assert client.is_model_ready("model", headers=auth)
+        assert client.get_model_metadata("model", headers=auth)["name"] == "model"
+        lower = httpx.get(f"{server.url}/v2/models/model/ready", headers={"Authorization": "bearer app-secret-123"})
+        assert lower.status_code == 200
+        assert httpx.get(f"{server.url}/openapi.json", headers=auth).status_code == 403
+    finally:
+        server.stop()
+
+
+def test_require_signature_errors_name_the_option(digits_package, tmp_path) -> None:
+    missing = tmp_path / "nope.pem"
+    missing.write_text("not a key")
+    result = run_cli("serve", digits_package, "--require-signature", missing, "--get", "/v2/health/ready")
+    assert result.exit_code == 2 and "--require-signature" in result.output and "--pubkey" not in result.output
+
+
+def test_an_mpk_member_the_manifest_does_not_list_is_refused_before_extraction(digits_package, tmp_path) -> None:
+    assert run_cli("pack", digits_package, "-o", tmp_path / "ok.mpk").exit_code == 0
+    bomb = tmp_path / "bomb.mpk"
+    bomb.write_bytes((tmp_path / "ok.mpk").read_bytes())
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("extra/payload.bin", b"\0" * (256 << 20))  # 256 MiB that deflate packs into ~250 KB
+    assert bomb.stat().st_size - (tmp_path / "ok.mpk").stat().st_size < 1 << 20  # 256 MiB in under 1 MiB
+    result = run_cli("verify", bomb)
+    assert result.exit_code == 1 and "not listed in the manifest" in result.output
+    resized = tmp_path / "resized.mpk"
+    with zipfile.ZipFile(tmp_path / "ok.mpk") as src, zipfile.ZipFile(resized, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + (b"\0" * (64 << 20) if info.filename == "model.onnx" else b""))
+    result = run_cli("verify", resized)
+    assert result.exit_code == 1 and "the manifest says" in result.output
+
+
+def test_extractions_left_by_a_killed_process_are_swept(digits_package, tmp_path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    assert run_cli("pack", digits_package, "-o", tmp_path / "pkg.mpk").exit_code == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = Path(tempfile.gettempdir()) / f"modelpack-x{int(dead.stdout)}-leftover"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"plaintext model")
+    assert run_cli("verify", tmp_path / "pkg.mpk").exit_code == 0
+    assert not stale.exists()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -499,3 +500,110 @@ def test_a_shape_the_runtime_refuses_is_a_400_with_its_reason(tmp_path) -> None:
         assert good.status_code == 200
     finally:
         server.close()
+
+
+def _closed_within(sock, seconds: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it is still open after `seconds`."""
+    import socket as socketlib
+
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except socketlib.timeout:
+        raise AssertionError(f"the connection was still open after {seconds} s; got {received[:200]!r}") from None
+    return received
+
+
+@pytest.fixture(scope="module")
+def strict_server(digits_package: Path):
+    server = Process(digits_package, "--header-timeout-s", "0.5", "--body-timeout-s", "0.5",
+                     "--max-inflight-mb", "1")
+    yield server
+    server.stop()
+
+
+def test_slow_and_idle_clients_are_cut_off(strict_server) -> None:
+    import socket as socketlib
+
+    def connect():
+        return socketlib.create_connection(("127.0.0.1", strict_server.port), timeout=10)
+
+    with connect() as idle:  # connects and says nothing
+        assert _closed_within(idle, 20) == b""
+    with connect() as dribble:  # starts a request and never finishes the headers
+        dribble.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nhost: x\r\n")
+        assert b"408" in _closed_within(dribble, 20)
+    with connect() as short:  # a Content-Length larger than the body it sends
+        short.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                      b"content-length: 1000\r\n\r\n{\"inputs\": [")
+        answer = _closed_within(short, 20)
+        assert b"408" in answer and b"request body" in answer
+    # ... and the server goes on answering.
+    assert httpx.post(f"{strict_server.url}/v2/models/model/infer", json=v2_json(X[:1])).status_code == 200
+
+
+def test_request_bytes_in_flight_are_capped(digits_package: Path) -> None:
+    import re
+    import socket as socketlib
+
+    server = Process(digits_package, "--max-inflight-mb", "1")
+    stalled = []
+    try:
+        for _ in range(2):  # two uploads of 500 KB, 400 KB of each sent, then stalled
+            sock = socketlib.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 500000\r\n\r\n"
+                         + b" " * 400_000)
+            stalled.append(sock)
+
+        def held() -> int:
+            found = re.search(r"modelpack_inflight_request_bytes\{[^}]*\} (\d+)",
+                              httpx.get(f"{server.url}/metrics").text)
+            return int(found[1]) if found else 0
+
+        deadline = time.monotonic() + 30
+        while held() < 800_000:  # wait until the server holds both bodies
+            assert time.monotonic() < deadline, held()
+            time.sleep(0.05)
+        answer = httpx.post(f"{server.url}/v2/models/model/infer", content=b"x" * 300_000,
+                            headers={"content-type": "application/json"})
+        assert answer.status_code == 503, answer.text
+        assert "--max-inflight-mb" in answer.json()["error"] and answer.headers["retry-after"] == "1"
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
+
+
+def test_compressed_requests_and_a_gzip_bomb(socket_server, reference) -> None:
+    import gzip
+    import zlib
+
+    import tritonclient.http as triton
+
+    body = json.dumps(v2_json(X[:2])).encode()
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        answer = httpx.post(f"{socket_server.url}/v2/models/model/infer", content=packed,
+                            headers={"content-encoding": encoding, "content-type": "application/json"})
+        assert answer.status_code == 200, answer.text
+    client = triton.InferenceServerClient(socket_server.url.removeprefix("http://"))
+    inp = triton.InferInput("image", list(X[:2].shape), "FP32")
+    inp.set_data_from_numpy(X[:2].astype(np.float32))
+    result = client.infer("model", [inp], request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("probs"), reference(X[:2]), atol=1e-5)
+    bomb = gzip.compress(b"0" * (64 << 20))  # 64 MiB of zeros in about 64 KB
+    answer = httpx.post(f"{socket_server.url}/v2/models/model/infer", content=bomb,
+                        headers={"content-encoding": "gzip"})
+    assert answer.status_code == 413 and "inflates past" in answer.json()["error"]
+    answer = httpx.post(f"{socket_server.url}/v2/models/model/infer", content=body, headers={"content-encoding": "br"})
+    assert answer.status_code == 415
+
+
+def test_tfserving_model_metadata(client) -> None:
+    answer = client.get("/v1/models/model/metadata")
+    assert answer.status_code == 200, answer.text
+    signature = answer.json()["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "8", "8", "1"]
+    assert "probs" in signature["outputs"]

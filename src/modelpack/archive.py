@@ -97,6 +97,55 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     return rel
 
 
+MAX_MANIFEST = 16 << 20
+
+
+def _check_against_manifest(zf: zipfile.ZipFile, checked: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+                            archive: Path) -> None:
+    """Before extracting anything: every member is one the manifest lists, at the size it lists.
+
+    So an archive can hold no unlisted payload (a 1 GiB member beside a small model), and no member can
+    inflate past its recorded size, whatever its compression ratio."""
+    import json
+
+    from .signing import SIGNATURE_NAME
+
+    info = next(i for i, rel in checked if str(rel) == mf.MANIFEST_NAME)
+    if info.file_size > MAX_MANIFEST:
+        raise IntegrityError(f"{archive}: the manifest is {info.file_size} bytes; refusing it.")
+    try:
+        manifest = mf.validate(json.loads(zf.read(info)), f"{archive}:{mf.MANIFEST_NAME}")
+    except (ValueError, zipfile.BadZipFile) as exc:
+        raise IntegrityError(f"{archive}: the manifest is not valid JSON ({exc}).") from exc
+    files: dict[str, int] = {}
+    directories: dict[str, int] = {}
+    for entry in manifest["artifacts"]:
+        (directories if entry.get("kind") == "directory" else files)[entry["path"]] = entry["size"]
+        for extra in entry.get("files", []):
+            files[extra["path"]] = extra["size"]
+    in_directory: dict[str, int] = {d: 0 for d in directories}
+    for member, rel in checked:
+        name = str(rel)
+        if member.is_dir() or name in (mf.MANIFEST_NAME, SIGNATURE_NAME):
+            if name == SIGNATURE_NAME and member.file_size > MAX_MANIFEST:
+                raise IntegrityError(f"{archive}: {SIGNATURE_NAME} is {member.file_size} bytes; refusing it.")
+            continue
+        if name in files:
+            if member.file_size != files[name]:
+                raise IntegrityError(f"{archive}: member '{name}' unpacks to {member.file_size} bytes, but the "
+                                     f"manifest says {files[name]}; refusing to extract it.")
+            continue
+        owner = next((d for d in directories if name.startswith(d.rstrip("/") + "/")), None)
+        if owner is None:
+            raise IntegrityError(f"{archive}: member '{name}' is not listed in the manifest; refusing to extract "
+                                 "it.")
+        in_directory[owner] += member.file_size
+    for directory, size in in_directory.items():
+        if size > directories[directory]:
+            raise IntegrityError(f"{archive}: '{directory}' unpacks to {size} bytes, but the manifest says "
+                                 f"{directories[directory]}; refusing to extract it.")
+
+
 def extract(archive: Path, dest: Path) -> None:
     """Extract after checking every member: no absolute paths, no `..`, no links, no bombs."""
     try:
@@ -113,6 +162,7 @@ def extract(archive: Path, dest: Path) -> None:
             raise InputError(f"'{archive}' is a zip file but not a modelpack archive (no {mf.MANIFEST_NAME}).")
         if sum(info.file_size for info in members) > MAX_UNPACKED:
             raise IntegrityError(f"{archive}: unpacks to more than {MAX_UNPACKED >> 30} GiB; refusing to extract it.")
+        _check_against_manifest(zf, checked, archive)
         root = dest.resolve()
         for info, rel in checked:
             target = (root / rel).resolve()

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -58,14 +59,33 @@ class _Forwarding:
             self.inner.close()
 
 
-def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = False) -> Any:
+def _hide_framework_output() -> None:
+    """In the child: the frameworks' own chatter (TensorFlow's C++ logs, Keras' "Saved artifact at ...",
+    tf2onnx, absl) goes to an unlinked temporary file; modelpack's progress still reaches the terminal."""
+    from .cli import render
+
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    render.err.file = terminal  # progress and notes
+    log = tempfile.TemporaryFile()
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = os.fdopen(os.dup(log.fileno()), "w", buffering=1)
+    sys.stderr = os.fdopen(os.dup(log.fileno()), "w", buffering=1)
+
+
+def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = False, verbose: bool = False) -> Any:
     """`work(reporter)` in a forked child; its return value must be JSON-serialisable (or have `to_json()`).
 
-    Returns what `work` returned (as JSON data), or raises what it raised, as a ModelpackError."""
+    Returns what `work` returned (as JSON data), or raises what it raised, as a ModelpackError. Unless
+    `verbose` or `debug`, the frameworks' own output is not shown."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_fd)
+        if verbose:
+            os.environ["MODELPACK_VERBOSE"] = "1"  # TensorFlow's start-up lines too
+        if not (verbose or debug):
+            _hide_framework_output()
         # Its own process group: Ctrl-C reaches the parent only, which forwards it once. And it dies with the
         # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
         os.setpgid(0, 0)
@@ -115,7 +135,7 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         raise errors.StageFailed(stage["name"] if stage else "pipeline",
                                  f"the process running {where} was killed by {signal.Signals(number).name} "
                                  "(a crash inside the framework); nothing was written, and its lock file and "
-                                 "temporary folders were removed. Rerun with --debug to see the framework's output.")
+                                 "temporary folders were removed. Rerun with -v to see the framework's output.")
     if outcome is None:
         sweep(output)
         raise errors.ModelpackError(f"the pipeline process exited with code {os.WEXITSTATUS(status)} without a result.")

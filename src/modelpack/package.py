@@ -7,6 +7,7 @@ extracts one safely into a temporary directory for the duration of the command.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -186,12 +187,34 @@ def open_package(path: str | Path) -> Iterator[Package]:
     if is_encrypted(p):
         raise InputError(f"'{p}' is encrypted: inspect, verify and serve read it (in memory, with {_KEY_HINT}); "
                          "other commands need the unencrypted package.")
-    tmp = Path(tempfile.mkdtemp(prefix="modelpack-"))
+    sweep_extractions()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-"))
     try:
         archive.extract(p, tmp)
         yield Package.load(tmp, p)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+EXTRACT_PREFIX = "modelpack-x"  # + the pid of the process that extracted it
+
+
+def sweep_extractions() -> None:
+    """Remove extracted packages left in the temp directory by processes that died (kill -9 of `serve x.mpk`):
+    no plaintext model outlives the process that needed it."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{EXTRACT_PREFIX}*-*"):
+        try:
+            pid = int(stale.name[len(EXTRACT_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or not stale.is_dir():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def is_package(path: Path) -> bool:

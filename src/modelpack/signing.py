@@ -117,7 +117,7 @@ def check(manifest_bytes: bytes, signature_bytes: bytes | None, public_key: Any,
     return record
 
 
-def verify_dir(package_dir: Path, public_key_path: Path, where: str) -> dict[str, Any]:
+def verify_dir(package_dir: Path, public_key_path: Path, where: str, option: str = "--pubkey") -> dict[str, Any]:
     sig = package_dir / SIGNATURE_NAME
     return check((package_dir / mf.MANIFEST_NAME).read_bytes(), sig.read_bytes() if sig.is_file() else None,
-                 load_public(public_key_path), where)
+                 load_public(public_key_path, option), where)

@@ -116,6 +116,8 @@ class StageGroup(click.Group):
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default.")
 @click.pass_context
 def optimize(ctx: click.Context, **_: Any) -> None:
     """Run a pipeline of stages over a model and write one verified package.
@@ -139,7 +141,7 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
          config_file: Path | None, save_config: Path | None, dry_run: bool, eval_data: Path | None,
          atol: float | None, name: str | None, model_version: str | None, max_accuracy_drop: float | None,
          min_agreement: float | None, min_cosine: float | None, on_violation: str | None, eval_limit: int | None,
-         unsafe_load: bool, force: bool, as_json: bool, quiet: bool) -> None:
+         unsafe_load: bool, force: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
     from .. import config
 
     spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
@@ -177,7 +179,7 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
 
     reporter = render.RichReporter(quiet=quiet or as_json)
     try:
-        result = _run_isolated(spec, reporter, ctx)
+        result = _run_isolated(spec, reporter, ctx, verbose)
     finally:
         reporter.close()
     if as_json:
@@ -188,7 +190,7 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
         render.out.print(f"[bold green]package written:[/] {result.output}")
 
 
-def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context) -> Any:
+def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
     """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
     from .. import isolation, pipeline
 
@@ -196,7 +198,8 @@ def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context) -> Any:
         return pipeline.run(spec, reporter)
     from . import _debug
 
-    value = isolation.run(lambda forward: pipeline.run(spec, forward), reporter, spec.output, debug=_debug(ctx))
+    value = isolation.run(lambda forward: pipeline.run(spec, forward), reporter, spec.output, debug=_debug(ctx),
+                          verbose=verbose)
     return pipeline.RunResult(Path(value["output"]), value["manifest"])
 
 

@@ -105,7 +105,8 @@ HIGHLIGHTS = {
 def _highlights(name: str, metrics: dict[str, Any]) -> str:
     parts = [fmt(metrics[k]) for k, fmt in HIGHLIGHTS.items() if k in metrics]
     if name == "export":
-        parts += [f"{k} diff {fmt_num(v.get('max_abs_diff'))}" for k, v in metrics.items() if isinstance(v, dict)]
+        parts += [f"{k} diff {fmt_num(v.get('max_abs_diff'))}" for k, v in metrics.items()
+                  if isinstance(v, dict) and k in ("onnx", "savedmodel", "tflite", "keras")]
     return ", ".join(parts)
 
 

@@ -31,6 +31,14 @@ from . import render
               help="Per-request limit; past it, 504.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001), default=16.0, show_default=True,
               help="Largest request body; past it, 413.")
+@click.option("--max-inflight-mb", type=click.FloatRange(0.001), default=256.0, show_default=True,
+              help="Request bytes held at once across all connections; past it, 503 with Retry-After.")
+@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True,
+              help="Open connections and requests at once; past it, 503.")
+@click.option("--header-timeout-s", type=click.FloatRange(0.001), default=10.0, show_default=True,
+              help="Time a client has to send a request's headers (also how long a new connection may idle).")
+@click.option("--body-timeout-s", type=click.FloatRange(0.001), default=30.0, show_default=True,
+              help="Time a client has to send a request's body after its headers; past it, 408 and close.")
 @click.option("--api-key", envvar="MODELPACK_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but health. Prefer the environment "
                    "variable: a command line is visible to other users.")
@@ -82,7 +90,7 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             if require_signature is not None:
                 from ..signing import verify_dir
 
-                verify_dir(pkg.root, require_signature, str(package))
+                verify_dir(pkg.root, require_signature, str(package), option="--require-signature")
             pkg.check_checksums()
         except IntegrityError as exc:
             raise IntegrityError(f"refusing to serve: {exc}") from exc

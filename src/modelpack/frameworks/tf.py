@@ -81,7 +81,7 @@ def quiet_native_logs() -> Iterator[None]:
     Those lines (oneDNN notes, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL. MODELPACK_DEBUG=1
     keeps them. Python exceptions are unaffected.
     """
-    if os.environ.get("MODELPACK_DEBUG") == "1":
+    if os.environ.get("MODELPACK_DEBUG") == "1" or os.environ.get("MODELPACK_VERBOSE") == "1":
         yield
         return
     sys.stderr.flush()

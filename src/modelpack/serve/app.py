@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, NotFound, PayloadTooLarge, RequestError, reason
+from ..errors import InputError, NotFound, Overloaded, PayloadTooLarge, RequestError, reason
 from . import tensors
 from .tensors import clip
 from .auth import KeyRing
@@ -103,7 +103,8 @@ STATIC: dict[str, list[Route]] = {
     "/predict": [Route("/predict", "POST", "simple_predict", scope="infer")],
 }
 V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
-TFS_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>:predict)?$")
+TFS_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+                       r"(?:(?P<verb>:predict)|(?P<meta>/metadata))?$")
 
 
 _resolved: dict[tuple[str, str], tuple[Route, dict[str, str | None]]] = {}
@@ -129,14 +130,16 @@ def _resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
         handler = {"": "model_metadata", "/ready": "model_ready", "/infer": "infer"}[rest]
         verb = "POST" if rest == "/infer" else "GET"
         candidates = [Route(f"/v2/models/{{name}}{suffix}{rest}", verb, handler,
-                            scope="infer" if handler == "infer" else "metadata")]
+                            scope="infer" if handler == "infer" else "model")]
     elif not candidates and (m := TFS_MODEL.match(path)):
         params = {"name": m["name"], "version": m["version"]}
         suffix = "/versions/{version}" if m["version"] else ""
         if m["verb"]:
             candidates = [Route(f"/v1/models/{{name}}{suffix}:predict", "POST", "tfs_predict", scope="infer")]
+        elif m["meta"]:
+            candidates = [Route(f"/v1/models/{{name}}{suffix}/metadata", "GET", "tfs_metadata", scope="model")]
         else:
-            candidates = [Route(f"/v1/models/{{name}}{suffix}", "GET", "tfs_status")]
+            candidates = [Route(f"/v1/models/{{name}}{suffix}", "GET", "tfs_status", scope="model")]
     for route in candidates:
         if route.method == method or (method == "HEAD" and route.method == "GET"):
             return route, params
@@ -159,6 +162,8 @@ class App:
         self.batcher: Batcher | None = None
         self._openapi: bytes | None = None
         self.max_body = int(config.max_body_mb * 1024 * 1024)
+        self.max_inflight = int(config.max_inflight_mb * 1024 * 1024)
+        self.inflight = 0  # request body bytes being read or held, all connections together
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -175,6 +180,7 @@ class App:
                                mergeable=model.signature.simple_batch)
         self.batcher.start()
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
+        self.metrics.inflight_bytes = lambda: self.inflight
         self._watch_sighup()
         self.ready = True
         log.info("model %s version %s ready (%s, loaded in %.2fs)", model.name, model.version, model.platform,
@@ -224,9 +230,16 @@ class App:
                 self.keys.authorize(api_key, route.scope, path)
                 self.keys.throttle(api_key)
             request = Request(method, path, headers, params)
-            if route.method == "POST":
-                request.body = await self._read_body(receive, headers)
-            status, out_headers, body = await getattr(self, "route_" + route.handler)(request)
+            held = 0
+            try:
+                if route.method == "POST":
+                    request.body = await self._read_body(receive, headers)
+                    held = len(request.body)
+                    if "content-encoding" in headers:
+                        request.body = self._decode_body(request.body, headers["content-encoding"])
+                status, out_headers, body = await getattr(self, "route_" + route.handler)(request)
+            finally:
+                self.inflight -= held
         except RequestError as exc:
             status, out_headers, body = json_response(exc.status, {"error": _capped(str(exc))},
                                                       [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()])
@@ -265,18 +278,53 @@ class App:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the {self.config.max_body_mb:g} MB "
                                   "limit (--max-body-mb).")
+        if declared is not None and declared.isdigit() and self.inflight + int(declared) > self.max_inflight:
+            raise Overloaded(f"the server holds {self.config.max_inflight_mb:g} MB of requests already "
+                             "(--max-inflight-mb); retry shortly.", headers={"Retry-After": "1"})
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body is over the {self.config.max_body_mb:g} MB limit (--max-body-mb).")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                self.inflight += len(chunk)
+                if size > self.max_body:
+                    raise PayloadTooLarge(f"request body is over the {self.config.max_body_mb:g} MB limit "
+                                          "(--max-body-mb).")
+                if self.inflight > self.max_inflight:
+                    raise Overloaded(f"the server holds {self.config.max_inflight_mb:g} MB of requests already "
+                                     "(--max-inflight-mb); retry shortly.", headers={"Retry-After": "1"})
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    size = 0  # from here the caller releases these bytes, once the request is answered
+                    return body
+        finally:
+            self.inflight -= size  # a refused or abandoned body is released at once
+
+    def _decode_body(self, body: bytes, encoding: str) -> bytes:
+        """A gzip or deflate body (tritonclient's request_compression_algorithm), decompressed with a bound:
+        one that would inflate past --max-body-mb (a gzip bomb) is refused before it is."""
+        import zlib
+
+        kind = encoding.strip().lower()
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": None}.get(kind, -1)
+        if wbits is None:
+            return body
+        if wbits == -1:
+            raise RequestError(f"Content-Encoding {clip(encoding)} is not supported; use gzip, deflate or none.",
+                               status=415)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            plain = inflater.decompress(body, self.max_body + 1)
+        except zlib.error as exc:
+            raise RequestError(f"the {kind} request body is corrupt ({exc}).") from None
+        if len(plain) > self.max_body or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the {kind} request body inflates past the {self.config.max_body_mb:g} MB limit "
+                                  "(--max-body-mb).")
+        return plain
 
     # -- shared steps --------------------------------------------------------------------------------------
 
@@ -404,6 +452,22 @@ class App:
         return wanted, flags
 
     # -- TensorFlow Serving REST ---------------------------------------------------------------------------
+
+    async def route_tfs_metadata(self, request: Request) -> Response:
+        """TF Serving's GetModelMetadata: the serving_default signature_def, in its JSON form."""
+        model = self._model(request)
+
+        def tensors(specs: Any) -> dict[str, Any]:
+            return {t.name: {"dtype": "DT_" + {"float32": "FLOAT", "float64": "DOUBLE", "float16": "HALF",
+                                               "bool": "BOOL"}.get(t.dtype, t.dtype.upper()),
+                             "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in t.shape],
+                                              "unknown_rank": False},
+                             "name": t.name} for t in specs}
+
+        signature = {"inputs": tensors(model.signature.inputs), "outputs": tensors(model.signature.outputs),
+                     "method_name": "tensorflow/serving/predict"}
+        return json_response(200, {"model_spec": {"name": model.name, "signature_name": "", "version": model.version},
+                                   "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}}})
 
     async def route_tfs_status(self, request: Request) -> Response:
         model = self._model(request)

@@ -102,7 +102,7 @@ class KeyRing:
 
     def check(self, header: str | None) -> ApiKey:
         """The key in an `Authorization: Bearer KEY` header; Unauthorized otherwise."""
-        if not header or not header.startswith("Bearer "):
+        if not header or header[:7].lower() != "bearer ":  # auth schemes are case-insensitive (RFC 9110)
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'.",
                                headers={"WWW-Authenticate": "Bearer"})
         given = header[7:].strip().encode()
@@ -117,6 +117,8 @@ class KeyRing:
     def authorize(self, key: ApiKey, scope: str, path: str) -> None:
         if "admin" in key.scopes or scope in key.scopes:
             return
+        if scope == "model" and key.scopes & {"infer", "metadata"}:
+            return  # a model's readiness and metadata: whoever may call it may ask (tritonclient does)
         raise Forbidden(f"API key '{key.name}' lacks the '{scope}' scope needed for {path} "
                         f"(it has: {', '.join(sorted(key.scopes))}).")
 

@@ -23,6 +23,10 @@ class ServeConfig:
     max_queue: int = 256
     timeout_s: float = 30.0
     max_body_mb: float = 16.0
+    max_inflight_mb: float = 256.0  # request bytes held at once, all connections together; beyond it, 503
+    max_connections: int = 1000  # beyond it, uvicorn answers 503
+    header_timeout_s: float = 10.0  # connect (or previous response) -> end of headers
+    body_timeout_s: float = 30.0  # end of headers -> end of body
     api_key: str | None = None
     api_keys_file: Path | None = None
     threads: int | None = None
@@ -83,5 +87,8 @@ def memory_runtime(pkg: Any) -> str:
 def app_from_env() -> Any:
     """The factory each worker process calls (uvicorn --factory)."""
     from .app import build_app
+    from .guard import configure
 
-    return build_app(ServeConfig.from_env())
+    config = ServeConfig.from_env()
+    configure(config.header_timeout_s, config.body_timeout_s)
+    return build_app(config)

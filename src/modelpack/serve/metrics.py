@@ -51,6 +51,7 @@ class Metrics:
         self.batch = Histogram(BATCH_BUCKETS)
         self.load_seconds = 0.0
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.inflight_bytes: Callable[[], int] = lambda: 0
 
     def observe(self, route: str, status: int, seconds: float, key: str | None = None) -> None:
         self.requests[(route, status)] += 1
@@ -79,6 +80,9 @@ class Metrics:
         lines += ["# HELP modelpack_queue_depth Requests waiting for the model.",
                   "# TYPE modelpack_queue_depth gauge",
                   f"modelpack_queue_depth{{{self.labels}}} {self.queue_depth()}",
+                  "# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
+                  "# TYPE modelpack_inflight_request_bytes gauge",
+                  f"modelpack_inflight_request_bytes{{{self.labels}}} {self.inflight_bytes()}",
                   "# HELP modelpack_model_load_seconds Time to load the model at startup.",
                   "# TYPE modelpack_model_load_seconds gauge",
                   f"modelpack_model_load_seconds{{{self.labels}}} {self.load_seconds:.6f}"]

@@ -21,7 +21,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad input, naming the input and what was expected", 401: "Missing or invalid API key",
-            404: "Unknown model or version", 413: "Body over --max-body-mb", 429: "Rate limited",
+            404: "Unknown model or version", 413: "Body over --max-body-mb", 415: "Unsupported Content-Encoding",
+            429: "Rate limited",
             503: "Queue full or not ready (Retry-After)", 504: "Timed out (--timeout-s)"}
     return {str(c): _json({"$ref": "#/components/schemas/Error"}, text[c]) for c in codes}
 
@@ -94,21 +95,24 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
                                                                     **_errors(401, 404)}, params=params)}
         paths[f"{base}/infer"] = {"post": op(
             "Inference (KServe V2 / Open Inference Protocol; binary tensor extension supported)",
-            {"200": _json(infer_response, "Outputs"), **_errors(400, 401, 404, 413, 503, 504)},
+            {"200": _json(infer_response, "Outputs"), **_errors(400, 401, 404, 413, 415, 503, 504)},
             body=infer_request, params=params)}
         tfs = f"/v1/models/{{name}}{suffix}"
         paths[tfs] = {"get": op("Model status (TensorFlow Serving REST)", {"200": _json({"type": "object"}, "Status"),
                                                                            **_errors(401, 404)}, params=params)}
+        paths[f"{tfs}/metadata"] = {"get": op("Model metadata (TensorFlow Serving REST): the signature_def",
+                                              {"200": _json({"type": "object"}, "Metadata"), **_errors(401, 404)},
+                                              params=params)}
         paths[f"{tfs}:predict"] = {"post": op(
             "Predict (TensorFlow Serving REST): 'instances' (rows) or 'inputs' (columns)",
-            {"200": _json({"type": "object"}, "'predictions' or 'outputs'"), **_errors(400, 401, 404, 413, 503, 504)},
+            {"200": _json({"type": "object"}, "'predictions' or 'outputs'"), **_errors(400, 401, 404, 413, 415, 503, 504)},
             body={"type": "object", "properties": {"signature_name": {"type": "string"},
                                                    "instances": {"type": "array"}, "inputs": {}}},
             params=params)}
     paths["/predict"] = {"post": op(
         "Predict, the classic Flask-style route: {\"input_data\": [...]} -> {\"prediction\": [...]}",
         {"200": _json({"type": "object", "properties": {"prediction": {}}}, "Prediction"),
-         **_errors(400, 401, 413, 503, 504)},
+         **_errors(400, 401, 413, 415, 503, 504)},
         body={"type": "object", "required": ["input_data"], "properties": {"input_data": {}}})}
     document: dict[str, Any] = {
         "openapi": "3.1.0",

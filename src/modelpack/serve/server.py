@@ -25,8 +25,12 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "host": config.host, "port": config.port, "lifespan": "on", "access_log": config.access_log,
         "log_level": "info", "timeout_graceful_shutdown": config.graceful_timeout_s,
-        "server_header": False,
+        "server_header": False, "limit_concurrency": config.max_connections,
     }
+    from .guard import configure
+
+    # Header and body deadlines for slow or idle clients (uvicorn has only the keep-alive one).
+    options["http"] = configure(config.header_timeout_s, config.body_timeout_s)
     if config.ssl_certfile:
         options["ssl_certfile"] = str(config.ssl_certfile)
     if config.ssl_keyfile:

@@ -92,6 +92,14 @@ def json_array(data: Any, dtype: np.dtype, where: str, datatype: str | None = No
         raw = np.asarray(data)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise RequestError(f"{where}: data is not a rectangular array of numbers ({clip(str(exc))}).") from None
+    if dtype.kind in "iu" and raw.dtype.kind in "fO":
+        # Integers beyond int64 (UINT64 data) make numpy fall back to float or object: read them exactly.
+        exact = np.asarray(data, dtype=object)
+        if exact.size and all(type(v) is int for v in exact.ravel()):
+            info = np.iinfo(dtype)
+            if min(exact.ravel()) < info.min or max(exact.ravel()) > info.max:
+                raise RequestError(f"{where}: a value is out of range for {label}.")
+            return np.asarray(exact.astype(dtype))
     if raw.dtype.kind not in "biuf":
         kind = {"O": "nulls, nested objects or ragged lists", "U": "strings", "S": "strings"}.get(raw.dtype.kind,
                                                                                                 raw.dtype.name)

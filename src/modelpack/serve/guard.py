@@ -1,0 +1,93 @@
+"""Limits on slow and idle clients, below the ASGI app: uvicorn's httptools protocol with deadlines.
+
+uvicorn closes a keep-alive connection that idles after a response, but a connection that never sends
+a request, or dribbles its headers or its body, is held forever. Here every connection gets:
+
+- a header deadline (`--header-timeout-s`): from the connection's first byte of silence, or the end of
+  the previous response, to the end of the request's headers. Past it the connection is closed (an
+  idle connection), or answered 408 and closed (headers under way);
+- a body deadline (`--body-timeout-s`): from the end of the headers to the end of the body. Past it,
+  408 and close: this is also what a Content-Length larger than the body gets.
+
+The app itself caps the request bytes in flight across all connections (503 beyond them), and
+uvicorn's `limit_concurrency` caps connections (`--max-connections`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+
+
+def _timeout_response(what: str) -> bytes:
+    body = ('{"error": "%s took too long; the connection is closed."}' % what).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with header and body deadlines (class attributes, set by `configure`)."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._receiving = False  # some bytes of a request have arrived
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._receiving:
+            self.transport.write(_timeout_response(what))
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout_s, "the request headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._receiving = True
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout_s, "the request body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._receiving = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            # uvicorn's keep-alive timer now runs too; this one also covers a next request that stalls.
+            self._arm(self.header_timeout_s, "the request headers")
+
+
+def configure(header_timeout_s: float, body_timeout_s: float) -> type[GuardedProtocol]:
+    """Set the deadlines for this process's connections (each worker process calls this too)."""
+    GuardedProtocol.header_timeout_s = header_timeout_s
+    GuardedProtocol.body_timeout_s = body_timeout_s
+    return GuardedProtocol
