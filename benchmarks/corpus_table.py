@@ -143,6 +143,13 @@ def exercise(model: corpus.CorpusModel, work: Path) -> dict[str, Any]:
               na=None if onnx_input else "a TFLite input is already converted; quantize its source model")
     # lzma runs at a few MB/s in Python: large models take deflate, so the table stays quick to regenerate.
     codec = "lzma" if (onnx_input or model.path).stat().st_size < 32 << 20 else "deflate"
+    # QAT fine-tunes: it needs labelled training data for every output, which no pretrained corpus model ships.
+    with np.load(model.eval_data) as arrays:
+        labelled = "y" in arrays.files and len(signature.outputs) == 1
+    _step(row, "quantize qat", "optimize", model.path, "-o", work / "qat", *e, "quantize", "--method", "qat",
+          "--train-data", model.eval_data, "--epochs", "1", package=work / "qat",
+          na=None if ref.rep is Repr.KERAS and labelled else
+          ("QAT trains Keras models" if ref.rep is not Repr.KERAS else "needs labels for every output"))
     compress = (["compress", "--graph", "basic", "--archive", codec] if onnx_input else
                 ["compress", "--archive", codec])
     _step(row, "compress", "optimize", onnx_input or model.path, "-o", work / "compress", *e, *compress,
@@ -164,8 +171,8 @@ def exercise(model: corpus.CorpusModel, work: Path) -> dict[str, Any]:
     return row
 
 
-COLUMNS = ("export", "prune", "quantize int8", "quantize dynamic", "quantize static", "quantize float16", "compress",
-           "benchmark", "serve")
+COLUMNS = ("export", "prune", "quantize int8", "quantize dynamic", "quantize static", "quantize float16",
+           "quantize qat", "compress", "benchmark", "serve")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
