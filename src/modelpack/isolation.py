@@ -7,8 +7,8 @@ dies by a signal, the parent says which stage was running and which signal kille
 what the child left: its lock file and its temporary directories. The child's output is the user's
 terminal, unchanged.
 
-Where fork is not safe (no os.fork, or TensorFlow is already loaded in this process, as in a test
-that built its models in-process) the pipeline runs in-process.
+Where fork is not safe (no os.fork, a framework already loaded, or more than one thread in this process, as
+in a test process that has run models before) the pipeline runs in-process.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ ENV_OFF = "MODELPACK_NO_ISOLATION"
 
 
 def available() -> bool:
-    return hasattr(os, "fork") and "tensorflow" not in sys.modules and os.environ.get(ENV_OFF) != "1"
+    """Fork only where it is safe: no framework loaded yet, and no other Python thread (a fork copies other
+    threads' locks but not the threads, so a child of a multi-threaded process can deadlock)."""
+    if not hasattr(os, "fork") or os.environ.get(ENV_OFF) == "1":
+        return False
+    if any(name in sys.modules for name in ("tensorflow", "onnxruntime", "torch")):
+        return False  # their thread pools and locks do not survive a fork
+    import threading
+
+    # Python threads only: numpy's BLAS keeps idle native workers from import on, and forks safely.
+    return threading.active_count() == 1
 
 
 class _Forwarding:

@@ -18,7 +18,8 @@ SLOWER = 1.05  # a quantized model this much slower than float (median latency) 
 
 class QuantizeStage(Stage):
     name = "quantize"
-    help = "Quantize to int8 (dynamic, static or QAT) or float16: ONNX via onnxruntime, Keras/SavedModel to TFLite."
+    help = ("Quantize to int8 (tuned per model by default; or dynamic, static, QAT) or float16: ONNX via "
+            "onnxruntime, Keras/SavedModel to TFLite.")
     accepts = (Repr.KERAS, Repr.SAVEDMODEL, Repr.ONNX)
     options = (
         Option("method", click.Choice(METHODS), default="int8",
@@ -93,9 +94,9 @@ def _onnx(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
     from ..frameworks import ort
 
     method = params["method"]
-    out = ctx.scratch(f"model.{method}.onnx")
     if method == "int8":
         return _int8(model, params, ctx, notes, metrics)
+    out = ctx.scratch(f"model.{method}.onnx")
     if method == "dynamic":
         notes += ort.quantize_dynamic(model.path, out, per_channel=params["per_channel"], feeds=ctx.probe)
     elif method == "static":
