@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelpack-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-int8 bench-serve bench-corpus clean
+.PHONY: install demo test bench bench-int8 bench-scale bench-serve bench-corpus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelpack needs Python >= 3.11; set PYTHON=python3.11")'
@@ -36,6 +36,9 @@ bench: $(STAMP)
 
 bench-int8: $(STAMP)  # int8 against float on the corpus transformer and MobileNetV2
 	$(BIN)/python benchmarks/int8_bench.py
+
+bench-scale: $(STAMP)  # wall time and peak memory of optimize against the plain framework steps
+	$(BIN)/python benchmarks/scale_bench.py
 
 bench-corpus: $(STAMP)  # every command on every corpus model: the README's corpus table
 	$(BIN)/python benchmarks/corpus_table.py

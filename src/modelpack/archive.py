@@ -63,6 +63,12 @@ def compressed_size(path: Path, compression: str = "deflate") -> int:
     return total
 
 
+def file_compressed_size(path: Path, compression: str = "deflate") -> int:
+    """One file's compressed size, without its companions (cached per file version, like `compressed_size`)."""
+    st = path.stat()
+    return _file_compressed_size(str(path.resolve()), st.st_mtime_ns, st.st_size, compression)
+
+
 def is_archive(path: Path) -> bool:
     """A zip holding modelpack.json (a `.keras` file is a zip too, without one)."""
     try:

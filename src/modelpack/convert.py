@@ -42,20 +42,40 @@ def route(src: Repr, dst: Repr) -> list[Repr] | None:
     return None
 
 
-def reachable(src: Repr) -> set[Repr]:
-    return {r for r in Repr if route(src, r) is not None}
-
-
 def to(ref: ModelRef, dst: Repr, workdir: Path, signature: Signature, *, opset: int = DEFAULT_OPSET,
-       safe: bool = True) -> ModelRef:
-    """Convert `ref` to `dst`, writing intermediates under `workdir`."""
+       safe: bool = True, in_child: bool = False) -> ModelRef:
+    """Convert `ref` to `dst`, writing intermediates under `workdir` (see `hops`)."""
     chain = route(ref.rep, dst)
     if chain is None:
         raise StageFailed("convert", f"no conversion from {ref.rep} to {dst}")
-    current = ref
-    for step in chain[1:]:
-        current = _STEPS[(current.rep, step)](current, workdir, signature, opset, safe)
-    return current
+    return hops(ref, chain[1:], workdir, signature, opset=opset, safe=safe, in_child=in_child)[-1] \
+        if len(chain) > 1 else ref
+
+
+def hops(ref: ModelRef, steps: list[Repr], workdir: Path, signature: Signature, *, opset: int = DEFAULT_OPSET,
+         safe: bool = True, in_child: bool = False) -> list[ModelRef]:
+    """Walk `steps` (each an edge of EDGES) from `ref`; the model after each step, under `workdir`.
+
+    With `in_child`, the whole walk runs in one fresh process (`frameworks.child`): the memory the framework
+    takes is returned when it ends, and TensorFlow is imported once for all the steps."""
+    outs = [scratch(workdir, _STEPS[(a, b)][1]) for a, b in zip([ref.rep, *steps], steps)]
+    if not in_child:
+        return _walk(ref, steps, outs, signature, opset, safe)
+    from .frameworks import child
+
+    names = " -> ".join(str(r) for r in [ref.rep, *steps])
+    walked: list[ModelRef] = child.call(f"the {names} conversion", "convert", _walk, ref, steps, outs,
+                                        signature, opset, safe)
+    return walked
+
+
+def _walk(ref: ModelRef, steps: list[Repr], outs: list[Path], signature: Signature, opset: int,
+          safe: bool) -> list[ModelRef]:
+    walked = []
+    for step, out in zip(steps, outs):
+        ref = _STEPS[(ref.rep, step)][0](ref, out, signature, opset, safe)
+        walked.append(ref)
+    return walked
 
 
 def scratch(workdir: Path, name: str) -> Path:
@@ -63,10 +83,9 @@ def scratch(workdir: Path, name: str) -> Path:
     return workdir / f"{next(_counter):03d}-{name}"
 
 
-def keras_to_savedmodel(ref: ModelRef, workdir: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
+def keras_to_savedmodel(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
     from .frameworks import keras
 
-    out = scratch(workdir, "saved_model")
     model = keras.load(ref, safe=safe)
     try:
         keras.export_savedmodel(model, ref.flavour, out)
@@ -75,28 +94,15 @@ def keras_to_savedmodel(ref: ModelRef, workdir: Path, signature: Signature, opse
     return ModelRef(Repr.SAVEDMODEL, out)
 
 
-def savedmodel_to_onnx(ref: ModelRef, workdir: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
+def savedmodel_to_onnx(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
     from .frameworks import onnx as onnxw
-    from .frameworks import tf as tfw
+    from .frameworks import tf2onnx as lean
     from .signature import match_names
 
-    tf = tfw.tensorflow()
-    from tf2onnx import convert as tf2onnx_convert
-    from tf2onnx import tf_loader
-
-    out = scratch(workdir, "model.onnx")
     try:
-        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-            str(ref.path), None, None, None, ["serving_default"], None, False,
-            return_initialized_tables=True, return_tensors_to_rename=True,
-        )
-        with tf.device("/cpu:0"):
-            model, _ = tf2onnx_convert._convert_common(
-                graph_def, name=str(ref.path), opset=opset, input_names=inputs, output_names=outputs,
-                tensors_to_rename=renames, initialized_tables=tables,
-            )
+        model = lean.convert_savedmodel(ref.path, opset)
     except Exception as exc:
-        raise StageFailed("convert", f"tf2onnx could not convert the SavedModel: {exc}") from exc
+        raise StageFailed("convert", f"tf2onnx could not convert the SavedModel: {reason(exc)}") from exc
     mapping = match_names([i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
                           signature.input_names)
     mapping.update(match_names([o.name for o in model.graph.output], signature.output_names))
@@ -104,16 +110,30 @@ def savedmodel_to_onnx(ref: ModelRef, workdir: Path, signature: Signature, opset
     import onnx
 
     onnx.save(model, str(out))
+    del model
+    _fold(out)
     return ModelRef(Repr.ONNX, out)
 
 
-def savedmodel_to_tflite(ref: ModelRef, workdir: Path, signature: Signature, opset: int, safe: bool,
-                         configure: Callable[[Any], None] | None = None, name: str = "model.tflite") -> ModelRef:
+def _fold(path: Path) -> None:
+    """Constant folding and batch-norm fusion by onnxruntime's basic (standard ONNX only) optimizer, in place;
+    tf2onnx's lean path leaves them to it. A model it cannot optimize stays as converted: parity decides."""
+    from .frameworks import ort
+
+    folded = path.with_name(path.name + ".folded")
+    try:
+        ort.optimize_graph(path, folded, "basic")
+        folded.replace(path)
+    except Exception:
+        folded.unlink(missing_ok=True)
+
+
+def savedmodel_to_tflite(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool,
+                         configure: Callable[[Any], None] | None = None) -> ModelRef:
     """Convert with the TFLite converter; `configure` may set quantization options first."""
     from .frameworks import tf as tfw
 
     tf = tfw.tensorflow()
-    out = scratch(workdir, name)
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(ref.path))
         if configure is not None:
@@ -126,8 +146,8 @@ def savedmodel_to_tflite(ref: ModelRef, workdir: Path, signature: Signature, ops
     return ModelRef(Repr.TFLITE, out)
 
 
-_STEPS = {
-    (Repr.KERAS, Repr.SAVEDMODEL): keras_to_savedmodel,
-    (Repr.SAVEDMODEL, Repr.ONNX): savedmodel_to_onnx,
-    (Repr.SAVEDMODEL, Repr.TFLITE): savedmodel_to_tflite,
+_STEPS: dict[tuple[Repr, Repr], tuple[Callable[..., ModelRef], str]] = {
+    (Repr.KERAS, Repr.SAVEDMODEL): (keras_to_savedmodel, "saved_model"),
+    (Repr.SAVEDMODEL, Repr.ONNX): (savedmodel_to_onnx, "model.onnx"),
+    (Repr.SAVEDMODEL, Repr.TFLITE): (savedmodel_to_tflite, "model.tflite"),
 }

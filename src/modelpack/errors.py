@@ -107,3 +107,30 @@ def reason(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, or its class name when it has none (e.g. a bare assert)."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def describe(exc: BaseException) -> dict[str, object]:
+    """An exception as plain data, to cross a process boundary (see `rebuild`)."""
+    import traceback
+
+    return {"type": type(exc).__name__, "message": str(exc), "domain": isinstance(exc, ModelpackError),
+            "exit_code": getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1),
+            "traceback": "".join(traceback.format_exception(exc))}
+
+
+def rebuild(described: dict[str, object]) -> BaseException:
+    """The exception `describe` saw: a domain error keeps its class and message; anything else is an internal
+    error that says how to see the traceback."""
+    name, message = str(described["type"]), str(described["message"])
+    if name == "KeyboardInterrupt":
+        return KeyboardInterrupt()
+    cls = globals().get(name)
+    if described["domain"] and isinstance(cls, type) and issubclass(cls, ModelpackError):
+        exc = ModelpackError(message)
+        exc.__class__ = cls  # the same class and message, whatever its constructor takes
+        return exc
+    if described["domain"]:
+        failure = ModelpackError(message)
+        failure.exit_code = int(str(described["exit_code"]))
+        return failure
+    return ModelpackError(f"internal error: {name}: {message.strip()[:300]} (rerun with --debug for the traceback)")

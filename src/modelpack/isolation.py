@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,7 +97,7 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         # Its own process group: Ctrl-C reaches the parent only, which forwards it once. And it dies with the
         # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
         os.setpgid(0, 0)
-        _die_with_parent()
+        die_with_parent()
         forward = _Forwarding(reporter, write_fd)
         code = 0
         try:
@@ -106,10 +105,7 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
             forward.send({"event": "result", "value": result.to_json() if hasattr(result, "to_json") else result})
         except BaseException as exc:  # every outcome goes back to the parent, which owns the exit code
             code = 1
-            forward.send({"event": "error", "type": type(exc).__name__, "message": str(exc),
-                          "exit_code": getattr(exc, "exit_code", 130 if isinstance(exc, KeyboardInterrupt) else 1),
-                          "domain": isinstance(exc, errors.ModelpackError),
-                          "traceback": traceback.format_exc()})
+            forward.send({"event": "error", **errors.describe(exc)})
         finally:
             forward.close()
             sys.stdout.flush()
@@ -152,22 +148,10 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         return outcome["value"]
     if debug:
         sys.stderr.write(outcome["traceback"])
-    if outcome["type"] == "KeyboardInterrupt":
-        raise KeyboardInterrupt
-    cls = getattr(errors, outcome["type"], None)
-    if outcome["domain"] and isinstance(cls, type) and issubclass(cls, errors.ModelpackError):
-        exc = errors.ModelpackError(outcome["message"])
-        exc.__class__ = cls  # the same class and message as in the child, whatever its constructor takes
-        raise exc
-    if outcome["domain"]:
-        failure = errors.ModelpackError(outcome["message"])
-        failure.exit_code = int(outcome["exit_code"])
-        raise failure
-    raise errors.ModelpackError(f"internal error: {outcome['type']}: {outcome['message'].strip()[:300]} "
-                                "(rerun with --debug for the traceback)")
+    raise errors.rebuild(outcome)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
     try:
         import ctypes

@@ -13,20 +13,22 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from . import convert
 from . import manifest as mf
 from .atomic import atomic_dir, check_output
 from .data import Dataset, load_dataset, random_inputs
 from .errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
-from .archive import compressed_size
+from .archive import compressed_size, file_compressed_size
 from .evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
+from .frameworks import child
 from .package import copy_artifact, digest, model_size
-from .runtimes import load_runner
+from .runtimes import KerasRunner, load_runner
 from .signature import Signature
 from .stages import Stage, StageContext, StageResult, registry
 
@@ -123,7 +125,7 @@ class _Run:
     """State of one run: scratch space, cached reference outputs, the held model."""
 
     def __init__(self, spec: PipelineSpec, source: ModelRef, signature: Signature, work: Path,
-                 eval_data: Dataset | None, reporter: Reporter) -> None:
+                 eval_data: Dataset | None, reporter: Reporter, compression: str) -> None:
         self.spec = spec
         self.source = source
         self.signature = signature
@@ -134,6 +136,13 @@ class _Run:
         self._converted: dict[tuple[Path, Repr, int | None], ModelRef] = {}
         self._datasets: dict[tuple[str, str], Dataset] = {}
         self.source_accuracy: float | None = None
+        self.native: Any = None  # the source's Keras model, loaded once for its signature and its outputs
+        # A big model's conversions run in fresh processes, so that what the framework takes is returned.
+        self.child_conversions = child.wanted(model_size(source.path))
+        self.compression = compression
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpack-sizes", initializer=_background)
+        self._sizes: dict[tuple[Path, str], Future[int]] = {}
+        self.prefetch_size(source.path)
         # Every measurement uses the same examples: the first --eval-limit rows, labels cut with them.
         self.probe = (eval_data if eval_data is not None else
                       Dataset(random_inputs(signature), None, None,
@@ -142,27 +151,56 @@ class _Run:
     def outputs(self, ref: ModelRef) -> dict[str, Any]:
         """Outputs of `ref` on the eval inputs (or random ones), cached per model."""
         if ref.path not in self._outputs:
-            runner = load_runner(ref, self.signature, safe=not self.spec.unsafe_load)
+            if ref.path == self.source.path and self.native is not None:  # the Keras model already loaded
+                runner: Any = KerasRunner(ref, self.signature, model=self.native)
+            else:
+                runner = load_runner(ref, self.signature, safe=not self.spec.unsafe_load)
             self._outputs[ref.path] = run_batched(runner, self.probe)
         return self._outputs[ref.path]
 
     def convert(self, ref: ModelRef, rep: Repr, opset: int | None = None) -> ModelRef:
-        """Convert one hop at a time, caching each hop so two exports share their SavedModel."""
+        """Convert, caching each hop so two exports share their SavedModel; the hops not yet cached run
+        together (in one child process for a big model)."""
         chain = convert.route(ref.rep, rep)
         if chain is None:
             raise StageFailed("convert", f"no conversion from {ref.rep} to {rep}")
+
+        def key(src: ModelRef, step: Repr) -> tuple[Path, Repr, int | None]:
+            return (src.path, step, opset if step is Repr.ONNX else None)
+
         current = ref
-        for step in chain[1:]:
-            key = (current.path, step, opset if step is Repr.ONNX else None)
-            if key not in self._converted:
-                self.reporter.note(f"converting {current.rep} -> {step}")
-                self._converted[key] = convert.to(current, step, self.work, self.signature,
-                                                  opset=opset or convert.DEFAULT_OPSET, safe=not self.spec.unsafe_load)
-            current = self._converted[key]
+        for index, step in enumerate(chain[1:], 1):
+            if key(current, step) not in self._converted:
+                todo = chain[index:]
+                self.reporter.note(f"converting {' -> '.join(str(r) for r in [current.rep, *todo])}"
+                                   + (" in a child process" if self.child_conversions else ""))
+                walked = convert.hops(current, todo, self.work, self.signature, opset=opset or convert.DEFAULT_OPSET,
+                                      safe=not self.spec.unsafe_load, in_child=self.child_conversions)
+                for src, out in zip([current, *walked], walked):
+                    self._converted[key(src, out.rep)] = out
+                self.prefetch_size(walked[-1].path)  # the model asked for is measured next
+            current = self._converted[key(current, step)]
         return current
+
+    def compressed_size(self, path: Path, compression: str) -> int:
+        return self.size_future(path, compression).result()
+
+    def size_future(self, path: Path, compression: str) -> Future[int]:
+        """The archive-compressed size of `path`, computed on a worker thread (zlib lets go of the GIL), so that
+        compressing a big model overlaps the conversions and measurements that follow; `settle` waits for it."""
+        self.prefetch_size(path, compression)
+        return self._sizes[(path, compression)]
+
+    def prefetch_size(self, path: Path, compression: str | None = None) -> None:
+        key = (path, compression or self.compression)
+        if key not in self._sizes:
+            self._sizes[key] = self._pool.submit(compressed_size, *key)
 
     def scratch(self, name: str) -> Path:
         return convert.scratch(self.work, name)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def dataset(self, path: Any, option: str) -> Dataset:
         key = (str(path), option)
@@ -173,7 +211,7 @@ class _Run:
     def measure(self, ref: ModelRef, compression: str) -> dict[str, Any]:
         """Size (raw and as the archive would store it), accuracy, and fidelity against the source."""
         found: dict[str, Any] = {"size_bytes": model_size(ref.path),
-                                 "compressed_bytes": compressed_size(ref.path, compression)}
+                                 "compressed_bytes": self.size_future(ref.path, compression)}
         outputs = self.outputs(ref)
         if ref.path != self.source.path:
             found.update(fidelity(self.outputs(self.source), outputs, token_mask(self.probe.inputs)))
@@ -192,6 +230,18 @@ class _Run:
             note=self.reporter.note, dataset=self.dataset, convert=self.convert, outputs=self.outputs,
             scratch=self.scratch,
         )
+
+
+def _background() -> None:
+    """Lower this worker thread's priority (Linux schedules threads as tasks): measuring sizes must not slow
+    the conversion that the run is waiting for."""
+    import os
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the sizes are measured all the same
+        pass
 
 
 def run(spec: PipelineSpec, reporter: Reporter | None = None) -> RunResult:
@@ -227,7 +277,8 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     native = load_native(source, safe=not spec.unsafe_load)
     signature = signature_of(source, native=native)
     full_eval = load_dataset(spec.eval_data, signature) if spec.eval_data else None
-    del native
+    if source.rep is not Repr.KERAS:
+        native = None
     if spec.max_accuracy_drop is not None and (full_eval is None or full_eval.labels is None):
         raise UsageError("--max-accuracy-drop needs --eval-data with labels (array 'y') to measure accuracy; "
                          "without labels, gate on --min-agreement or --min-cosine against the source model.")
@@ -247,9 +298,12 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(output, force=spec.force) as staging:
         work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-work-", dir=output.parent))
+        state: _Run | None = None
         try:
-            state = _Run(spec, source, signature, work, eval_data, reporter)
-            source_metrics = state.measure(source, compression)
+            state = _Run(spec, source, signature, work, eval_data, reporter, compression)
+            state.native, native = native, None
+            source_metrics = state.measure(source, compression)  # compressed sizes are futures until settled
+            state.native = None
             state.source_accuracy = source_metrics.get("accuracy")
             source_record: dict[str, Any] = {
                 "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
@@ -286,7 +340,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 record["finished_at"] = mf.now()
                 record["duration_s"] = round(time.perf_counter() - t0, 3)
                 records.append(record)
-                reporter.stage_finished(record)
+                reporter.stage_finished(settled(record, wait=False))
                 if violation:
                     continue
                 for artifact in result.artifacts:
@@ -298,11 +352,27 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 raise ModelpackError(f"input '{source.path}' changed during the run; nothing was written.")
             packaged = {rep: (ref, {**extra, "measured": _artifact_view(state.measure(ref, compression))})
                         for rep, (ref, extra) in packaged.items()}
+            source_record, records = settled(source_record), settled(records)
             manifest = _write_package(staging, spec, source, signature, source_record, records, packaged,
-                                      compression, lineage_extra)
+                                      compression, lineage_extra,
+                                      lambda path: state.compressed_size(path, compression))
         finally:
+            if state is not None:
+                state.close()
             shutil.rmtree(work, ignore_errors=True)
     return RunResult(output, manifest)
+
+
+def settled(value: Any, wait: bool = True) -> Any:
+    """`value` with every Future replaced by its result; with `wait=False`, futures not done yet are left out."""
+    if isinstance(value, Future):
+        return value.result() if wait or value.done() else None
+    if isinstance(value, dict):
+        found = {k: settled(v, wait) for k, v in value.items()}
+        return {k: v for k, v in found.items() if v is not None or not isinstance(value[k], Future)}
+    if isinstance(value, list):
+        return [settled(v, wait) for v in value]
+    return value
 
 
 def _artifact_view(measured: dict[str, Any]) -> dict[str, Any]:
@@ -370,7 +440,7 @@ def _run_stage(step: PlannedStage, model: ModelRef, ctx: StageContext) -> StageR
 def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signature: Signature,
                    source_record: dict[str, Any], records: list[dict[str, Any]],
                    packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]], compression: str,
-                   lineage_extra: dict[str, Any]) -> dict[str, Any]:
+                   lineage_extra: dict[str, Any], sizes: Callable[[Path], int]) -> dict[str, Any]:
     artifacts = []
     for rep in Repr:
         if rep not in packaged:
@@ -381,14 +451,17 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
             name = "model.h5"
         extra_files = copy_artifact(ref.path, staging / name)
         d = digest(staging / name)
+        # A plain copy holds the measured bytes, whose compressed size is known by now; a model re-laid out
+        # with external data is measured as written.
         entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind,
-                 "compressed_size": compressed_size(staging / name, compression)}
+                 "compressed_size": file_compressed_size(staging / name, compression) if extra_files
+                 else sizes(ref.path)}
         if extra_files:
             listed = []
             for companion in extra_files:
                 e = digest(companion)
                 listed.append({"path": companion.name, "size": e.size, "sha256": e.sha256,
-                               "compressed_size": compressed_size(companion, compression)})
+                               "compressed_size": file_compressed_size(companion, compression)})
             entry["files"] = listed  # external data: hashed here, so a signature covers every byte loaded
         entry.update(extra)
         artifacts.append(entry)

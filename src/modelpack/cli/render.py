@@ -76,7 +76,9 @@ def _quality(m: dict[str, Any]) -> str:
 def _size(m: dict[str, Any], raw: str = "size_bytes", packed: str = "compressed_bytes") -> str:
     if raw not in m:
         return "-"
-    return f"{human_size(m[raw])} -> {human_size(m.get(packed))}"
+    if m.get(packed) is None:  # still being measured (a big model's compressed size is settled at the end)
+        return human_size(m[raw])
+    return f"{human_size(m[raw])} -> {human_size(m[packed])}"
 
 
 def artifacts_table(artifacts: list[dict[str, Any]]) -> Table:

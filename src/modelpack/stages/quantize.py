@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import click
@@ -14,6 +15,8 @@ from . import FINE_TUNING, Option, Stage, StageContext, StageResult
 
 METHODS = ("int8", "dynamic", "static", "float16", "qat")
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
+SPEED_BUDGET_S = 3.0  # timing float against quantized stops after this long (and at least 5 rounds)
+TUNE_BUDGET_S = 6.0  # ... and timing the int8 candidates
 
 
 class QuantizeStage(Stage):
@@ -137,7 +140,7 @@ def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
         # One intra-op thread: the ranking holds on a shared, busy machine, where a thread pool's spinning does not.
         runners = [load_runner(model, ctx.signature, threads=1)] + [
             load_runner(ModelRef(Repr.ONNX, p), ctx.signature, threads=1) for p in paths]
-        samples = interleaved_latencies(runners, feeds, iterations=60)
+        samples = interleaved_latencies(runners, feeds, iterations=60, budget_s=TUNE_BUDGET_S)
         base = float(np.median(samples[0]))
         return [base / float(np.median(s)) for s in samples[1:]]
 
@@ -153,12 +156,12 @@ def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
     ctx.note(notes[-1])
     out = ctx.scratch("model.int8.onnx")
     assert chosen.path is not None
-    out.write_bytes(chosen.path.read_bytes())
+    shutil.copyfile(chosen.path, out)
     return ModelRef(Repr.ONNX, out)
 
 
 def _tflite(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str]) -> ModelRef:
-    from ..convert import savedmodel_to_tflite
+    from ..convert import savedmodel_to_tflite, scratch
     from ..frameworks import tf as tfw
 
     tf = tfw.tensorflow()
@@ -184,7 +187,8 @@ def _tflite(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: l
             notes.append("full-integer int8 kernels; inputs and outputs stay float32")
 
     saved = ctx.convert(model, Repr.SAVEDMODEL)
-    return savedmodel_to_tflite(saved, ctx.workdir, ctx.signature, 0, ctx.safe, configure, f"model.{method}.tflite")
+    out = scratch(ctx.workdir, f"model.{method}.tflite")
+    return savedmodel_to_tflite(saved, out, ctx.signature, 0, ctx.safe, configure)
 
 
 def _qat(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str]) -> ModelRef:
@@ -215,9 +219,13 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
     examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
     feeds = examples.head(1).inputs
     runners = [load_runner(baseline, ctx.signature), load_runner(quantized, ctx.signature)]
-    float_ms, quant_ms = (float(np.median(s)) for s in interleaved_latencies(runners, feeds, iterations=200))
+    samples = interleaved_latencies(runners, feeds, iterations=200, budget_s=SPEED_BUDGET_S)
+    float_ms, quant_ms = (float(np.median(s)) for s in samples)
     found: dict[str, Any] = {"float_p50_ms": round(float_ms, 4), "quantized_p50_ms": round(quant_ms, 4),
-                             "speedup": round(float_ms / quant_ms, 3) if quant_ms else None}
+                             "speedup": round(float_ms / quant_ms, 3) if quant_ms else None,
+                             "timed_calls": len(samples[0])}
+    ctx.note(f"timed float against quantized: {len(samples[0])} interleaved batch-1 calls each "
+             f"(at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
     if quant_ms > float_ms * SLOWER:
         found["slower_than_float"] = True
         notes.append(f"warning: the quantized model is {quant_ms / float_ms:.2f}x slower than float on this CPU "
