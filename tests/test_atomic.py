@@ -52,8 +52,8 @@ def test_interrupt_leaves_nothing_behind(plugin_site: Path, models, tmp_path: Pa
         out = tmp_path / f"pkg-{sig.name}"
         proc = _start(["optimize", str(models["onnx"].path), "-o", str(out), "nap", "--seconds", "60"],
                       {"PYTHONPATH": str(plugin_site)})
-        _wait_for(lambda: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
-                              for p in tmp_path.iterdir() if p.is_dir()))
+        _wait_for(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
+                                      for p in tmp_path.iterdir() if p.is_dir()))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr

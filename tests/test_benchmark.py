@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE, make_onnx_mlp, run_cli, run_subprocess
+
 from modelpack import manifest as mf
 from modelpack.bench.measure import NOISY_SPREAD, latency_stats
 

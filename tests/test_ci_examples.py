@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from conftest import BIN, ROOT
 
 CI = ROOT / "examples" / "ci"

@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-
 from conftest import EXAMPLE, run_cli
 
 

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import corpus
 import numpy as np
 import pytest
-
-import corpus
 from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest
 
 pytestmark = pytest.mark.corpus

@@ -14,10 +14,10 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import BIN, EXAMPLE, run_cli
-from modelpack.package import sha256_file
 from servers import free_port
+
+from modelpack.package import sha256_file
 
 K8S_VERSION = "1.30.0"
 
@@ -163,7 +163,6 @@ def test_triton_repository(digits_package: Path, tmp_path: Path) -> None:
 
 def test_triton_fixed_batch_and_versions(tmp_path: Path) -> None:
     import onnx
-
     from conftest import make_onnx_mlp
 
     fixed = make_onnx_mlp(tmp_path / "fixed.onnx")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE, run_cli, tree_digest
 
 ALL = ("onnx", "savedmodel", "tflite")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import onnx
-
 from conftest import run_cli, run_subprocess
 
 

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from servers import InProcess
 
-from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest
 from modelpack import manifest as mf
 from modelpack.errors import ModelpackError
 from modelpack.serve import tensors
-from servers import InProcess
 
 FUZZ_CASES = 1500
 KEY = "fuzz-key-123456"

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE, run_cli, run_subprocess
 from servers import InProcess, Process
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE, run_cli
 from servers import InProcess, Process
 
@@ -346,7 +345,7 @@ def test_tls(digits_package: Path, tmp_path: Path) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA256()))
@@ -475,9 +474,8 @@ def test_error_bodies_do_not_echo_a_huge_input(client) -> None:
 def test_a_shape_the_runtime_refuses_is_a_400_with_its_reason(tmp_path) -> None:
     """A dynamic inner dimension the graph constrains: [1, 7] where a Reshape needs 8 values per row."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     from conftest import run_cli
+    from onnx import TensorProto, helper, numpy_helper
     from servers import InProcess
 
     shape = numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "shape")
@@ -504,14 +502,13 @@ def test_a_shape_the_runtime_refuses_is_a_400_with_its_reason(tmp_path) -> None:
 
 def _closed_within(sock, seconds: float) -> bytes:
     """Everything the server sends until it closes the connection; fails if it is still open after `seconds`."""
-    import socket as socketlib
 
     sock.settimeout(seconds)
     received = b""
     try:
         while chunk := sock.recv(65536):
             received += chunk
-    except socketlib.timeout:
+    except TimeoutError:
         raise AssertionError(f"the connection was still open after {seconds} s; got {received[:200]!r}") from None
     return received
 

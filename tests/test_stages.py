@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import EXAMPLE, run_cli, tree_digest
+from onnx import numpy_helper
 
 
 def optimize(model, out: Path, *stages: Any, extra: tuple[Any, ...] = ()) -> dict[str, Any]:

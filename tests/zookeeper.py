@@ -26,7 +26,7 @@ class ZooKeeper:
         self.hosts = f"127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> "ZooKeeper":
+    def start(self, timeout: float = 30.0) -> ZooKeeper:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "zoo.cfg"

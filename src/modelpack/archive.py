@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from functools import lru_cache
-from typing import Any
 import stat
 import zipfile
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from . import manifest as mf
 from .atomic import atomic_file

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ModelpackError, StageFailed, reason
 from .formats import ModelRef, Repr

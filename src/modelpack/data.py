@@ -39,7 +39,7 @@ class Dataset:
                 return int(value.shape[axis])
         return 1
 
-    def take(self, index: np.ndarray | slice) -> "Dataset":
+    def take(self, index: np.ndarray | slice) -> Dataset:
         """The examples at `index` (an index array or a slice), labels cut with them."""
         picked = {}
         for name, value in self.inputs.items():
@@ -53,7 +53,7 @@ class Dataset:
         return Dataset(picked, None if self.labels is None else self.labels[index], self.path, self.axes,
                        self.fixed_batch)
 
-    def head(self, n: int) -> "Dataset":
+    def head(self, n: int) -> Dataset:
         return self.take(slice(0, n))
 
 

@@ -10,10 +10,11 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import manifest as mf
 from .errors import InputError, IntegrityError, ModelpackError
@@ -71,7 +72,7 @@ class Package:
         self.source = source or root  # what the user named: the directory or the .mpk
 
     @classmethod
-    def load(cls, root: Path, source: Path | None = None) -> "Package":
+    def load(cls, root: Path, source: Path | None = None) -> Package:
         return cls(root, mf.read(root / mf.MANIFEST_NAME), source)
 
     @property
@@ -262,7 +263,6 @@ def copy_artifact(src: Path, dst: Path) -> list[Path]:
         shutil.copyfile(src, dst)
         return []
     import onnx
-
     from onnx import numpy_helper
     from onnx.external_data_helper import _get_all_tensors
 

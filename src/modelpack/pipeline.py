@@ -13,17 +13,18 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from . import convert
 from . import manifest as mf
+from .archive import compressed_size, file_compressed_size
 from .atomic import atomic_dir, check_output
 from .data import Dataset, load_dataset, random_inputs
 from .errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
-from .archive import compressed_size, file_compressed_size
 from .evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
 from .frameworks import child

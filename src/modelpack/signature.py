@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,11 +27,11 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TensorSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
         return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]))
 
     @classmethod
-    def make(cls, name: str, dtype: Any, shape: Iterable[int | None]) -> "TensorSpec":
+    def make(cls, name: str, dtype: Any, shape: Iterable[int | None]) -> TensorSpec:
         dims = tuple(DYNAMIC if d is None or int(d) < 0 else int(d) for d in shape)
         return cls(name, np.dtype(dtype).name, dims)
 
@@ -55,7 +56,7 @@ class Signature:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Signature":
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
         return cls(
             tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
             tuple(TensorSpec.from_dict(t) for t in data["outputs"]),

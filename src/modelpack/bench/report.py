@@ -8,8 +8,9 @@ string from the manifest is escaped: a package is data, not markup.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from html import escape
-from typing import Any, Sequence
+from typing import Any
 
 # One colour per chart, so a screenshot test can tell that each chart was drawn.
 RAW, COMPRESSED, LATENCY, ACCURACY = "#4c78a8", "#f58518", "#54a24b", "#e45756"

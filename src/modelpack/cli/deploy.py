@@ -34,7 +34,8 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
            max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, max_batch_size: int,
            model_version: str | None, requirement: str | None, build: bool, force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
-    from ..deploy import DeployOptions, deploy as write_deployment
+    from ..deploy import DeployOptions
+    from ..deploy import deploy as write_deployment
     from ..deploy.docker import build as docker_build
     from ..errors import UsageError
 

@@ -16,7 +16,8 @@ from . import render, want_json
 @click.pass_context
 def discover(ctx: click.Context, registry: str, model: str | None, as_json: bool) -> None:
     """List the live model servers registered under a ZooKeeper path."""
-    from ..discovery import discover as find, parse_zk
+    from ..discovery import discover as find
+    from ..discovery import parse_zk
 
     if as_json:
         want_json(ctx)

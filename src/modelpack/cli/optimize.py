@@ -11,8 +11,7 @@ from rich.markup import escape
 from ..errors import UsageError
 from ..pipeline import PipelineSpec, StageSpec
 from ..stages import Stage, registry
-from . import want_json
-from . import render
+from . import render, want_json
 
 
 def stage_command(stage: Stage) -> click.Command:

@@ -73,7 +73,8 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
 def _remote(registry: str, model: str, input_file: Path, pick: str,
             api_key: str | None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     from ..data import load_tensors
-    from ..discovery import Balancer, discover, fetch_signature, parse_zk, predict as call
+    from ..discovery import Balancer, discover, fetch_signature, parse_zk
+    from ..discovery import predict as call
     from ..errors import RegistryError
     from ..signature import Signature
 

@@ -41,7 +41,8 @@ def keygen(output: Path, symmetric: bool, force: bool) -> None:
 def sign(package: Path, key_path: Path) -> None:
     """Sign a package directory: a detached Ed25519 signature over its manifest (modelpack.sig)."""
     from ..package import is_package
-    from ..signing import SIGNATURE_NAME, sign as write_signature
+    from ..signing import SIGNATURE_NAME
+    from ..signing import sign as write_signature
 
     if not package.is_dir():
         kind = "an archive" if is_package(package) else "not a package directory"

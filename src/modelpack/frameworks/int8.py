@@ -15,9 +15,10 @@ minus input error), and excludes the top 1, 2, 4, ... until the target holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,8 @@ def _quiet() -> None:
 def quantize_dynamic(src: Path, out: Path, per_channel: bool = False,
                      feeds: dict[str, np.ndarray] | None = None, exclude: list[str] | None = None) -> list[str]:
     """Weights to int8, activations quantized at run time; `exclude` names nodes kept in float. Returns notes."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
 
     _quiet()
     notes: list[str] = []
@@ -78,8 +80,14 @@ def quantize_static(src: Path, out: Path, work: Path, calib: Dataset, method: st
 
     Activations are uint8 by default: onnxruntime's x86 int8 kernels are built for uint8 activations
     with int8 weights (U8S8); with int8 activations static int8 ran barely faster than float here."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static as ort_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+    )
+    from onnxruntime.quantization import quantize_static as ort_static
 
     _quiet()
     pre = work / f"{out.stem}.pre.onnx"

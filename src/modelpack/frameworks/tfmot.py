@@ -6,8 +6,9 @@ tfmot accepts only tf_keras models, so Keras 3 models go through the bridge firs
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -13,20 +13,21 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..errors import InputError, NotFound, Overloaded, PayloadTooLarge, RequestError, reason
 from . import tensors
-from .tensors import clip
 from .auth import KeyRing
 from .batcher import Batcher
 from .config import ServeConfig
 from .metrics import Metrics
 from .model import ServedModel
+from .tensors import clip
 
 try:
     import orjson

@@ -38,7 +38,7 @@ class Rate:
     per_second: float  # refill
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "Rate":
+    def parse(cls, text: str, where: str) -> Rate:
         match = RATE_RE.match(text)
         if not match or float(match[1]) <= 0:
             raise InputError(f"{where}: rate '{text}' should look like 50/s or 600/m.")
@@ -88,7 +88,7 @@ class KeyRing:
         return bool(self.keys)
 
     @classmethod
-    def build(cls, api_key: str | None, keys_file: Path | None, rate_limit: str | None = None) -> "KeyRing":
+    def build(cls, api_key: str | None, keys_file: Path | None, rate_limit: str | None = None) -> KeyRing:
         default_rate = Rate.parse(rate_limit, "--rate-limit") if rate_limit else None
         return cls(_keys(api_key, keys_file, default_rate), keys_file, default_rate, api_key)
 

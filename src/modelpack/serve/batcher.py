@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -126,7 +126,7 @@ class Batcher:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
             batch = self._take()
             if not batch:

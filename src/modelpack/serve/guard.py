@@ -16,6 +16,7 @@ uvicorn's `limit_concurrency` caps connections (`--max-connections`).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -25,7 +26,7 @@ BODY_TIMEOUT_S = 30.0
 
 
 def _timeout_response(what: str) -> bytes:
-    body = ('{"error": "%s took too long; the connection is closed."}' % what).encode()
+    body = json.dumps({"error": f"{what} took too long; the connection is closed."}).encode()
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 

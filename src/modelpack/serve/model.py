@@ -37,7 +37,7 @@ class ServedModel:
 
     @classmethod
     def load(cls, pkg: Package, runtime: str | None, max_batch_size: int, threads: int | None = None,
-             model_bytes: bytes | None = None) -> "ServedModel":
+             model_bytes: bytes | None = None) -> ServedModel:
         """Load the package's best artifact (or `runtime`'s) once; `model_bytes` loads ONNX from memory."""
         from ..runtimes import runner_from_bytes
 

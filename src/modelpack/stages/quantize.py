@@ -206,7 +206,7 @@ def _qat(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         out.write_bytes(converter.convert())
     except Exception as exc:
-        raise StageFailed("quantize", f"TFLite conversion of the QAT model failed: {reason(exc, 200)}")
+        raise StageFailed("quantize", f"TFLite conversion of the QAT model failed: {reason(exc, 200)}") from exc
     notes.append(f"quantization-aware training for {training.epochs} epochs, then int8 TFLite")
     return ModelRef(Repr.TFLITE, out)
 
