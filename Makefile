@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelpack-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-int8 bench-scale bench-serve bench-corpus clean
+.PHONY: install demo test test-fast lint bench bench-int8 bench-scale bench-serve bench-corpus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelpack needs Python >= 3.11; set PYTHON=python3.11")'
@@ -49,8 +49,12 @@ bench-serve: $(STAMP)  # needs wrk (apt-get install wrk)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)  # ruff (settings in pyproject.toml); CI runs it before the tests
+test-fast: $(STAMP)  # under a minute: no TensorFlow conversions, README/CI examples or installs
+	$(BIN)/python -m pytest -m "not slow and not corpus" $(PYTEST_ARGS)
+
+lint: $(STAMP)  # ruff, and mypy --strict on src/ (settings in pyproject.toml); CI runs both before the tests
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf build .pytest_cache

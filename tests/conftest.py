@@ -31,6 +31,19 @@ class ModelFile:
     kind: str
 
 
+# The fast loop (`make test-fast`: pytest -m "not slow and not corpus") leaves out what takes seconds per test:
+# TensorFlow conversions (every test using these fixtures), the README's and CI's examples, pip installs.
+SLOW_FIXTURES = {"models", "digits_package", "plugin_site", "plugin"}
+SLOW_MODULES = {"test_readme", "test_ci_examples", "test_serve_install", "test_corpus", "test_bridge", "test_scale"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if item.module is not None else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def tree_digest(path: Path) -> str:
     """sha256 of a file or a whole directory tree, to prove an input was not modified."""
     h = hashlib.sha256()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from conftest import BIN
+
+from modelpack.testing import InProcessClient
 
 
 def free_port() -> int:
@@ -22,44 +21,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class InProcess:
-    """The app on its own event loop thread, with its lifespan run; requests go through httpx's ASGI transport."""
-
-    def __init__(self, package: Path, **options: Any) -> None:
-        from modelpack.serve.app import build_app
-        from modelpack.serve.config import ServeConfig
-
-        self.app = build_app(ServeConfig(package_dir=package, **options))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._run(self.app.startup())
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://modelpack")
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self._run(self.client.request(method, path, **kwargs))
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, **kwargs)
-
-    def gather(self, requests: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
-        """Send requests concurrently (one event loop, as a busy server sees them)."""
-        async def all_of() -> list[httpx.Response]:
-            return list(await asyncio.gather(*(self.client.request(m, p, **kw) for m, p, kw in requests)))
-
-        return self._run(all_of())
-
-    def close(self) -> None:
-        self._run(self.client.aclose())
-        self._run(self.app.shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+# The in-process server is what plugin authors get too (modelpack.testing), so it lives there.
+InProcess = InProcessClient
 
 
 class Process:

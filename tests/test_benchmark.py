@@ -153,6 +153,7 @@ def test_bad_options(pkg: Path, wide_onnx: Path) -> None:
     assert result.exit_code == 2 and "eval.npz" in result.output
 
 
+@pytest.mark.slow  # TensorFlow
 def test_benchmark_stage_gates_a_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     base = ("optimize", EXAMPLE / "model.keras", "-o", out, "--eval-data", EXAMPLE / "eval.npz", "-q",

@@ -170,6 +170,7 @@ def test_debug_anywhere_keeps_the_exit_code(tmp_path) -> None:
         assert "Traceback" in proc.stderr and "no such file or directory" in proc.stderr
 
 
+@pytest.mark.slow  # TensorFlow
 def test_framework_output_is_hidden_unless_verbose(tmp_path) -> None:
     """TensorFlow's and tf2onnx's own lines stay out of the terminal; -v shows them."""
     proc = run_subprocess("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "a", "export")

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import EXAMPLE, run_cli
 
 
@@ -17,6 +18,7 @@ def _outputs(pkg: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"image": x})[0]
 
 
+@pytest.mark.slow  # TensorFlow
 def test_config_file_gives_the_same_result_as_the_command_line(tmp_path: Path) -> None:
     cli_out, cfg_out, cfg = tmp_path / "cli", tmp_path / "cfg", tmp_path / "conf" / "pipeline.toml"
     cfg.parent.mkdir()

@@ -48,3 +48,23 @@ def test_plugin_gets_conversions_from_the_pipeline(plugin, models, tmp_path: Pat
     manifest = json.loads((out / "modelpack.json").read_text())
     assert manifest["lineage"]["stages"][0]["input_format"] == "onnx"
     assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]
+
+
+def test_modelpack_testing_runs_a_plugin_stage_and_serves_its_package(plugin, models, tmp_path: Path) -> None:
+    """What a plugin author's own tests call: the real pipeline for one stage, the real server in-process."""
+    import pytest
+
+    from modelpack.errors import UsageError
+    from modelpack.testing import run_stage, serve_in_process
+
+    run = run_stage("hello", models["onnx"].path, tmp_path / "pkg", greeting="hi", times=2)
+    assert run.record["name"] == "hello" and run.record["status"] == "ok"
+    assert run.record["params"] == {"greeting": "hi", "times": 2}
+    assert [a["format"] for a in run.manifest["artifacts"]] == ["onnx"]
+    with pytest.raises(UsageError, match="--times"):
+        run_stage("hello", models["onnx"].path, tmp_path / "bad", times=9)
+    assert not (tmp_path / "bad").exists()
+    with serve_in_process(run.package) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        meta = client.get("/v2/models/" + run.manifest["name"]).json()
+        assert meta["inputs"][0]["name"] == run.manifest["signature"]["inputs"][0]["name"]

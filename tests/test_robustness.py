@@ -255,6 +255,7 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # TensorFlow
 def test_full_disk_gives_a_clear_error_and_no_partial_package(small_disk: Path | None, tmp_path: Path) -> None:
     model = EXAMPLE / "model.keras"  # 1.2 MB: cannot fit
     if small_disk is not None:

@@ -62,6 +62,7 @@ def test_prune_keras3_lists_layers_that_stay_dense(models, tmp_path: Path) -> No
     assert any("stayed dense" in n for n in rec["notes"])
 
 
+@pytest.mark.slow  # TensorFlow
 def test_prune_fine_tuned_on_digits_keeps_accuracy(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     result = run_cli("optimize", EXAMPLE / "model.keras", "-o", out, "--eval-data", EXAMPLE / "eval.npz", "-q",

@@ -6,6 +6,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Dataset:
             if axis is None:
                 picked[name] = value
             else:
-                where = [slice(None)] * value.ndim
+                where: list[Any] = [slice(None)] * value.ndim
                 where[axis] = index
                 picked[name] = value[tuple(where)]
         return Dataset(picked, None if self.labels is None else self.labels[index], self.path, self.axes,
@@ -70,14 +71,14 @@ def load_dataset(path: str | Path, signature: Signature, option: str = "--eval-d
     labels = arrays.pop("y", None)
     axes = {t.name: signature.batch_axis(t.name) for t in signature.inputs}
     inputs = _select_inputs(arrays, signature, f"{option} '{p}'", axes)
-    rows = {name: v.shape[axes[name]] for name, v in inputs.items() if axes[name] is not None}
+    rows = {name: v.shape[axis] for name, v in inputs.items() if (axis := axes[name]) is not None}
     counts = set(rows.values()) | ({len(labels)} if labels is not None and labels.ndim else set())
     if len(counts) > 1:
         found = ", ".join(f"{k}: {v}" for k, v in rows.items()) + (f", y: {len(labels)}" if labels is not None else "")
         raise InputError(f"{option} '{p}': arrays have different numbers of examples ({found}).")
     if counts == {0}:
         raise InputError(f"{option} '{p}': the arrays hold no examples.")
-    fixed = {t.shape[axes[t.name]] for t in signature.inputs if axes[t.name] is not None}
+    fixed = {t.shape[axis] for t in signature.inputs if (axis := axes[t.name]) is not None}
     fixed_batch = fixed.pop() if len(fixed) == 1 and DYNAMIC not in fixed else None
     return Dataset(inputs, labels, p, axes, fixed_batch)
 

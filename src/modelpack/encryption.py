@@ -22,6 +22,7 @@ import lzma
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ KEY_ENV = "MODELPACK_KEY"
 ENC_NAME = "modelpack.enc.json"
 ALGORITHM = "AES-256-GCM"
 
-_CODECS = {
+_CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
     "deflate": (lambda b: zlib.compress(b, 9), zlib.decompress),
     "lzma": (lzma.compress, lzma.decompress),
     "bzip2": (lambda b: bz2.compress(b, 9), bz2.decompress),

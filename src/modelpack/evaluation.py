@@ -95,7 +95,7 @@ def token_mask(inputs: Tensors | None) -> np.ndarray | None:
     """The real (non-padding) positions of a transformer's batch, from its `attention_mask` input, if any."""
     for name, value in (inputs or {}).items():
         if name.lower().endswith(MASK_NAMES) and np.asarray(value).ndim == 2:
-            return np.asarray(value) != 0
+            return np.asarray(np.asarray(value) != 0)
     return None
 
 

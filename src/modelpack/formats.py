@@ -153,7 +153,7 @@ def external_files(model: object, path: Path) -> list[str]:
 
     found: list[str] = []
     root = path.parent.resolve()
-    for tensor in _get_all_tensors(model):
+    for tensor in _get_all_tensors(model):  # type: ignore[arg-type]  # a ModelProto, loaded by the caller
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")

@@ -34,8 +34,10 @@ def _module(rep: Repr) -> Any:
 
 
 def signature_of(ref: ModelRef, safe: bool = True, native: Any = None) -> Signature:
-    return _module(ref.rep).signature(native if native is not None else load_native(ref, safe))
+    found: Signature = _module(ref.rep).signature(native if native is not None else load_native(ref, safe))
+    return found
 
 
 def summary_of(ref: ModelRef, safe: bool = True, native: Any = None) -> dict[str, Any]:
-    return _module(ref.rep).summary(native if native is not None else load_native(ref, safe))
+    summary: dict[str, Any] = _module(ref.rep).summary(native if native is not None else load_native(ref, safe))
+    return summary

@@ -99,16 +99,16 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
         os.setpgid(0, 0)
         die_with_parent()
-        forward = _Forwarding(reporter, write_fd)
+        channel = _Forwarding(reporter, write_fd)
         code = 0
         try:
-            result = work(forward)
-            forward.send({"event": "result", "value": result.to_json() if hasattr(result, "to_json") else result})
+            result = work(channel)
+            channel.send({"event": "result", "value": result.to_json() if hasattr(result, "to_json") else result})
         except BaseException as exc:  # every outcome goes back to the parent, which owns the exit code
             code = 1
-            forward.send({"event": "error", **errors.describe(exc)})
+            channel.send({"event": "error", **errors.describe(exc)})
         finally:
-            forward.close()
+            channel.close()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

@@ -24,7 +24,8 @@ FRAMEWORKS = ("tensorflow", "tf-keras", "keras", "tensorflow-model-optimization"
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     text = resources.files("modelpack").joinpath("schema/manifest.schema.json").read_text()
-    return json.loads(text)
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as mf
-from .errors import InputError, IntegrityError, ModelpackError
+from .errors import InputError, IntegrityError
 from .formats import ModelRef, Repr, detect
 from .signature import Signature
 
@@ -92,7 +92,7 @@ class Package:
         return list(self.manifest["artifacts"])
 
     def path_of(self, entry: dict[str, Any]) -> Path:
-        path = (self.root / entry["path"]).resolve()
+        path: Path = (self.root / entry["path"]).resolve()
         if not path.is_relative_to(self.root.resolve()):
             raise IntegrityError(f"{self.source}: artifact path '{entry['path']}' leaves the package.")
         return path
@@ -162,9 +162,7 @@ class Package:
             for row, entry in zip(report, self.artifacts):
                 try:
                     load_runner(self.model_ref(entry), self.signature)
-                except ModelpackError as exc:
-                    raise IntegrityError(f"{self.source}: artifact '{entry['path']}' does not load: {exc}") from exc
-                except Exception as exc:
+                except Exception as exc:  # a domain error or the runtime's own: either way it does not load
                     raise IntegrityError(f"{self.source}: artifact '{entry['path']}' does not load: {exc}") from exc
                 row["load"] = "ok"
         return report

@@ -454,7 +454,7 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
         d = digest(staging / name)
         # A plain copy holds the measured bytes, whose compressed size is known by now; a model re-laid out
         # with external data is measured as written.
-        entry = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind,
+        entry: dict[str, Any] = {"format": rep.value, "path": name, "size": d.size, "sha256": d.sha256, "kind": d.kind,
                  "compressed_size": file_compressed_size(staging / name, compression) if extra_files
                  else sizes(ref.path)}
         if extra_files:

@@ -97,8 +97,9 @@ class TFLiteRunner:
 class SavedModelRunner:
     def __init__(self, path: Path, signature: Signature) -> None:
         from .frameworks import savedmodel
+        from .frameworks import tf as tfw
 
-        self._tf = savedmodel.tfw.tensorflow()
+        self._tf = tfw.tensorflow()
         self._loaded = savedmodel.load(path)
         self._fn = savedmodel.serving_fn(self._loaded)
         self.signature = signature

@@ -114,7 +114,7 @@ def check(manifest_bytes: bytes, signature_bytes: bytes | None, public_key: Any,
     except InvalidSignature as exc:
         raise IntegrityError(f"{where}: the signature does not match the manifest; the package was modified "
                              f"after signing.") from exc
-    return record
+    return dict(record)
 
 
 def verify_dir(package_dir: Path, public_key_path: Path, where: str, option: str = "--pubkey") -> dict[str, Any]:

@@ -86,9 +86,9 @@ def parse_all(texts: tuple[str, ...] | list[str]) -> list[Gate]:
 
 def _value(record: dict[str, Any], metric: str) -> float | None:
     if metric == "size_mb":
-        return record["size_bytes"] / 2**20
+        return float(record["size_bytes"]) / 2**20
     if metric == "compressed_mb":
-        return record["compressed_bytes"] / 2**20
+        return float(record["compressed_bytes"]) / 2**20
     value = record.get(metric)
     return None if value is None else float(value)
 

@@ -89,7 +89,8 @@ def run_probe(fmt: str, path: Path, signature: Signature, batch: int, threads: i
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return f"the memory probe failed: {tail}"
-    return json.loads(lines[-1])
+    found: dict[str, Any] | str = json.loads(lines[-1])
+    return found
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through run_probe in a subprocess

@@ -21,10 +21,12 @@ LABEL_W = 190
 def latest_benchmark(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The benchmark recorded by `modelpack benchmark`, else the last benchmark stage's."""
     if "benchmark" in manifest:
-        return manifest["benchmark"]
+        found: dict[str, Any] = manifest["benchmark"]
+        return found
     for record in reversed(manifest["lineage"]["stages"]):
         if record["name"] == "benchmark" and "benchmark" in record["metrics"]:
-            return record["metrics"]["benchmark"]
+            recorded: dict[str, Any] = record["metrics"]["benchmark"]
+            return recorded
     return None
 
 

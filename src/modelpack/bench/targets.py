@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr, detect
@@ -57,17 +56,6 @@ def model_targets(model: ModelRef, baseline: ModelRef | None = None) -> list[Tar
     if baseline is None:
         return [Target(model.rep.value, model, baseline=True)]
     return [Target("baseline", baseline, baseline=True), Target(model.rep.value, model)]
-
-
-def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per model and batch size, for tables and comparisons."""
-    rows = []
-    for record in result["targets"]:
-        for lat in record["latency"]:
-            rows.append({"model": record["name"], "runtime": record["runtime"], **lat,
-                         **{k: record.get(k) for k in ("load_ms", "peak_rss_mb", "size_bytes", "compressed_bytes",
-                                                       "accuracy", "accuracy_drop", "top1_agreement")}})
-    return rows
 
 
 def check_formats(values: tuple[str, ...]) -> tuple[str, ...]:

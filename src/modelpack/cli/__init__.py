@@ -25,7 +25,7 @@ JSON_KEY = "modelpack.json"
 class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; each error has its own
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -73,7 +73,8 @@ class RootGroup(click.Group):
             import importlib
 
             module, attr = self.lazy[name]
-            return getattr(importlib.import_module(module), attr)
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
         return super().get_command(ctx, name)
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
@@ -130,10 +131,6 @@ def main(ctx: click.Context, debug: bool) -> None:
       modelpack predict build/pkg --input x.npy
     """
     ctx.meta[DEBUG_KEY] = debug
-
-
-def run() -> None:  # pragma: no cover - console entry for `python -m modelpack`
-    main(prog_name="modelpack")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,7 +77,7 @@ def benchmark(ctx: click.Context, target: Path, baseline: Path | None, formats: 
 
 def show(result: dict[str, Any]) -> None:
     base = result["baseline"]
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for rec in result["targets"]:
         for lat in rec["latency"]:
             ratio = lat.get("latency_ratio")
@@ -161,4 +161,4 @@ def _with_codec(pkg: Any, codec: str) -> dict[str, Any]:
         entry["compressed_size"] = compressed_size(pkg.path_of(entry), codec)
         total += entry["compressed_size"]
     manifest["archive"] = {**manifest.get("archive", {}), "compression": codec, "compressed_bytes": total}
-    return manifest
+    return dict(manifest)

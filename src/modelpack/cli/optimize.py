@@ -118,7 +118,7 @@ class StageGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True,
               help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default.")
 @click.pass_context
-def optimize(ctx: click.Context, **_: Any) -> None:
+def optimize(ctx: click.Context, /, **_: Any) -> None:
     """Run a pipeline of stages over a model and write one verified package.
 
     \b
@@ -238,7 +238,7 @@ def stages(ctx: click.Context, as_json: bool) -> None:
     """List every installed stage with its options."""
     if as_json:
         want_json(ctx)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for name in registry.names():
         stage = registry.get(name)
         listing.append({

@@ -47,6 +47,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
             raise UsageError("--discover needs --model NAME: the model to call.")
         results, source = _remote(registry, model, input_file, pick, api_key)
     else:
+        assert package is not None  # checked above: a PACKAGE or --discover, exactly one
         with open_package(package) as pkg:
             feeds = load_tensors(input_file, pkg.signature)
             entry = pkg.artifact(runtime)
@@ -106,6 +107,6 @@ def _write(path: Path, results: dict[str, np.ndarray]) -> None:
                 np.save(fh, next(iter(results.values())))
         elif suffix == ".npz":
             with tmp.open("wb") as fh:
-                np.savez(fh, **results)
+                np.savez(fh, **results)  # type: ignore[arg-type]  # numpy's stub types the first keyword only
         else:
             tmp.write_text(json.dumps({k: v.tolist() for k, v in results.items()}))

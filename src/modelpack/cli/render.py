@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.console import Console
@@ -95,7 +95,7 @@ def artifacts_table(artifacts: list[dict[str, Any]]) -> Table:
 
 
 # Per-stage metrics worth a glance; everything else stays in the manifest and --json.
-HIGHLIGHTS = {
+HIGHLIGHTS: dict[str, Callable[[Any], str]] = {
     "sparsity": lambda v: f"sparsity {v:.1%}",
     "mode": lambda v: str(v),
     "method": lambda v: str(v),
@@ -146,7 +146,7 @@ def lineage_table(lineage: dict[str, Any]) -> Table:
 def _differs(value: Any, default: Any) -> bool:
     if isinstance(default, tuple):
         default = list(default)
-    return value != default
+    return bool(value != default)
 
 
 class RichReporter:

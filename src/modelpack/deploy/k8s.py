@@ -23,10 +23,10 @@ def secret_name(pkg: Package) -> str:
 
 def container(pkg: Package, options: DeployOptions, port: int, name: str = "server") -> dict[str, Any]:
     """The serving container, locked down: non-root, read-only root filesystem, no capabilities."""
-    probe = lambda path, delay: {  # noqa: E731
-        "httpGet": {"path": path, "port": port}, "initialDelaySeconds": delay, "periodSeconds": 10,
-        "timeoutSeconds": 3, "failureThreshold": 3,
-    }
+    def probe(path: str, delay: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": port}, "initialDelaySeconds": delay, "periodSeconds": 10,
+                "timeoutSeconds": 3, "failureThreshold": 3}
+
     return {
         "name": name,
         "image": options.image or default_image(pkg.manifest),

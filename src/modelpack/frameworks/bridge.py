@@ -78,7 +78,7 @@ def _layer(tf_keras: Any, entry: dict[str, Any], notes: list[str]) -> Any:
             config.pop(bad)
             dropped.append(bad)
     if dropped:
-        notes.append(f"layer {config.get('name')}: dropped Keras 3-only config {sorted(dropped)}")
+        notes.append(f"layer {config.get('name')}: dropped Keras 3-only config {sorted(str(d) for d in dropped)}")
     return layer
 
 

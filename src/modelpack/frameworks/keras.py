@@ -47,9 +47,11 @@ def _model_config(ref: ModelRef) -> dict[str, Any]:
 
         with h5py.File(ref.path, "r") as f:
             raw = f.attrs["model_config"]
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        config: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return config
     with zipfile.ZipFile(ref.path) as zf:
-        return json.loads(zf.read("config.json"))
+        found: dict[str, Any] = json.loads(zf.read("config.json"))
+        return found
 
 
 def _class_names(config: Any) -> set[str]:

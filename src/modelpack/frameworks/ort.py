@@ -16,8 +16,6 @@ import numpy as np
 from ..data import Dataset
 from ..errors import StageFailed, reason
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
 
 def _quiet() -> None:
     import onnxruntime
@@ -108,7 +106,7 @@ def quantize_static(src: Path, out: Path, work: Path, calib: Dataset, method: st
         notes.append("kept in float (they produce the model's outputs, e.g. a final Softmax whose int8 steps of "
                      f"1/255 would tie top-1 scores): {', '.join(excluded)}")
 
-    class Reader(_Reader, CalibrationDataReader):
+    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no types
         pass
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -242,9 +240,3 @@ def check_loads(path: Path, stage: str, feeds: dict[str, np.ndarray] | None = No
     if error is not None:
         raise StageFailed(stage, f"onnxruntime cannot run the model written to {path.name}: {error}")
 
-
-def summary_counts(path: Path) -> dict[str, Any]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {"nodes": len(model.graph.node)}

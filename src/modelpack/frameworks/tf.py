@@ -64,7 +64,8 @@ def keras3() -> ModuleType:
     tensorflow()
     import keras
 
-    return keras
+    module: ModuleType = keras
+    return module
 
 
 def tf_keras() -> ModuleType:
@@ -72,7 +73,8 @@ def tf_keras() -> ModuleType:
     tensorflow()
     import tf_keras
 
-    return tf_keras
+    module: ModuleType = tf_keras
+    return module
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from ..signature import Signature, TensorSpec
 def interpreter(path: Path | None = None, content: bytes | None = None, threads: int | None = None) -> Any:
     """A TFLite interpreter: LiteRT's when installed, else TensorFlow's bundled one."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+        from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         import warnings
 

@@ -78,7 +78,7 @@ def infer_loss(model: Any, data: Dataset, choice: str) -> Any:
 def _epoch_logger(note: Note, what: str, epochs: int) -> Any:
     tf_keras = tfw.tf_keras()
 
-    class EpochLog(tf_keras.callbacks.Callback):
+    class EpochLog(tf_keras.callbacks.Callback):  # type: ignore[misc,name-defined]  # untyped framework class
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             parts = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
             note(f"{what} epoch {epoch + 1}/{epochs}: {parts}")

@@ -71,7 +71,8 @@ class ServeConfig:
     def from_env(cls) -> ServeConfig:
         data = json.loads(os.environ[ENV])
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
-        return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
+        values: dict[str, Any] = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()}
+        return cls(**values)
 
 
 def memory_runtime(pkg: Any) -> str:

@@ -118,7 +118,7 @@ def _answers_ready(config: ServeConfig) -> bool:
         else:
             conn = http.client.HTTPConnection(host, config.port, timeout=2)
         conn.request("GET", "/v2/health/ready")
-        ok = conn.getresponse().status == 200
+        ok = bool(conn.getresponse().status == 200)
         conn.close()
         return ok
     except OSError:

@@ -47,8 +47,9 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def param_type(self) -> click.ParamType:
-        return click.types.convert_type(bool if self.is_flag else self.type)
+    def param_type(self) -> click.ParamType[Any]:
+        found: click.ParamType[Any] = click.types.convert_type(bool if self.is_flag else self.type)
+        return found
 
     def click_option(self) -> click.Option:
         kwargs: dict[str, Any] = {"help": self.help, "show_default": self.default not in (None, (), [])}
@@ -83,7 +84,7 @@ class StageContext:
     probe: dict[str, Any] = field(default_factory=dict)  # a few eval (or random) inputs
     examples: Dataset | None = None  # the examples outputs() runs on, with each input's batch axis
     note: Callable[[str], None] = lambda message: None
-    dataset: Callable[[Any, str], Dataset] = field(default=lambda path, option: None)  # type: ignore[assignment,return-value]
+    dataset: Callable[[Any, str], Dataset] = field(default=lambda path, option: None)  # type: ignore[assignment]
     convert: Callable[..., ModelRef] = field(default=lambda m, r, opset=None: m)
     outputs: Callable[[ModelRef], dict[str, Any]] = field(default=lambda m: {})
     scratch: Callable[[str], Path] = field(default=lambda name: Path(name))
