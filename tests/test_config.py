@@ -85,3 +85,31 @@ def test_stages_in_both_config_and_command_line_is_refused(tmp_path: Path) -> No
     cfg.write_text(f'input = "{EXAMPLE / "model.keras"}"\noutput = "out"\n[[stages]]\nname = "export"\n')
     result = run_cli("optimize", "--config", cfg, "export")
     assert result.exit_code == 2 and "not both" in result.output
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('name = ["a"]', "'name' takes one value"),
+    ('atol = "big"', "'atol': 'big' is not a valid float range"),
+    ("atol = -1", "'atol': -1.0 is not in the range x>=0"),
+    ('on_violation = "maybe"', "'on_violation': 'maybe' is not one of 'fail', 'skip'"),
+    ("eval_data = 7", "'eval_data' must be a path string, not int"),
+    ('unsafe_load = "yes"', "'unsafe_load' must be true or false"),
+    ("eval_limit = 0", "'eval_limit': 0 is not in the range x>=1"),
+    ("colour = 1", "unknown key(s) colour"),
+])
+def test_pipeline_file_top_level_values_are_checked_like_options(tmp_path: Path, line: str, message: str) -> None:
+    """Each top-level key goes through the same Option (and click type) as optimize's global option."""
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text(f'input = "model.keras"\noutput = "out"\n{line}\n\n[[stages]]\nname = "export"\n')
+    result = run_cli("optimize", "--config", cfg)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_a_number_where_text_is_expected_is_taken_as_text(tmp_path: Path) -> None:
+    from modelpack import config
+
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text('input = "m.onnx"\nname = 42\nmodel_version = 3\n\n[[stages]]\nname = "export"\n')
+    spec = config.load(cfg)
+    assert (spec.name, spec.model_version, spec.input) == ("42", "3", tmp_path / "m.onnx")

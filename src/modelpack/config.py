@@ -16,21 +16,41 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .errors import InputError, UsageError
-from .pipeline import PipelineSpec, StageSpec
-from .stages import registry
+from .pipeline import PATH_OPTIONS, SPEC_OPTIONS, PipelineSpec, StageSpec
+from .stages import Option, registry
 
-PATH_KEYS = ("input", "output", "eval_data")
+PATH_KEYS = PATH_OPTIONS
+# The pipeline file's top-level keys: INPUT, and every global option of `optimize` (the same Option list).
+GLOBALS: dict[str, Option] = {"input": Option("input", click.Path(path_type=Path)),
+                              **{o.key: o for o in SPEC_OPTIONS}}
 
 
 def _global_keys() -> list[str]:
-    return [f.name for f in fields(PipelineSpec) if f.name not in ("stages", "force")]
+    return list(GLOBALS)
+
+
+def _global_value(path: Path, key: str, value: Any) -> Any:
+    """A top-level value checked and converted by its option's type, as the command line would be."""
+    option = GLOBALS[key]
+    if key in PATH_KEYS:
+        if not isinstance(value, str):
+            raise UsageError(f"--config '{path}': '{key}' must be a path string, not {type(value).__name__}.")
+        value = str(path.parent / value)
+    elif option.is_flag and not isinstance(value, bool):
+        raise UsageError(f"--config '{path}': '{key}' must be true or false, not {value!r}.")
+    elif isinstance(value, (dict, list)):
+        raise UsageError(f"--config '{path}': '{key}' takes one value ({option.help.split('  [')[0]}), "
+                         f"not a {'table' if isinstance(value, dict) else 'list'}.")
+    try:
+        return option.param_type.convert(value, None, None)
+    except click.BadParameter as exc:
+        raise UsageError(f"--config '{path}': '{key}': {exc.message}") from exc
 
 
 def load(path: Path) -> PipelineSpec:
@@ -46,9 +66,7 @@ def load(path: Path) -> PipelineSpec:
     if unknown:
         raise UsageError(f"--config '{path}': unknown key(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(_global_keys())}, and [[stages]] tables.")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        values[key] = (base / value) if key in PATH_KEYS and isinstance(value, str) else value
+    values = {key: _global_value(path, key, value) for key, value in data.items()}
     if not isinstance(stages_data, list) or not all(isinstance(s, dict) for s in stages_data):
         raise UsageError(f"--config '{path}': 'stages' must be an array of tables ([[stages]]).")
     stages = []
@@ -71,10 +89,7 @@ def load(path: Path) -> PipelineSpec:
         except UsageError as exc:
             raise UsageError(f"--config '{path}': {exc}") from exc
         stages.append(StageSpec(name, params))
-    try:
-        return PipelineSpec(stages=stages, **{"input": None, "output": None, **values})
-    except TypeError as exc:
-        raise UsageError(f"--config '{path}': {exc}") from exc
+    return PipelineSpec(stages=stages, **{"input": None, "output": None, **values})
 
 
 def dump(spec: PipelineSpec, path: Path) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import click
+
 from . import convert
 from . import manifest as mf
 from .archive import compressed_size, file_compressed_size
@@ -31,13 +33,39 @@ from .frameworks import child
 from .package import copy_artifact, digest, model_size
 from .runtimes import KerasRunner, load_runner
 from .signature import Signature
-from .stages import Stage, StageContext, StageResult, registry
+from .stages import Option, Stage, StageContext, StageResult, registry
 
 
 @dataclass
 class StageSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+
+
+# The pipeline's top-level settings, declared once: `optimize` makes its global options from this list and a
+# pipeline file's top-level keys are checked against it. Defaults live in PipelineSpec (these say None, so an
+# option not given on the command line leaves a pipeline file's value alone).
+SPEC_OPTIONS: tuple[Option, ...] = (
+    Option("output", click.Path(path_type=Path), short="-o", help="Package directory to write."),
+    Option("eval-data", click.Path(path_type=Path), help=".npz with arrays x (and labels y) for checks."),
+    Option("atol", click.FloatRange(min=0), help="Max abs diff an export may show.  [default: 1e-4]"),
+    Option("name", str, help="Package name.  [default: the input's file name]"),
+    Option("model-version", str, help="Package version.  [default: 1]"),
+    Option("max-accuracy-drop", click.FloatRange(min=0),
+           help="Fail (or skip) a stage whose output loses more accuracy points than this."),
+    Option("min-agreement", click.FloatRange(0, 100),
+           help="Fail (or skip) a stage whose top-1 predictions agree with the source model's on fewer than this "
+                "% of the eval examples. Needs no labels."),
+    Option("min-cosine", click.FloatRange(-1, 1),
+           help="Fail (or skip) a stage whose float outputs have a mean cosine similarity to the source model's "
+                "below this (worst output). Needs no labels."),
+    Option("on-violation", click.Choice(["fail", "skip"]),
+           help="On a quality-gate violation: fail the run, or drop the stage and go on.  [default: fail]"),
+    Option("eval-limit", click.IntRange(1), help="Eval examples used for fidelity, accuracy and the gates "
+           "(the first N).  [default: 512]"),
+    Option("unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file)."),
+)
+PATH_OPTIONS = ("input", "output", "eval_data")
 
 
 @dataclass

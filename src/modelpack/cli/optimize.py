@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..pipeline import PipelineSpec, StageSpec
+from ..pipeline import SPEC_OPTIONS, PipelineSpec, StageSpec
 from ..stages import Stage, registry
 from . import render, want_json
 
@@ -91,27 +91,9 @@ class StageGroup(click.Group):
 @click.group(cls=StageGroup, chain=True, invoke_without_command=True,
              subcommand_metavar="STAGE [STAGE OPTIONS]... [STAGE ...]")
 @click.argument("input", required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Package directory to write.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="Read the pipeline from a TOML file.")
 @click.option("--save-config", type=click.Path(path_type=Path), help="Write the pipeline as TOML to this file.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
-@click.option("--eval-data", type=click.Path(path_type=Path), help=".npz with arrays x (and labels y) for checks.")
-@click.option("--atol", type=click.FloatRange(min=0), help="Max abs diff an export may show.  [default: 1e-4]")
-@click.option("--name", help="Package name.  [default: the input's file name]")
-@click.option("--model-version", help="Package version.  [default: 1]")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
-              help="Fail (or skip) a stage whose output loses more accuracy points than this.")
-@click.option("--min-agreement", type=click.FloatRange(0, 100),
-              help="Fail (or skip) a stage whose top-1 predictions agree with the source model's on fewer than this "
-                   "% of the eval examples. Needs no labels.")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1),
-              help="Fail (or skip) a stage whose float outputs have a mean cosine similarity to the source model's "
-                   "below this (worst output). Needs no labels.")
-@click.option("--on-violation", type=click.Choice(["fail", "skip"]),
-              help="On a quality-gate violation: fail the run, or drop the stage and go on.  [default: fail]")
-@click.option("--eval-limit", type=click.IntRange(1), help="Eval examples used for fidelity, accuracy and the gates "
-              "(the first N).  [default: 512]")
-@click.option("--unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -129,6 +111,10 @@ def optimize(ctx: click.Context, /, **_: Any) -> None:
         want_json(ctx)
 
 
+# The pipeline's settings come from the one list a pipeline file is checked against (pipeline.SPEC_OPTIONS),
+# after INPUT and -o, before the command's own options.
+optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
+
 # INPUT may come from --config instead. click refuses optional arguments on chain groups
 # because a stage name could be taken for INPUT; StageGroup.parse_args splits at stage names.
 optimize.params[0].required = False
@@ -136,11 +122,10 @@ optimize.params[0].required = False
 
 @optimize.result_callback()
 @click.pass_context
-def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, output: Path | None,
-         config_file: Path | None, save_config: Path | None, dry_run: bool, eval_data: Path | None,
-         atol: float | None, name: str | None, model_version: str | None, max_accuracy_drop: float | None,
-         min_agreement: float | None, min_cosine: float | None, on_violation: str | None, eval_limit: int | None,
-         unsafe_load: bool, force: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
+def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path | None, config_file: Path | None,
+         save_config: Path | None, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool,
+         **settings: Any) -> None:
+    """Compile the command line (over a --config file, if given) into a PipelineSpec, then run it."""
     from .. import config
 
     spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
@@ -148,14 +133,14 @@ def _run(ctx: click.Context, stage_specs: list[StageSpec], input: Path | None, o
         raise UsageError("give the stages either in --config or on the command line, not both.")
     if stage_specs:
         spec.stages = list(stage_specs)
-    overrides = {"input": input, "output": output, "eval_data": eval_data, "atol": atol, "name": name,
-                 "model_version": model_version, "max_accuracy_drop": max_accuracy_drop,
-                 "min_agreement": min_agreement, "min_cosine": min_cosine, "on_violation": on_violation,
-                 "eval_limit": eval_limit}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(spec, key, value)
-    spec.unsafe_load = spec.unsafe_load or unsafe_load
+    if input is not None:
+        spec.input = input
+    for option in SPEC_OPTIONS:
+        value = settings[option.key]
+        if option.is_flag:
+            setattr(spec, option.key, getattr(spec, option.key) or value)
+        elif value is not None:
+            setattr(spec, option.key, value)
     spec.force = force
 
     if save_config:

@@ -37,6 +37,7 @@ class Option:
     multiple: bool = False
     required: bool = False
     is_flag: bool = False
+    short: str | None = None  # e.g. "-o", for the command line only
 
     @property
     def key(self) -> str:
@@ -53,10 +54,11 @@ class Option:
 
     def click_option(self) -> click.Option:
         kwargs: dict[str, Any] = {"help": self.help, "show_default": self.default not in (None, (), [])}
+        decls = [*([self.short] if self.short else []), self.flag, self.key]
         if self.is_flag:
-            return click.Option([self.flag, self.key], is_flag=True, default=bool(self.default), **kwargs)
+            return click.Option(decls, is_flag=True, default=bool(self.default), **kwargs)
         return click.Option(
-            [self.flag, self.key], type=self.param_type, default=self.default, multiple=self.multiple,
+            decls, type=self.param_type, default=self.default, multiple=self.multiple,
             required=self.required, **kwargs,
         )
 
