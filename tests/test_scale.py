@@ -124,3 +124,23 @@ def test_timing_budget_bounds_the_rounds() -> None:
     assert [len(s) for s in samples] == [7, 7]
     unbounded = interleaved_latencies([Counting()], {}, iterations=30, warmup=2)
     assert len(unbounded[0]) == 30
+
+
+def test_the_size_worker_thread_leaves_signals_to_the_main_thread() -> None:
+    """Linux hands a process's SIGINT to any thread not blocking it; a worker that took it would leave the main
+    thread asleep in a stage, and Ctrl-C (or the parent's forwarded SIGINT) would wait for the stage to end."""
+    import threading
+
+    from modelpack.pipeline import _background
+
+    seen: list[set[signal.Signals]] = []
+
+    def worker() -> None:
+        _background()
+        seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert {signal.SIGINT, signal.SIGTERM} <= seen[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the main thread still takes it

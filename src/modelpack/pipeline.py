@@ -262,12 +262,16 @@ class _Run:
 
 
 def _background() -> None:
-    """Lower this worker thread's priority (Linux schedules threads as tasks): measuring sizes must not slow
-    the conversion that the run is waiting for."""
+    """Set up a worker thread: signals stay with the main thread, and measuring sizes yields to the work.
+
+    Linux delivers a process's SIGINT to any thread that does not block it. Had this thread taken it, the
+    main thread would sleep on in a stage and Ctrl-C would wait for the stage to end."""
     import os
+    import signal
     import threading
 
-    try:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:  # Linux schedules threads as tasks: a lower priority for this one only
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux, or not allowed: the sizes are measured all the same
         pass
