@@ -35,9 +35,12 @@ def test_failing_stage_keeps_the_previous_package(plugin, models, tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
 
 
-def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def _start(args: list[str], env: dict[str, str], ignore_sigint: bool = False) -> subprocess.Popen[str]:
+    def background_job() -> None:  # what `modelpack optimize ... &` in a script gets: SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     return subprocess.Popen([str(BIN / "modelpack"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **env})
+                            text=True, env={**os.environ, **env}, preexec_fn=background_job if ignore_sigint else None)
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -48,10 +51,10 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 
 
 def test_interrupt_leaves_nothing_behind(plugin_site: Path, models, tmp_path: Path) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        out = tmp_path / f"pkg-{sig.name}"
+    for sig, ignored in ((signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)):
+        out = tmp_path / f"pkg-{sig.name}-{ignored}"
         proc = _start(["optimize", str(models["onnx"].path), "-o", str(out), "nap", "--seconds", "60"],
-                      {"PYTHONPATH": str(plugin_site)})
+                      {"PYTHONPATH": str(plugin_site)}, ignore_sigint=ignored)
         _wait_for(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
                                       for p in tmp_path.iterdir() if p.is_dir()))
         proc.send_signal(sig)

@@ -99,6 +99,10 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
         os.setpgid(0, 0)
         die_with_parent()
+        # A SIGINT the parent forwards must interrupt the run, even when the command was started with SIGINT
+        # ignored (a background job of a script, `modelpack optimize ... &`), which the fork would inherit.
+        # (SIGTERM already has the command's handler, which unwinds like Ctrl-C.)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         channel = _Forwarding(reporter, write_fd)
         code = 0
         try:
