@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,14 @@ def tree_digest(path: Path) -> str:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "the condition") -> None:
+    """Poll `predicate` (which returns False, never asserts, while not yet true) until it holds or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.05)
 
 
 def run_cli(*args: str | Path, input: str | None = None) -> Result:

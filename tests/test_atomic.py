@@ -6,10 +6,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import BIN, run_cli, tree_digest
+from conftest import BIN, run_cli, tree_digest, wait_until
 
 
 def test_failing_stage_leaves_nothing_and_input_unchanged(plugin, models, tmp_path: Path) -> None:
@@ -43,19 +42,12 @@ def _start(args: list[str], env: dict[str, str], ignore_sigint: bool = False) ->
                             text=True, env={**os.environ, **env}, preexec_fn=background_job if ignore_sigint else None)
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_interrupt_leaves_nothing_behind(plugin_site: Path, models, tmp_path: Path) -> None:
     for sig, ignored in ((signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)):
         out = tmp_path / f"pkg-{sig.name}-{ignored}"
         proc = _start(["optimize", str(models["onnx"].path), "-o", str(out), "nap", "--seconds", "60"],
                       {"PYTHONPATH": str(plugin_site)}, ignore_sigint=ignored)
-        _wait_for(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
+        wait_until(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
                                       for p in tmp_path.iterdir() if p.is_dir()))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)

@@ -29,8 +29,8 @@ def _fail_with_input_error(path: str) -> None:
 def test_child_returns_results_and_rebuilds_domain_errors(tmp_path: Path) -> None:
     from modelpack.formats import Repr, detect
 
-    onnx_model = Path(__file__).parent.parent / "examples" / "digits" / "model.keras"
-    assert child.call("detect", "convert", detect, onnx_model).rep is Repr.KERAS
+    keras_model = Path(__file__).parent.parent / "examples" / "digits" / "model.keras"
+    assert child.call("detect", "convert", detect, keras_model).rep is Repr.KERAS
     with pytest.raises(errors.InputError, match="not a model") as caught:
         child.call("a failing step", "convert", _fail_with_input_error, str(tmp_path / "x"))
     assert caught.value.exit_code == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import EXAMPLE, run_cli
+from conftest import EXAMPLE, run_cli, wait_until
 from servers import InProcess, Process
 
 X = np.load(EXAMPLE / "eval.npz")["x"]
@@ -451,7 +451,6 @@ def test_sigterm_drains_accepted_requests(digits_package: Path) -> None:
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-    import time
 
     time.sleep(0.15)  # the requests are accepted and waiting in the batcher
     code, err = server.stop(signal.SIGTERM)
@@ -559,10 +558,7 @@ def test_request_bytes_in_flight_are_capped(digits_package: Path) -> None:
                               httpx.get(f"{server.url}/metrics").text)
             return int(found[1]) if found else 0
 
-        deadline = time.monotonic() + 30
-        while held() < 800_000:  # wait until the server holds both bodies
-            assert time.monotonic() < deadline, held()
-            time.sleep(0.05)
+        wait_until(lambda: held() >= 800_000, 30, "the server to hold both bodies")
         answer = httpx.post(f"{server.url}/v2/models/model/infer", content=b"x" * 300_000,
                             headers={"content-type": "application/json"})
         assert answer.status_code == 503, answer.text

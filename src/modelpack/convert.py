@@ -49,8 +49,8 @@ def to(ref: ModelRef, dst: Repr, workdir: Path, signature: Signature, *, opset: 
     chain = route(ref.rep, dst)
     if chain is None:
         raise StageFailed("convert", f"no conversion from {ref.rep} to {dst}")
-    return hops(ref, chain[1:], workdir, signature, opset=opset, safe=safe, in_child=in_child)[-1] \
-        if len(chain) > 1 else ref
+    walked = hops(ref, chain[1:], workdir, signature, opset=opset, safe=safe, in_child=in_child)
+    return walked[-1] if walked else ref
 
 
 def hops(ref: ModelRef, steps: list[Repr], workdir: Path, signature: Signature, *, opset: int = DEFAULT_OPSET,
@@ -60,7 +60,7 @@ def hops(ref: ModelRef, steps: list[Repr], workdir: Path, signature: Signature, 
     With `in_child`, the whole walk runs in one fresh process (`frameworks.child`): the memory the framework
     takes is returned when it ends, and TensorFlow is imported once for all the steps."""
     outs = [scratch(workdir, _STEPS[(a, b)][1]) for a, b in zip([ref.rep, *steps], steps)]
-    if not in_child:
+    if not steps or not in_child:
         return _walk(ref, steps, outs, signature, opset, safe)
     from .frameworks import child
 
