@@ -59,8 +59,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from modelpack.archive import compressed_size
     from modelpack.package import Package
+    from modelpack.package.archive import compressed_size
     from modelpack.pipeline import PipelineSpec, StageSpec, run
     from modelpack.runtimes import OnnxRunner
     from modelpack.timing import interleaved_latencies

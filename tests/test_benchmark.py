@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE, make_onnx_mlp, run_cli, run_subprocess
 
-from modelpack import manifest as mf
 from modelpack.bench.measure import NOISY_SPREAD, latency_stats
+from modelpack.package import manifest as mf
 
 
 @pytest.fixture(scope="module")

@@ -212,7 +212,7 @@ def test_7_on_the_bundled_example_too(tmp_path: Path) -> None:
 
 
 def test_8_the_source_is_measured_with_the_package_codec(tmp_path: Path) -> None:
-    from modelpack.archive import compressed_size
+    from modelpack.package.archive import compressed_size
 
     model = corpus.get("ppocr-cls")
     ok("optimize", model.path, "-o", tmp_path / "lz", "--eval-data", model.eval_data, "-q", "compress", "--archive",

@@ -22,7 +22,7 @@ def pkg(digits_package: Path, tmp_path: Path) -> Path:
 
 
 def test_manifest_records_what_the_issue_names(digits_package: Path) -> None:
-    from modelpack import manifest as mf
+    from modelpack.package import manifest as mf
 
     data = json.loads((digits_package / "modelpack.json").read_text())
     mf.validate(data)

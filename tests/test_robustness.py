@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from servers import InProcess
 
-from modelpack import manifest as mf
 from modelpack.errors import ModelpackError
+from modelpack.package import manifest as mf
 from modelpack.serve import tensors
 
 FUZZ_CASES = 1500

@@ -314,3 +314,34 @@ def test_extractions_left_by_a_killed_process_are_swept(digits_package, tmp_path
     (stale / "model.onnx").write_bytes(b"plaintext model")
     assert run_cli("verify", tmp_path / "pkg.mpk").exit_code == 0
     assert not stale.exists()
+
+
+def test_one_reader_opens_a_directory_an_archive_and_an_encrypted_archive(digits_package: Path, encrypted: Path,
+                                                                        keys: Path, tmp_path: Path) -> None:
+    from modelpack.errors import InputError, IntegrityError
+    from modelpack.package import open_any, verify
+
+    plain = tmp_path / "plain.mpk"
+    assert run_cli("pack", digits_package, "-o", plain).exit_code == 0
+    onnx_bytes = (digits_package / "model.onnx").read_bytes()
+    key_file = keys / "model.key"
+    for path in (digits_package, plain, encrypted):
+        with open_any(path, need="manifest") as pkg:  # no key, nothing extracted or decrypted
+            assert pkg.name == "model" and pkg.manifest_bytes == (digits_package / "modelpack.json").read_bytes()
+        with open_any(path, key_file=key_file, need="memory") as pkg:
+            assert pkg.read(pkg.artifact("onnx")) == onnx_bytes
+            assert pkg.artifact()["format"] == "onnx"
+            assert [row["checksum"] for row in pkg.check_checksums()] == ["ok"] * len(pkg.artifacts)
+        report = verify(path, key_file=key_file)
+        assert report["encrypted"] is (path == encrypted) and all(r["load"].startswith("ok") for r in report["artifacts"]
+                                                                  if r["format"] in ("onnx", "tflite"))
+    with open_any(plain) as pkg:
+        extracted = pkg.root
+        assert (extracted / "model.onnx").read_bytes() == onnx_bytes
+    assert not extracted.exists()  # the extraction goes when the reader closes
+    with pytest.raises(InputError, match="is encrypted"), open_any(encrypted):
+        pass
+    with open_any(encrypted, need="manifest") as pkg, pytest.raises(InputError, match="encrypted"):
+        pkg.root  # noqa: B018
+    with pytest.raises(IntegrityError, match="not signed"):
+        verify(plain, pubkey=keys / "public.pem")

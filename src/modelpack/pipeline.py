@@ -22,8 +22,6 @@ from typing import Any, Protocol
 import click
 
 from . import convert
-from . import manifest as mf
-from .archive import compressed_size, file_compressed_size
 from .atomic import atomic_dir, check_output
 from .data import Dataset, load_dataset, random_inputs
 from .errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
@@ -31,6 +29,8 @@ from .evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, tok
 from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
 from .frameworks import child
 from .package import copy_artifact, digest, model_size
+from .package import manifest as mf
+from .package.archive import compressed_size, file_compressed_size
 from .runtimes import KerasRunner, load_runner
 from .signature import Signature
 from .stages import Option, Stage, StageContext, StageResult, registry

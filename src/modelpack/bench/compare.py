@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..package.manifest import Manifest
 from .report import latest_benchmark
 
 
-def _flatten(manifest: dict[str, Any]) -> dict[str, float]:
+def _flatten(manifest: Manifest) -> dict[str, float]:
     found: dict[str, float] = {}
     archive = manifest.get("archive", {})
     if "raw_bytes" in archive:
@@ -35,7 +36,7 @@ def _flatten(manifest: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+def compare(a: Manifest, b: Manifest) -> list[dict[str, Any]]:
     """Rows of metric, A, B and B/A; a metric only one side has shows '-' on the other."""
     fa, fb = _flatten(a), _flatten(b)
     rows = []

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import manifest as mf
-from ..archive import compressed_size
 from ..data import Dataset, Tensors, random_inputs
 from ..errors import UsageError
 from ..evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from ..formats import ModelRef, Repr
+from ..package import manifest as mf
 from ..package import model_size
+from ..package.archive import compressed_size
 from ..runtimes import Runner, load_runner
 from ..signature import DYNAMIC, Signature
 

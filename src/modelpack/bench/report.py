@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from ..package.manifest import Manifest
+
 # One colour per chart, so a screenshot test can tell that each chart was drawn.
 RAW, COMPRESSED, LATENCY, ACCURACY = "#4c78a8", "#f58518", "#54a24b", "#e45756"
 WIDTH = 900
 LABEL_W = 190
 
 
-def latest_benchmark(manifest: dict[str, Any]) -> dict[str, Any] | None:
+def latest_benchmark(manifest: Manifest) -> dict[str, Any] | None:
     """The benchmark recorded by `modelpack benchmark`, else the last benchmark stage's."""
     if "benchmark" in manifest:
         found: dict[str, Any] = manifest["benchmark"]
@@ -34,7 +36,7 @@ def _kb(n: float) -> str:
     return f"{n / 1024:,.1f} KB" if n < 2**20 else f"{n / 2**20:,.2f} MB"
 
 
-def _steps(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _steps(manifest: Manifest) -> list[tuple[str, dict[str, Any]]]:
     lineage = manifest["lineage"]
     steps = [("source", lineage["source"].get("metrics", {}) | {"size_bytes": lineage["source"].get("size")})]
     for i, rec in enumerate(lineage["stages"], 1):
@@ -53,7 +55,7 @@ def _text(x: float, y: float, s: str, anchor: str = "start", size: int = 12, fil
             f"{escape(s)}</text>")
 
 
-def size_chart(manifest: dict[str, Any]) -> str:
+def size_chart(manifest: Manifest) -> str:
     steps = [(label, m) for label, m in _steps(manifest) if m.get("size_bytes")]
     if not steps:
         return "<p>No sizes were recorded.</p>"
@@ -76,7 +78,7 @@ def size_chart(manifest: dict[str, Any]) -> str:
     return _svg(y + 4, "".join(parts), "size per stage")
 
 
-def accuracy_chart(manifest: dict[str, Any]) -> str:
+def accuracy_chart(manifest: Manifest) -> str:
     steps = [(label, m) for label, m in _steps(manifest) if m.get("accuracy") is not None]
     if not steps:
         return "<p>No accuracy was recorded: run optimize with <code>--eval-data</code> holding labels.</p>"
@@ -146,7 +148,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def lineage_table(manifest: dict[str, Any]) -> str:
+def lineage_table(manifest: Manifest) -> str:
     src = manifest["lineage"]["source"]
     sm = src.get("metrics", {})
     rows = [("source", src["format"], "-", _kb(src["size"]) if src.get("size") else "-",
@@ -192,7 +194,7 @@ th,td{border:1px solid #e3e3e3;padding:3px 8px;text-align:left} th{background:#f
 """
 
 
-def render(manifest: dict[str, Any]) -> str:
+def render(manifest: Manifest) -> str:
     bench = latest_benchmark(manifest)
     archive = manifest.get("archive", {})
     latency = (latency_chart(bench) + bench_tables(bench)) if bench else (

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import manifest as mf
 from ..data import load_dataset
 from ..errors import UsageError
 from ..formats import ModelRef, detect
-from ..package import is_package, open_package
+from ..package import is_package, open_any
+from ..package import manifest as mf
 from . import gates as gates_mod
 from .measure import BenchSpec, benchmark
 from .targets import model_targets, package_targets
@@ -44,7 +44,7 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
     gates = gates_mod.parse_all(request.fail_if)
     baseline = detect(request.baseline) if request.baseline is not None else None
     if is_package(request.path):
-        with open_package(request.path) as pkg:
+        with open_any(request.path) as pkg:
             targets, notes = package_targets(pkg, request.formats, baseline)
             spec = request.spec
             if spec.compression == "deflate":
@@ -55,7 +55,7 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
             result["gates"] = gates_mod.evaluate(gates, result)
             result["recorded"] = False
             if request.record and request.path.is_dir():
-                from ..signing import SIGNATURE_NAME
+                from ..package.signing import SIGNATURE_NAME
 
                 if (request.path / SIGNATURE_NAME).is_file():
                     notes.append("the package is signed, so the results were not written into its manifest (that "

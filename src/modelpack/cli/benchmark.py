@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..package import Package
+    from ..package.manifest import Manifest
 
 from ..errors import GateFailed, UsageError
 from . import render, want_json
@@ -111,11 +115,11 @@ def report(package: Path, output: Path, force: bool) -> None:
     """Write a self-contained HTML report: sizes, latency, accuracy and lineage of a package."""
     from ..atomic import atomic_file
     from ..bench.report import render as render_html
-    from ..package import open_package
+    from ..package import open_any
 
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o '{output}': the report is HTML; name it with .html.")
-    with open_package(package) as pkg:
+    with open_any(package, need="manifest") as pkg:
         html = render_html(pkg.manifest)
     with atomic_file(output, force=force) as tmp:
         tmp.write_text(html, encoding="utf-8")
@@ -130,11 +134,11 @@ def report(package: Path, output: Path, force: bool) -> None:
 def compare(ctx: click.Context, package_a: Path, package_b: Path, as_json: bool) -> None:
     """Show two packages' metrics side by side, with the ratio B / A."""
     from ..bench.compare import compare as compare_manifests
-    from ..package import open_package
+    from ..package import open_any
 
     if as_json:
         want_json(ctx)
-    with open_package(package_a) as a, open_package(package_b) as b:
+    with open_any(package_a) as a, open_any(package_b) as b:
         codec = a.manifest.get("archive", {}).get("compression", "deflate")
         rows = compare_manifests(_with_codec(a, codec), _with_codec(b, codec))
     if as_json:
@@ -145,20 +149,20 @@ def compare(ctx: click.Context, package_a: Path, package_b: Path, as_json: bool)
          "-" if r["ratio"] is None else f"{r['ratio']:.3g}x") for r in rows]))
 
 
-def _with_codec(pkg: Any, codec: str) -> dict[str, Any]:
+def _with_codec(pkg: Package, codec: str) -> Manifest:
     """The package's manifest with every compressed size as `codec` would store it, so two packages
     built with different archive codecs compare on one codec."""
     import copy
 
-    from ..archive import compressed_size
+    from ..package.archive import compressed_size
 
     manifest = pkg.manifest
     if manifest.get("archive", {}).get("compression", "deflate") == codec:
-        return dict(manifest)
+        return manifest
     manifest = copy.deepcopy(manifest)
     total = 0
     for entry in manifest["artifacts"]:
         entry["compressed_size"] = compressed_size(pkg.path_of(entry), codec)
         total += entry["compressed_size"]
     manifest["archive"] = {**manifest.get("archive", {}), "compression": codec, "compressed_bytes": total}
-    return dict(manifest)
+    return manifest

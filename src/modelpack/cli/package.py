@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from ..archive import COMPRESSION
-from ..package import is_package, open_package
+from ..package import is_package, open_any
+from ..package.archive import COMPRESSION
 from . import render, want_json
 
 
@@ -21,13 +21,9 @@ def inspect(ctx: click.Context, target: Path, unsafe_load: bool, as_json: bool) 
     """Show a model's or package's signature, sizes, layers or ops, and lineage."""
     if as_json:
         want_json(ctx)
-    from ..encryption import is_encrypted, read_manifest
-
     data: dict[str, Any] | None = None
-    if target.is_file() and is_encrypted(target):
-        data = dict(read_manifest(target)[1])
-    elif is_package(target):
-        with open_package(target) as pkg:
+    if is_package(target):
+        with open_any(target, need="manifest") as pkg:
             data = dict(pkg.manifest)
     if data is not None:
         if as_json:
@@ -76,7 +72,7 @@ def inspect(ctx: click.Context, target: Path, unsafe_load: bool, as_json: bool) 
 def verify(ctx: click.Context, package: Path, no_load: bool, pubkey: Path | None, key_file: Path | None,
            as_json: bool) -> None:
     """Check a package: its signature (with --pubkey), manifest schema, every checksum, and that each loads."""
-    from ..verification import verify as check_package
+    from ..package import verify as check_package
 
     if as_json:
         want_json(ctx)
@@ -111,9 +107,9 @@ def verify(ctx: click.Context, package: Path, no_load: bool, pubkey: Path | None
 def pack(ctx: click.Context, package: Path, output: Path, compression: str | None, encrypt: bool,
          key_file: Path | None, force: bool, as_json: bool) -> None:
     """Write a package as one .mpk archive (zip), after checking its checksums; optionally encrypted."""
-    from ..archive import pack as write_archive
     from ..atomic import check_output
     from ..errors import UsageError
+    from ..package.archive import pack as write_archive
 
     if as_json:
         want_json(ctx)
@@ -122,15 +118,15 @@ def pack(ctx: click.Context, package: Path, output: Path, compression: str | Non
     check_output(output, force)
     key = None
     if encrypt:
-        from ..encryption import load_key
+        from ..package.encryption import load_key
 
         key = load_key(key_file)
-    with open_package(package) as pkg:
+    with open_any(package) as pkg:
         pkg.check_checksums()
         raw = sum(a["size"] for a in pkg.artifacts)
         compression = compression or pkg.manifest.get("archive", {}).get("compression", "deflate")
         if key is not None:
-            from ..encryption import pack as write_encrypted
+            from ..package.encryption import pack as write_encrypted
 
             size = write_encrypted(pkg.root, output, key, compression=compression, force=force)
         else:

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ..errors import UsageError
-from ..package import open_package
+from ..package import open_any
 from . import render, want_json
 
 RUNTIMES = ("onnx", "tflite", "savedmodel", "keras")
@@ -48,7 +48,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
         results, source = _remote(registry, model, input_file, pick, api_key)
     else:
         assert package is not None  # checked above: a PACKAGE or --discover, exactly one
-        with open_package(package) as pkg:
+        with open_any(package) as pkg:
             feeds = load_tensors(input_file, pkg.signature)
             entry = pkg.artifact(runtime)
             runner = load_runner(pkg.model_ref(entry), pkg.signature)

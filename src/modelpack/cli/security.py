@@ -18,8 +18,8 @@ from . import render
 @click.option("--force", is_flag=True, help="Replace existing keys.")
 def keygen(output: Path, symmetric: bool, force: bool) -> None:
     """Write an Ed25519 key pair (private.pem, public.pem) for signing packages."""
-    from ..encryption import new_key
-    from ..signing import keygen as make_pair
+    from ..package.encryption import new_key
+    from ..package.signing import keygen as make_pair
 
     private, public = make_pair(output, force)
     render.out.print(f"[bold green]keys:[/] {private} (keep it secret, mode 0600), {public} (share it)")
@@ -41,8 +41,8 @@ def keygen(output: Path, symmetric: bool, force: bool) -> None:
 def sign(package: Path, key_path: Path) -> None:
     """Sign a package directory: a detached Ed25519 signature over its manifest (modelpack.sig)."""
     from ..package import is_package
-    from ..signing import SIGNATURE_NAME
-    from ..signing import sign as write_signature
+    from ..package.signing import SIGNATURE_NAME
+    from ..package.signing import sign as write_signature
 
     if not package.is_dir():
         kind = "an archive" if is_package(package) else "not a package directory"

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import IntegrityError, UsageError
-from ..package import open_package
+from ..package import open_any
 from . import render
 
 
@@ -77,43 +77,14 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
     elif options["register_required"]:
         raise UsageError("--register-required goes with --register zk://HOST:PORT/PATH.")
     require_signature = options.pop("require_signature")
-    from ..encryption import is_encrypted
-
-    if package.is_file() and is_encrypted(package):
-        config = ServeConfig(package_dir=package, encrypted=True, **options)
-        _check_encrypted(config, require_signature)
-        _serve(config, get_path)
-        return
-    options.pop("key_file")
-    with open_package(package) as pkg:
-        try:
-            if require_signature is not None:
-                from ..signing import verify_dir
-
-                verify_dir(pkg.root, require_signature, str(package), option="--require-signature")
-            pkg.check_checksums()
+    with open_any(package, key_file=options["key_file"], need="memory") as pkg:
+        try:  # the same checks as `modelpack verify`, without loading: the server loads the one it serves
+            pkg.verify(pubkey=require_signature, load=False, option="--require-signature")
         except IntegrityError as exc:
             raise IntegrityError(f"refusing to serve: {exc}") from exc
         pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
-        _serve(ServeConfig(package_dir=pkg.root, **options), get_path)
-
-
-def _check_encrypted(config: Any, require_signature: Path | None) -> None:
-    """Before serving: the key fits, the signature holds, and the served artifact decrypts to its checksum."""
-    from ..encryption import load_key, open_encrypted
-    from ..signing import check, load_public
-
-    try:
-        package = open_encrypted(config.package_dir, load_key(config.key_file))
-        if require_signature is not None:
-            check(package.manifest_bytes, package.signature_bytes, load_public(require_signature, "--require-signature"),
-                  str(config.package_dir))
-        from ..serve.config import memory_runtime
-
-        pkg = config.package()
-        package.read(pkg.artifact(config.runtime or memory_runtime(pkg))["path"])  # decrypts, checks sha256
-    except IntegrityError as exc:
-        raise IntegrityError(f"refusing to serve: {exc}") from exc
+        where = package if pkg.encrypted else pkg.root  # an encrypted .mpk is decrypted by each worker, in memory
+        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, **options), get_path)
 
 
 def _serve(config: Any, get_path: str | None) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..atomic import atomic_dir, check_output
 from ..errors import UsageError
-from ..package import open_package
+from ..package import open_any
+from ..package.manifest import Manifest
 
 TARGETS = ("docker", "k8s", "kserve", "triton", "tfserving")
 PORT = 8000
@@ -53,7 +54,7 @@ def k8s_name(name: str) -> str:
     return label
 
 
-def default_image(manifest: dict[str, Any]) -> str:
+def default_image(manifest: Manifest) -> str:
     return f"{k8s_name(manifest['name'])}:{manifest['version']}"
 
 
@@ -62,7 +63,7 @@ def deploy(package: Path, target: str, output: Path, options: DeployOptions, for
         raise UsageError(f"--target '{target}': use one of {', '.join(TARGETS)}.")
     check_output(output, force)
     module: Any = importlib.import_module(f"{__name__}.{target}")
-    with open_package(package) as pkg:
+    with open_any(package) as pkg:
         pkg.check_checksums()
         with atomic_dir(output.absolute(), force=force) as staging:
             steps = module.write(pkg, staging, options, output)

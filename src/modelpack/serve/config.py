@@ -6,7 +6,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..package import Package, open_any
+
+if TYPE_CHECKING:
+    from .model import ServedModel
 
 ENV = "MODELPACK_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
 
@@ -41,28 +46,18 @@ class ServeConfig:
     key_file: Path | None = None  # its key (else MODELPACK_KEY)
     rate_limit: str | None = None  # e.g. "50/s": the token bucket of keys that set none
 
-    def package(self) -> Any:
+    def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""
-        from ..package import Package
+        with open_any(self.package_dir, need="manifest") as pkg:
+            return pkg
 
-        if not self.encrypted:
-            return Package.load(self.package_dir)
-        from ..encryption import read_manifest
-
-        _, manifest, _, _ = read_manifest(self.package_dir)
-        return Package(self.package_dir.parent, manifest, self.package_dir)
-
-    def load_model(self) -> Any:
+    def load_model(self) -> ServedModel:
         from .model import ServedModel
 
-        pkg = self.package()
-        if not self.encrypted:
-            return ServedModel.load(pkg, self.runtime, self.max_batch_size, self.threads)
-        from ..encryption import load_key, open_encrypted
-
-        entry = pkg.artifact(self.runtime or memory_runtime(pkg))
-        data = open_encrypted(self.package_dir, load_key(self.key_file)).read(entry["path"])
-        return ServedModel.load(pkg, entry["format"], self.max_batch_size, self.threads, model_bytes=data)
+        with open_any(self.package_dir, key_file=self.key_file, need="memory") as pkg:
+            entry = pkg.artifact(self.runtime)
+            data = pkg.read(entry) if pkg.encrypted else None
+            return ServedModel.load(pkg, entry["format"], self.max_batch_size, self.threads, model_bytes=data)
 
     def to_env(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})
@@ -73,16 +68,6 @@ class ServeConfig:
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
         values: dict[str, Any] = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()}
         return cls(**values)
-
-
-def memory_runtime(pkg: Any) -> str:
-    from ..errors import UsageError
-
-    for fmt in ("onnx", "tflite"):
-        if fmt in [str(f) for f in pkg.formats()]:
-            return fmt
-    raise UsageError(f"{pkg.source}: an encrypted package is served from memory, which needs an ONNX or TFLite "
-                     f"artifact; this one has {', '.join(str(f) for f in pkg.formats())}.")
 
 
 def app_from_env() -> Any:

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from ..archive import COMPRESSION
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
+from ..package.archive import COMPRESSION
 from . import FINE_TUNING, Option, Stage, StageContext, StageResult
 
 

@@ -1,8 +1,4 @@
-"""A package: a directory holding `modelpack.json` and the artifacts it lists.
-
-Every command that takes a package also takes a `.mpk` archive: `open_package`
-extracts one safely into a temporary directory for the duration of the command.
-"""
+"""A package: `modelpack.json` and the artifacts it lists, in a directory or read from an archive."""
 
 from __future__ import annotations
 
@@ -10,22 +6,24 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
+from ..errors import InputError, IntegrityError, UsageError
+from ..formats import ModelRef, Repr, detect
+from ..signature import Signature
 from . import manifest as mf
-from .errors import InputError, IntegrityError
-from .formats import ModelRef, Repr, detect
-from .signature import Signature
+
+if TYPE_CHECKING:
+    from .encryption import EncryptedPackage
 
 CHUNK = 1 << 20
 _KEY_HINT = "MODELPACK_KEY or --key-file"
 
 # Which artifact to run when the caller does not say: fastest runtime first.
 RUNTIME_PREFERENCE = (Repr.ONNX, Repr.TFLITE, Repr.SAVEDMODEL, Repr.KERAS)
+MEMORY_LOADABLE = (Repr.ONNX, Repr.TFLITE)  # runtimes that load a model from bytes
 
 
 def sha256_file(path: Path) -> str:
@@ -64,16 +62,37 @@ def digest(path: Path) -> Digest:
 
 
 class Package:
-    """A package directory with its validated manifest."""
+    """A package's validated manifest, and its artifacts: files under `root`, or, for an encrypted `.mpk`,
+    bytes decrypted in memory on demand (`read`). Open one with `modelpack.package.open_any`."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], source: Path | None = None) -> None:
-        self.root = root
+    def __init__(self, root: Path | None, manifest: mf.Manifest, source: Path | None = None, *,
+                 manifest_bytes: bytes | None = None, signature_bytes: bytes | None = None,
+                 sealed: EncryptedPackage | None = None, encrypted: bool = False) -> None:
+        self._root = root
         self.manifest = manifest
-        self.source = source or root  # what the user named: the directory or the .mpk
+        self.source = source or root or Path(".")  # what the user named: the directory or the .mpk
+        self.manifest_bytes = manifest_bytes
+        self.signature_bytes = signature_bytes
+        self._sealed = sealed
+        self.encrypted = encrypted or sealed is not None
 
     @classmethod
     def load(cls, root: Path, source: Path | None = None) -> Package:
-        return cls(root, mf.read(root / mf.MANIFEST_NAME), source)
+        from .signing import SIGNATURE_NAME
+
+        raw = mf.read_bytes(root / mf.MANIFEST_NAME)
+        signature = root / SIGNATURE_NAME
+        return cls(root, mf.parse(raw, str(root / mf.MANIFEST_NAME)), source, manifest_bytes=raw,
+                   signature_bytes=signature.read_bytes() if signature.is_file() else None)
+
+    @property
+    def root(self) -> Path:
+        """The directory holding the artifacts; an encrypted or unopened archive has none."""
+        if self._root is None:
+            how = (f"it is encrypted: inspect, verify and serve read it (in memory, with {_KEY_HINT}); other "
+                   "commands need the unencrypted package") if self.encrypted else "it was opened for its manifest only"
+            raise InputError(f"'{self.source}': no files to read here: {how}.")
+        return self._root
 
     @property
     def name(self) -> str:
@@ -88,31 +107,39 @@ class Package:
         return Signature.from_dict(self.manifest["signature"])
 
     @property
-    def artifacts(self) -> list[dict[str, Any]]:
+    def artifacts(self) -> list[mf.Artifact]:
         return list(self.manifest["artifacts"])
 
-    def path_of(self, entry: dict[str, Any]) -> Path:
-        path: Path = (self.root / entry["path"]).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+    def path_of(self, entry: mf.Artifact | mf.Companion) -> Path:
+        root = self.root
+        path: Path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root.resolve()):
             raise IntegrityError(f"{self.source}: artifact path '{entry['path']}' leaves the package.")
         return path
 
     def formats(self) -> list[Repr]:
         return [Repr(a["format"]) for a in self.artifacts]
 
-    def artifact(self, fmt: Repr | str | None = None) -> dict[str, Any]:
-        """The artifact of format `fmt`, or the best one to run when `fmt` is None."""
+    def artifact(self, fmt: Repr | str | None = None) -> mf.Artifact:
+        """The artifact of format `fmt`, or the best one to run when `fmt` is None (of those an encrypted
+        package can run from memory, when it is encrypted)."""
         by_format = {a["format"]: a for a in self.artifacts}
         if fmt is None:
             for rep in RUNTIME_PREFERENCE:
-                if rep.value in by_format:
+                if rep.value in by_format and (not self.encrypted or rep in MEMORY_LOADABLE):
                     return by_format[rep.value]
+            if self.encrypted:
+                raise UsageError(f"{self.source}: an encrypted package runs from memory, which needs an ONNX or "
+                                 f"TFLite artifact; this one has {', '.join(by_format) or 'none'}.")
         elif str(fmt) in by_format:
+            if self.encrypted and Repr(str(fmt)) not in MEMORY_LOADABLE:
+                raise UsageError(f"{self.source}: an encrypted package runs from memory, which {fmt} cannot; "
+                                 "choose onnx or tflite.")
             return by_format[str(fmt)]
         have = ", ".join(by_format) or "none"
         raise InputError(f"{self.source}: no {fmt} artifact in this package (it has: {have}).")
 
-    def model_ref(self, entry: dict[str, Any]) -> ModelRef:
+    def model_ref(self, entry: mf.Artifact) -> ModelRef:
         path = self.path_of(entry)
         rep = Repr(entry["format"])
         if rep is Repr.KERAS:
@@ -120,9 +147,18 @@ class Package:
             return ModelRef(rep, path, found.flavour, found.container)
         return ModelRef(rep, path)
 
-    def check_checksums(self) -> list[dict[str, Any]]:
+    def read(self, entry: mf.Artifact) -> bytes:
+        """An artifact file's bytes, checked against the manifest when it is decrypted."""
+        if self._sealed is not None:
+            return self._sealed.read(entry["path"])
+        return self.path_of(entry).read_bytes()
+
+    def check_checksums(self) -> list[ArtifactCheck]:
         """Recompute every artifact's size and sha256; raise IntegrityError naming the first mismatch."""
-        report = []
+        if self._sealed is not None:  # decrypting checks the sha256; one artifact in memory at a time
+            return [{"path": e["path"], "format": e["format"], "size": len(self._sealed.read(e["path"])),
+                     "checksum": "ok"} for e in self.artifacts]
+        report: list[ArtifactCheck] = []
         for entry in self.artifacts:
             path = self.path_of(entry)
             if not path.exists():
@@ -139,7 +175,7 @@ class Package:
             report.append({"path": entry["path"], "format": entry["format"], "size": found.size, "checksum": "ok"})
         return report
 
-    def _check_companion(self, entry: dict[str, Any], extra: dict[str, Any]) -> None:
+    def _check_companion(self, entry: mf.Artifact, extra: mf.Companion) -> None:
         path = self.path_of(extra)
         if not path.is_file():
             raise IntegrityError(f"{self.source}: '{extra['path']}' (external data of '{entry['path']}') is missing.")
@@ -153,49 +189,69 @@ class Package:
             if name not in listed:
                 raise IntegrityError(f"{self.source}: '{entry['path']}' reads '{name}', which the manifest does not list.")
 
-    def verify(self, load: bool = True) -> list[dict[str, Any]]:
-        """Checksums, then load each artifact on its runtime."""
-        from .runtimes import load_runner
+    def check_signature(self, pubkey: Path, option: str = "--pubkey") -> dict[str, Any]:
+        """The signature record, if `modelpack.sig` signs these exact manifest bytes with `pubkey`'s key."""
+        from .signing import check, load_public
 
+        if self.manifest_bytes is None:
+            raise IntegrityError(f"{self.source}: the manifest's bytes were not kept; reopen the package.")
+        return check(self.manifest_bytes, self.signature_bytes, load_public(pubkey, option), str(self.source))
+
+    def verify(self, *, pubkey: Path | None = None, load: bool = True, option: str = "--pubkey") -> Verified:
+        """Signature first (when `pubkey` is given), then every artifact's checksum, then loading each:
+        what `modelpack verify` prints and what `serve` checks before it starts."""
+        signature = self.check_signature(pubkey, option) if pubkey is not None else None
         report = self.check_checksums()
         if load:
             for row, entry in zip(report, self.artifacts):
-                try:
-                    load_runner(self.model_ref(entry), self.signature)
-                except Exception as exc:  # a domain error or the runtime's own: either way it does not load
-                    raise IntegrityError(f"{self.source}: artifact '{entry['path']}' does not load: {exc}") from exc
-                row["load"] = "ok"
-        return report
+                row["load"] = self._load(entry)
+        return {"signature": signature, "encrypted": self.encrypted, "artifacts": report}
+
+    def _load(self, entry: mf.Artifact) -> str:
+        from ..runtimes import load_runner, runner_from_bytes
+
+        rep = Repr(entry["format"])
+        if self._sealed is not None and rep not in MEMORY_LOADABLE:
+            return "skipped (loads from files only)"
+        try:
+            if self._sealed is not None:
+                runner_from_bytes(rep, self.read(entry), self.signature)
+            else:
+                load_runner(self.model_ref(entry), self.signature)
+        except Exception as exc:  # a domain error or the runtime's own: either way it does not load
+            raise IntegrityError(f"{self.source}: artifact '{entry['path']}' does not load: {exc}") from exc
+        return "ok (in memory)" if self._sealed is not None else "ok"
 
 
-@contextmanager
-def open_package(path: str | Path) -> Iterator[Package]:
-    """Open a package directory, or extract a `.mpk` safely into a temporary directory."""
-    from . import archive
+class ArtifactCheck(TypedDict):
+    path: str
+    format: str
+    size: int
+    checksum: str
+    load: NotRequired[str]
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"package '{p}': no such file or directory. Expected a package directory or a .mpk file.")
-    if p.is_dir():
-        if not (p / mf.MANIFEST_NAME).is_file():
-            raise InputError(f"'{p}' is not a modelpack package (no {mf.MANIFEST_NAME}).")
-        yield Package.load(p, p)
-        return
-    from .encryption import is_encrypted
 
-    if is_encrypted(p):
-        raise InputError(f"'{p}' is encrypted: inspect, verify and serve read it (in memory, with {_KEY_HINT}); "
-                         "other commands need the unencrypted package.")
-    sweep_extractions()
-    tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-"))
-    try:
-        archive.extract(p, tmp)
-        yield Package.load(tmp, p)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+class Verified(TypedDict):
+    signature: dict[str, Any] | None
+    encrypted: bool
+    artifacts: list[ArtifactCheck]
 
 
 EXTRACT_PREFIX = "modelpack-x"  # + the pid of the process that extracted it
+
+
+def extracted(archive_path: Path) -> Path:
+    """Extract a plain `.mpk` into a new temporary directory (the caller removes it)."""
+    from . import archive
+
+    sweep_extractions()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-"))
+    try:
+        archive.extract(archive_path, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def sweep_extractions() -> None:
@@ -216,21 +272,13 @@ def sweep_extractions() -> None:
             continue
 
 
-def is_package(path: Path) -> bool:
-    if path.is_dir():
-        return (path / mf.MANIFEST_NAME).is_file()
-    from . import archive
-
-    return path.is_file() and archive.is_archive(path)
-
-
 def companions(path: Path) -> list[Path]:
     """Files a model reads besides itself: an ONNX model's external data (checked to stay beside it)."""
     if not path.is_file() or path.suffix.lower() != ".onnx":
         return []
     import onnx
 
-    from .formats import external_files
+    from ..formats import external_files
 
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -9,9 +9,9 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..atomic import atomic_file
+from ..errors import InputError, IntegrityError
 from . import manifest as mf
-from .atomic import atomic_file
-from .errors import InputError, IntegrityError
 
 COMPRESSION = {
     "deflate": zipfile.ZIP_DEFLATED,
@@ -20,6 +20,7 @@ COMPRESSION = {
     "store": zipfile.ZIP_STORED,
 }
 MAX_UNPACKED = 16 << 30  # refuse zip bombs: no package needs more than 16 GiB unpacked
+MAX_MANIFEST = 16 << 20
 
 
 def _compressor(compression: str) -> Any:
@@ -53,7 +54,7 @@ def _file_compressed_size(path: str, mtime_ns: int, size: int, compression: str)
 
 def compressed_size(path: Path, compression: str = "deflate") -> int:
     """Bytes a file or directory takes inside a .mpk written with `compression` (member data only)."""
-    from .package import companions
+    from .dir import companions
 
     files = [path, *companions(path)] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     total = 0
@@ -76,6 +77,23 @@ def is_archive(path: Path) -> bool:
             return mf.MANIFEST_NAME in zf.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def read_head(path: Path) -> tuple[bytes, bytes | None, set[str]]:
+    """An archive's manifest bytes, its signature's bytes (if signed) and its member names; nothing extracted."""
+    from .signing import SIGNATURE_NAME
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            for name in (mf.MANIFEST_NAME, SIGNATURE_NAME):
+                if name in names and zf.getinfo(name).file_size > MAX_MANIFEST:
+                    raise IntegrityError(f"{path}: {name} is {zf.getinfo(name).file_size} bytes; refusing it.")
+            manifest = zf.read(mf.MANIFEST_NAME)
+            signature = zf.read(SIGNATURE_NAME) if SIGNATURE_NAME in names else None
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
+        raise InputError(f"'{path}': not a readable .mpk archive ({exc}).") from exc
+    return manifest, signature, names
 
 
 def pack(root: Path, out: Path, *, compression: str = "deflate", force: bool = False) -> int:
@@ -101,9 +119,6 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     if ".." in rel.parts:
         raise IntegrityError(f"{archive}: member '{name}' escapes the archive with '..'; refusing to extract it.")
     return rel
-
-
-MAX_MANIFEST = 16 << 20
 
 
 def _check_against_manifest(zf: zipfile.ZipFile, checked: list[tuple[zipfile.ZipInfo, PurePosixPath]],

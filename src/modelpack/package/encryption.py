@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
+from ..errors import InputError, IntegrityError, UsageError
 from . import manifest as mf
-from .atomic import atomic_file
-from .errors import InputError, IntegrityError, UsageError
 from .signing import SIGNATURE_NAME
 
 KEY_ENV = "MODELPACK_KEY"
@@ -126,21 +126,13 @@ def pack(root: Path, out: Path, key: bytes, *, compression: str = "deflate", for
     return out.stat().st_size
 
 
-def is_encrypted(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return ENC_NAME in zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 @dataclass
 class EncryptedPackage:
     """An encrypted archive opened with its key: the manifest, and artifacts decrypted on demand, in memory."""
 
     path: Path
     manifest_bytes: bytes
-    manifest: dict[str, Any]
+    manifest: mf.Manifest
     signature_bytes: bytes | None
     record: dict[str, Any]
     key: bytes = field(repr=False)
@@ -180,21 +172,19 @@ def _tree_digest(zipped: bytes) -> str:
     return h.hexdigest()
 
 
-def read_manifest(path: Path) -> tuple[bytes, dict[str, Any], bytes | None, dict[str, Any]]:
+def read_manifest(path: Path) -> tuple[bytes, mf.Manifest, bytes | None, dict[str, Any]]:
     """What an encrypted archive shows without a key: manifest, signature, and the encryption record."""
+    from .archive import read_head
+
+    manifest_bytes, signature, names = read_head(path)
+    if ENC_NAME not in names:
+        raise InputError(f"'{path}': not an encrypted .mpk (no {ENC_NAME}).")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            manifest_bytes = zf.read(mf.MANIFEST_NAME)
-            signature = zf.read(SIGNATURE_NAME) if SIGNATURE_NAME in names else None
             record = json.loads(zf.read(ENC_NAME))
     except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
         raise InputError(f"'{path}': not a readable encrypted .mpk ({exc}).") from exc
-    try:
-        manifest = json.loads(manifest_bytes)
-    except ValueError as exc:
-        raise IntegrityError(f"{path}: the manifest is not valid JSON ({exc}).") from exc
-    return manifest_bytes, mf.validate(manifest, f"{path}:{mf.MANIFEST_NAME}"), signature, record
+    return manifest_bytes, mf.parse(manifest_bytes, f"{path}:{mf.MANIFEST_NAME}"), signature, record
 
 
 def open_encrypted(path: Path, key: bytes) -> EncryptedPackage:

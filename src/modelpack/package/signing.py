@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, IntegrityError, UsageError
 from . import manifest as mf
-from .errors import InputError, IntegrityError, UsageError
 
 SIGNATURE_NAME = "modelpack.sig"
 ALGORITHM = "ed25519"
@@ -78,7 +78,7 @@ def load_public(path: Path, option: str = "--pubkey") -> Any:
 
 def sign(package_dir: Path, key_path: Path) -> dict[str, Any]:
     """Write `modelpack.sig` beside the manifest; the manifest is validated first."""
-    from .atomic import atomic_file
+    from ..atomic import atomic_file
 
     key = load_private(key_path)
     manifest_path = package_dir / mf.MANIFEST_NAME
