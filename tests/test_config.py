@@ -35,7 +35,7 @@ def test_config_file_gives_the_same_result_as_the_command_line(tmp_path: Path) -
     assert (cfg.parent / saved["input"]).resolve() == (EXAMPLE / "model.keras").resolve()
 
     assert run_cli("optimize", EXAMPLE / "model.keras", "-o", cli_out, *common, "-q", *chain).exit_code == 0
-    result = run_cli("optimize", "--config", cfg, "-q")
+    result = run_cli("run", cfg, "-q")
     assert result.exit_code == 0, result.output
 
     a = json.loads((cli_out / "modelpack.json").read_text())
@@ -68,23 +68,36 @@ def test_dry_run_prints_the_resolved_pipeline(tmp_path: Path) -> None:
 def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text('input = "m.keras"\nouptut = "x"\n')
-    result = run_cli("optimize", "--config", cfg)
+    result = run_cli("run", cfg)
     assert result.exit_code == 2 and "p.toml" in result.output and "ouptut" in result.output
     cfg.write_text('input = "m.keras"\n[[stages]]\nname = "export"\nformat = "gif"\n')
-    result = run_cli("optimize", "--config", cfg)
+    result = run_cli("run", cfg)
     assert result.exit_code == 2 and "stage 'export'" in result.output and "--format" in result.output
     cfg.write_text("this is = not toml [")
-    result = run_cli("optimize", "--config", cfg)
+    result = run_cli("run", cfg)
     assert result.exit_code == 2 and "not valid TOML" in result.output
-    result = run_cli("optimize", "--config", tmp_path / "absent.toml")
+    result = run_cli("run", tmp_path / "absent.toml")
     assert result.exit_code == 2 and "absent.toml" in result.output
 
 
-def test_stages_in_both_config_and_command_line_is_refused(tmp_path: Path) -> None:
+def test_a_pipeline_file_runs_with_run_and_optimize_needs_input(tmp_path: Path) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text(f'input = "{EXAMPLE / "model.keras"}"\noutput = "out"\n[[stages]]\nname = "export"\n')
-    result = run_cli("optimize", "--config", cfg, "export")
-    assert result.exit_code == 2 and "not both" in result.output
+    old = run_cli("optimize", "--config", cfg)
+    assert old.exit_code == 2 and "modelpack run FILE" in old.output
+    missing = run_cli("optimize", "-o", tmp_path / "x", "export")
+    assert missing.exit_code == 2 and "no input model: give INPUT" in missing.output
+    nothing = run_cli("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "x")
+    assert nothing.exit_code == 2 and "no stages" in nothing.output and not (tmp_path / "x").exists()
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'input = "{EXAMPLE / "model.keras"}"\noutput = "out"\n')
+    result = run_cli("run", empty)
+    assert result.exit_code == 2 and "no stages" in result.output
+    plan = run_cli("run", cfg, "-o", tmp_path / "elsewhere", "--dry-run", "--json")  # options override the file
+    assert plan.exit_code == 0, plan.output
+    assert json.loads(plan.stdout)["output"] == str(tmp_path / "elsewhere")
+    bare = run_cli("optimize")
+    assert bare.exit_code == 2 and "optimize [OPTIONS] INPUT STAGE" in bare.output
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -101,7 +114,7 @@ def test_pipeline_file_top_level_values_are_checked_like_options(tmp_path: Path,
     """Each top-level key goes through the same Option (and click type) as optimize's global option."""
     cfg = tmp_path / "pipeline.toml"
     cfg.write_text(f'input = "model.keras"\noutput = "out"\n{line}\n\n[[stages]]\nname = "export"\n')
-    result = run_cli("optimize", "--config", cfg)
+    result = run_cli("run", cfg)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output and "internal error" not in result.output
 

@@ -40,41 +40,41 @@ def _global_value(path: Path, key: str, value: Any) -> Any:
     option = GLOBALS[key]
     if key in PATH_KEYS:
         if not isinstance(value, str):
-            raise UsageError(f"--config '{path}': '{key}' must be a path string, not {type(value).__name__}.")
+            raise UsageError(f"pipeline file '{path}': '{key}' must be a path string, not {type(value).__name__}.")
         value = str(path.parent / value)
     elif option.is_flag and not isinstance(value, bool):
-        raise UsageError(f"--config '{path}': '{key}' must be true or false, not {value!r}.")
+        raise UsageError(f"pipeline file '{path}': '{key}' must be true or false, not {value!r}.")
     elif isinstance(value, (dict, list)):
-        raise UsageError(f"--config '{path}': '{key}' takes one value ({option.help.split('  [')[0]}), "
+        raise UsageError(f"pipeline file '{path}': '{key}' takes one value ({option.help.split('  [')[0]}), "
                          f"not a {'table' if isinstance(value, dict) else 'list'}.")
     try:
         return option.param_type.convert(value, None, None)
     except click.BadParameter as exc:
-        raise UsageError(f"--config '{path}': '{key}': {exc.message}") from exc
+        raise UsageError(f"pipeline file '{path}': '{key}': {exc.message}") from exc
 
 
 def load(path: Path) -> PipelineSpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise InputError(f"--config '{path}': no such file.") from exc
+        raise InputError(f"pipeline file '{path}': no such file.") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"--config '{path}': not valid TOML ({exc}).") from exc
+        raise InputError(f"pipeline file '{path}': not valid TOML ({exc}).") from exc
     base = path.parent
     stages_data = data.pop("stages", [])
     unknown = sorted(set(data) - set(_global_keys()))
     if unknown:
-        raise UsageError(f"--config '{path}': unknown key(s) {', '.join(unknown)}; valid: "
+        raise UsageError(f"pipeline file '{path}': unknown key(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(_global_keys())}, and [[stages]] tables.")
     values = {key: _global_value(path, key, value) for key, value in data.items()}
     if not isinstance(stages_data, list) or not all(isinstance(s, dict) for s in stages_data):
-        raise UsageError(f"--config '{path}': 'stages' must be an array of tables ([[stages]]).")
+        raise UsageError(f"pipeline file '{path}': 'stages' must be an array of tables ([[stages]]).")
     stages = []
     for index, table in enumerate(stages_data, 1):
         table = dict(table)
         name = table.pop("name", None)
         if not isinstance(name, str):
-            raise UsageError(f"--config '{path}': stage {index} has no 'name'.")
+            raise UsageError(f"pipeline file '{path}': stage {index} has no 'name'.")
         stage = registry.get(name)
         by_key = {o.key: o for o in stage.options}
         params = {}
@@ -87,7 +87,7 @@ def load(path: Path) -> PipelineSpec:
         try:
             stage.resolve(params)  # validate now, so the error names this file
         except UsageError as exc:
-            raise UsageError(f"--config '{path}': {exc}") from exc
+            raise UsageError(f"pipeline file '{path}': {exc}") from exc
         stages.append(StageSpec(name, params))
     return PipelineSpec(stages=stages, **{"input": None, "output": None, **values})
 

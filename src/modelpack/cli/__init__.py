@@ -50,6 +50,7 @@ class RootGroup(click.Group):
 
     lazy = {
         "optimize": ("modelpack.cli.optimize", "optimize"),
+        "run": ("modelpack.cli.optimize", "run"),
         "stages": ("modelpack.cli.optimize", "stages"),
         "inspect": ("modelpack.cli.package", "inspect"),
         "verify": ("modelpack.cli.package", "verify"),

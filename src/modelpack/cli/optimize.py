@@ -49,35 +49,41 @@ class StageGroup(click.Group):
         return stage_command(registry.get(name))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Parse `INPUT -o OUT [global options]` in any order, up to the first stage name.
+        """Accept `INPUT -o OUT [global options]` in any order, up to the first stage name.
 
-        click stops parsing a chain group's options at its first positional argument;
-        the documented syntax puts options after INPUT, so split the line ourselves.
+        click stops parsing a chain group's options at its first positional argument, and the documented syntax
+        puts options after INPUT: so the tokens before the first stage are reordered, options first, INPUT last,
+        and click parses that as usual.
         """
         takes_value = {opt for p in self.params if isinstance(p, click.Option) and not p.is_flag
                        for opt in p.opts + p.secondary_opts}
         stage_names = set(registry.names())
+        options: list[str] = []
+        positionals: list[str] = []
         split = len(args)
-        skip = False
-        positionals = 0
-        for index, token in enumerate(args):
-            if skip:
-                skip = False
-            elif token in takes_value:
-                skip = True
-            elif token in stage_names:
+        index = 0
+        while index < len(args):
+            token = args[index]
+            if token in stage_names:
                 split = index
                 break
-            elif not token.startswith("-"):
-                positionals += 1
-                if positionals > 1:  # INPUT is the only positional before the stages: this was meant as one
+            if token == "--config":
+                raise click.UsageError("a pipeline file holds its own input: run it with 'modelpack run FILE' "
+                                       "(INPUT and stages given here override nothing in it).", ctx)
+            if token.startswith("-") and token != "-":
+                options.append(token)
+                if token in takes_value and index + 1 < len(args):
+                    options.append(args[index + 1])
+                    index += 1
+            else:
+                positionals.append(token)
+                if len(positionals) > 1:  # INPUT is the only positional before the stages: this was meant as one
                     raise click.UsageError(unknown_stage(token), ctx)
-        head, tail = args[:split], args[split:]
-        ctx.allow_interspersed_args = True
-        rest = click.Command.parse_args(self, ctx, head)
-        ctx._protected_args = rest + tail
-        ctx.args = []
-        return ctx.args
+            index += 1
+        if not positionals and split < len(args) and not ctx.resilient_parsing:
+            raise click.UsageError("no input model: give INPUT, the model to optimize, before the first stage, e.g. "
+                                   "'modelpack optimize model.keras -o out export'.", ctx)
+        return super().parse_args(ctx, options + positionals + args[split:])
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         name = args[0]
@@ -88,10 +94,9 @@ class StageGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-@click.group(cls=StageGroup, chain=True, invoke_without_command=True,
+@click.group(cls=StageGroup, chain=True, invoke_without_command=True, no_args_is_help=True,
              subcommand_metavar="STAGE [STAGE OPTIONS]... [STAGE ...]")
 @click.argument("input", required=True, type=click.Path(path_type=Path))
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="Read the pipeline from a TOML file.")
 @click.option("--save-config", type=click.Path(path_type=Path), help="Write the pipeline as TOML to this file.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
@@ -111,38 +116,71 @@ def optimize(ctx: click.Context, /, **_: Any) -> None:
         want_json(ctx)
 
 
-# The pipeline's settings come from the one list a pipeline file is checked against (pipeline.SPEC_OPTIONS),
-# after INPUT and -o, before the command's own options.
-optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
-
-# INPUT may come from --config instead. click refuses optional arguments on chain groups
-# because a stage name could be taken for INPUT; StageGroup.parse_args splits at stage names.
-optimize.params[0].required = False
-
 
 @optimize.result_callback()
 @click.pass_context
-def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path | None, config_file: Path | None,
-         save_config: Path | None, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool,
-         **settings: Any) -> None:
-    """Compile the command line (over a --config file, if given) into a PipelineSpec, then run it."""
+def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_config: Path | None, dry_run: bool,
+         force: bool, as_json: bool, quiet: bool, verbose: bool, **settings: Any) -> None:
+    """Compile the command line into a PipelineSpec, then run it."""
+    if not stage_specs:
+        raise UsageError("no stages: name at least one after the options, e.g. 'export --format onnx' "
+                         "(see 'modelpack stages').")
+    spec = PipelineSpec(input=input, output=None, stages=list(stage_specs))
+    execute(ctx, _override(spec, settings), save_config=save_config, dry_run=dry_run, force=force,
+            as_json=as_json, quiet=quiet, verbose=verbose)
+
+
+@click.command("run")
+@click.argument("pipeline_file", metavar="PIPELINE.toml", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default.")
+@click.pass_context
+def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
+        verbose: bool, **settings: Any) -> None:
+    """Run a pipeline file (as written by `optimize --save-config`); options given here override its values.
+
+    \b
+    modelpack run build/pipeline.toml
+    modelpack run build/pipeline.toml -o build/pkg-2 --eval-data other.npz --force
+    """
     from .. import config
 
-    spec = config.load(config_file) if config_file else PipelineSpec(input=None, output=None)
-    if stage_specs and spec.stages:
-        raise UsageError("give the stages either in --config or on the command line, not both.")
-    if stage_specs:
-        spec.stages = list(stage_specs)
-    if input is not None:
-        spec.input = input
+    if as_json:
+        want_json(ctx)
+    spec = config.load(pipeline_file)
+    if not spec.stages:
+        raise UsageError(f"{pipeline_file}: no stages; add at least one [[stages]] table, e.g. name = \"export\".")
+    execute(ctx, _override(spec, settings), save_config=None, dry_run=dry_run, force=force, as_json=as_json,
+            quiet=quiet, verbose=verbose)
+
+
+# Both commands take the pipeline's settings from the one list a pipeline file is checked against
+# (pipeline.SPEC_OPTIONS): optimize's after INPUT and -o, before its own options; run's after the file.
+optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
+run.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
+
+
+def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
+    """The spec with every setting given on the command line (a flag can only turn a setting on)."""
     for option in SPEC_OPTIONS:
         value = settings[option.key]
         if option.is_flag:
             setattr(spec, option.key, getattr(spec, option.key) or value)
         elif value is not None:
             setattr(spec, option.key, value)
-    spec.force = force
+    return spec
 
+
+def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None, dry_run: bool, force: bool,
+            as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Save, dry-run or run a compiled pipeline, and render the result."""
+    from .. import config
+
+    spec.force = force
     if save_config:
         from ..atomic import atomic_file
 
@@ -151,16 +189,9 @@ def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path | None
             tmp.write_text(text)
         if not quiet and not as_json:
             render.err.print(f"wrote pipeline to {save_config}")
-    if spec.input is None and not stage_specs and not config_file:
-        click.echo(ctx.get_help())
-        ctx.exit(2)
-    if not spec.stages:
-        raise UsageError("no stages: name at least one after the options, e.g. 'export --format onnx' "
-                         "(see 'modelpack stages').")
     if dry_run:
         _print_plan(spec, as_json, quiet)
         return
-
     reporter = render.RichReporter(quiet=quiet or as_json)
     try:
         result = _run_isolated(spec, reporter, ctx, verbose)
