@@ -282,3 +282,33 @@ def test_quantize_after_tflite_is_refused_up_front(models, tmp_path: Path) -> No
     result = run_cli("optimize", models["keras3"].path, "-o", tmp_path / "pkg", "export", "--format", "tflite",
                      "quantize")
     assert result.exit_code == 2 and "holds a tflite model" in result.output
+
+
+def test_every_built_in_stage_types_exactly_its_options() -> None:
+    """A stage's Params annotations and its Option list name the same keys, so `params.x` is always set."""
+    from modelpack.stages import Params, registry
+
+    for name in ("export", "quantize", "prune", "compress", "benchmark"):
+        stage = registry.get(name)
+        typed = {key for cls in type(stage).params_type.__mro__ if cls is not Params
+                 for key in getattr(cls, "__annotations__", {}) if issubclass(cls, Params)}
+        assert typed == {o.key for o in stage.options}, name
+
+
+def test_params_are_typed_read_only_and_name_the_stage() -> None:
+    from modelpack.errors import UsageError
+    from modelpack.stages import registry
+
+    prune = registry.get("prune")
+    params = prune.resolve({"sparsity": "0.25"})  # converted by the option's click type, as from a file
+    assert params.sparsity == 0.25 and params["scope"] == "layer" and params.epochs == 12
+    assert dict(params)["structure"] is None  # a Mapping too: stages written for dicts keep working
+    with pytest.raises(AttributeError, match="stage 'prune' has no option 'sparsty'"):
+        params.sparsty  # noqa: B018
+    with pytest.raises(AttributeError, match="read-only"):
+        params.sparsity = 0.9
+    with pytest.raises(UsageError, match="--sparsity"):
+        prune.resolve({"sparsity": 2})
+    import pickle
+
+    assert pickle.loads(pickle.dumps(params)) == params  # crosses the isolation boundary

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from .package import manifest as mf
 from .package.archive import compressed_size, file_compressed_size
 from .runtimes import KerasRunner, load_runner
 from .signature import Signature
-from .stages import Option, Stage, StageContext, StageResult, registry
+from .stages import Option, Params, Stage, StageContext, StageResult, registry
 
 
 @dataclass
@@ -90,8 +90,8 @@ class PipelineSpec:
 
 @dataclass
 class PlannedStage:
-    stage: Stage
-    params: dict[str, Any]
+    stage: Stage[Any]
+    params: Params
     input_rep: Repr
     output_rep: Repr
 
@@ -151,7 +151,8 @@ def default_name(path: Path) -> str:
 
 
 class _Run:
-    """State of one run: scratch space, cached reference outputs, the held model."""
+    """State of one run: scratch space, cached reference outputs, the held model. It is the StageContext
+    every stage gets."""
 
     def __init__(self, spec: PipelineSpec, source: ModelRef, signature: Signature, work: Path,
                  eval_data: Dataset | None, reporter: Reporter, compression: str) -> None:
@@ -173,9 +174,10 @@ class _Run:
         self._sizes: dict[tuple[Path, str], Future[int]] = {}
         self.prefetch_size(source.path)
         # Every measurement uses the same examples: the first --eval-limit rows, labels cut with them.
-        self.probe = (eval_data if eval_data is not None else
-                      Dataset(random_inputs(signature), None, None,
-                              {t.name: signature.batch_axis(t.name) for t in signature.inputs}))
+        self.examples = (eval_data if eval_data is not None else
+                         Dataset(random_inputs(signature), None, None,
+                                 {t.name: signature.batch_axis(t.name) for t in signature.inputs}))
+        self.probe = self.examples.head(8).inputs
 
     def outputs(self, ref: ModelRef) -> dict[str, Any]:
         """Outputs of `ref` on the eval inputs (or random ones), cached per model."""
@@ -184,7 +186,7 @@ class _Run:
                 runner: Any = KerasRunner(ref, self.signature, model=self.native)
             else:
                 runner = load_runner(ref, self.signature, safe=not self.spec.unsafe_load)
-            self._outputs[ref.path] = run_batched(runner, self.probe)
+            self._outputs[ref.path] = run_batched(runner, self.examples)
         return self._outputs[ref.path]
 
     def convert(self, ref: ModelRef, rep: Repr, opset: int | None = None) -> ModelRef:
@@ -243,7 +245,7 @@ class _Run:
                                  "compressed_bytes": self.size_future(ref.path, compression)}
         outputs = self.outputs(ref)
         if ref.path != self.source.path:
-            found.update(fidelity(self.outputs(self.source), outputs, token_mask(self.probe.inputs)))
+            found.update(fidelity(self.outputs(self.source), outputs, token_mask(self.examples.inputs)))
         if self.eval_data is not None and self.eval_data.labels is not None:
             acc = accuracy(outputs, self.eval_data.labels)
             if acc is not None:
@@ -252,13 +254,21 @@ class _Run:
                     found["accuracy_drop"] = round(self.source_accuracy - acc, 3)
         return found
 
-    def context(self) -> StageContext:
-        return StageContext(
-            workdir=self.work, signature=self.signature, source=self.source, eval_data=self.eval_data,
-            atol=self.spec.atol, safe=not self.spec.unsafe_load, probe=self.probe.head(8).inputs, examples=self.probe,
-            note=self.reporter.note, dataset=self.dataset, convert=self.convert, outputs=self.outputs,
-            scratch=self.scratch,
-        )
+    # The rest of what a stage sees (StageContext): the run is the context.
+    @property
+    def workdir(self) -> Path:
+        return self.work
+
+    @property
+    def atol(self) -> float:
+        return self.spec.atol
+
+    @property
+    def safe(self) -> bool:
+        return not self.spec.unsafe_load
+
+    def note(self, message: str) -> None:
+        self.reporter.note(message)
 
 
 def _background() -> None:
@@ -350,7 +360,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 reporter.stage_started(index, len(planned), step.stage.name)
                 started, t0 = mf.now(), time.perf_counter()
                 model = state.convert(held, step.input_rep)
-                result = _run_stage(step, model, state.context())
+                result = _run_stage(step, model, state)
                 # The codec is known from the plan; a plugin stage may still pick one as it runs.
                 compression = result.archive_compression or compression
                 metrics = {**result.metrics, **state.measure(result.model, compression)}
@@ -517,7 +527,7 @@ def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signatur
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]

@@ -14,7 +14,7 @@ from ..stages import Stage, registry
 from . import render, want_json
 
 
-def stage_command(stage: Stage) -> click.Command:
+def stage_command(stage: Stage[Any]) -> click.Command:
     """A click subcommand built from a stage's declared options; it returns a StageSpec."""
 
     def callback(**values: Any) -> StageSpec:

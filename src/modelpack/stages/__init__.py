@@ -13,10 +13,10 @@ Register a stage in your package's pyproject.toml:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import click
 
@@ -73,23 +73,111 @@ class Option:
             raise UsageError(f"stage '{stage}': option {self.flag}: {exc.message}") from exc
 
 
-@dataclass
-class StageContext:
-    """What a stage may use besides its own options."""
+class Params(Mapping[str, Any]):
+    """A stage's resolved parameters, read-only: `params.sparsity` (or `params["sparsity"]`).
 
-    workdir: Path
-    signature: Signature
-    source: ModelRef
-    eval_data: Dataset | None = None
-    atol: float = 1e-4
-    safe: bool = True
-    probe: dict[str, Any] = field(default_factory=dict)  # a few eval (or random) inputs
-    examples: Dataset | None = None  # the examples outputs() runs on, with each input's batch axis
-    note: Callable[[str], None] = lambda message: None
-    dataset: Callable[[Any, str], Dataset] = field(default=lambda path, option: None)  # type: ignore[assignment]
-    convert: Callable[..., ModelRef] = field(default=lambda m, r, opset=None: m)
-    outputs: Callable[[ModelRef], dict[str, Any]] = field(default=lambda m: {})
-    scratch: Callable[[str], Path] = field(default=lambda name: Path(name))
+    Every option has a value (its default when not given). A stage types its parameters by subclassing this
+    with one annotation per option key and naming the class in `Stage[...]`:
+
+        class PruneParams(Params):
+            sparsity: float
+            structure: str | None
+
+        class PruneStage(Stage[PruneParams]):
+            params_type = PruneParams
+            def run(self, model, params: PruneParams, ctx): ... params.sparsity ...
+    """
+
+    __slots__ = ("_stage", "_values")
+
+    def __init__(self, stage: str, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"stage '{self._stage}' has no option '{key}' "
+                                 f"(it has: {', '.join(self._values) or 'none'}).") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"stage '{self._stage}': parameters are read-only.")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._values!r})"
+
+    def __getstate__(self) -> tuple[str, dict[str, Any]]:  # crosses the isolation boundary with the spec
+        return self._stage, self._values
+
+    def __setstate__(self, state: tuple[str, dict[str, Any]]) -> None:
+        object.__setattr__(self, "_stage", state[0])
+        object.__setattr__(self, "_values", state[1])
+
+
+P = TypeVar("P", bound=Params)
+
+
+class StageContext(Protocol):
+    """What a stage may use besides its own options. The pipeline's run implements it."""
+
+    @property
+    def workdir(self) -> Path:
+        """The run's scratch directory (inside the output's temporary directory)."""
+
+    @property
+    def signature(self) -> Signature:
+        """The source model's input and output tensors."""
+
+    @property
+    def source(self) -> ModelRef:
+        """The model the pipeline started from."""
+
+    @property
+    def eval_data(self) -> Dataset | None:
+        """--eval-data, cut to --eval-limit examples, or None."""
+
+    @property
+    def atol(self) -> float:
+        """The largest absolute output difference an export may show."""
+
+    @property
+    def safe(self) -> bool:
+        """False with --unsafe-load: Keras Lambda layers may load."""
+
+    @property
+    def probe(self) -> dict[str, Any]:
+        """A few eval (or random) inputs, by input name: enough to check a model loads and runs."""
+
+    @property
+    def examples(self) -> Dataset:
+        """The examples `outputs()` runs on: the eval data, or random inputs built from the signature."""
+
+    def note(self, message: str) -> None:
+        """Show a line of progress (and keep it in the stage's lineage record when the stage returns it)."""
+
+    def dataset(self, path: Path | str, option: str) -> Dataset:
+        """Load an .npz given to one of the stage's options, checked against the signature (cached)."""
+
+    def convert(self, model: ModelRef, rep: Repr, opset: int | None = None) -> ModelRef:
+        """`model` in representation `rep`, converted through modelpack's routes (cached per hop)."""
+
+    def outputs(self, model: ModelRef) -> dict[str, Any]:
+        """`model`'s outputs on `examples`, by output name (cached per model)."""
+
+    def scratch(self, name: str) -> Path:
+        """A fresh path for a file the stage writes, inside `workdir`."""
 
 
 @dataclass
@@ -104,10 +192,11 @@ class StageResult:
     archive_compression: str | None = None  # how `pack` should compress this package, when a stage decides
 
 
-class Stage:
+class Stage(Generic[P]):
     """Base class of every stage, built-in or plugin."""
 
     name: ClassVar[str]
+    params_type: ClassVar[type[Params]] = Params  # a subclass with one annotation per option key
     help: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     # Representations the stage works on, preferred first; the pipeline converts to one of them.
@@ -116,7 +205,7 @@ class Stage:
     def defaults(self) -> dict[str, Any]:
         return {o.key: (tuple(o.default or ()) if o.multiple else o.default) for o in self.options}
 
-    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+    def resolve(self, given: Mapping[str, Any]) -> P:
         """Full, validated parameters from values given on the command line or in a file."""
         by_key = {o.key: o for o in self.options}
         unknown = sorted(set(given) - set(by_key))
@@ -129,27 +218,15 @@ class Stage:
         for option in self.options:
             if option.required and params.get(option.key) in (None, ()):
                 raise UsageError(f"stage '{self.name}': option {option.flag} is required.")
-        return params
+        return cast(P, self.params_type(self.name, params))
 
-    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
+    def accepts_for(self, params: P) -> tuple[Repr, ...]:
         """What the stage accepts with these parameters; by default `accepts`."""
         return self.accepts
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
+    def plan(self, params: P, rep: Repr) -> Repr:
         """Check the parameters against the input representation before any work; return the output's."""
         return rep
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+    def run(self, model: ModelRef, params: P, ctx: StageContext) -> StageResult:
         raise NotImplementedError
-
-
-# Options several built-in stages share, declared once.
-TRAIN_DATA = Option("train-data", click.Path(dir_okay=False), help="An .npz with arrays x and y to fine-tune on.")
-EPOCHS = Option("epochs", click.IntRange(1, 1000), default=12, help="Fine-tuning epochs (with --train-data).")
-BATCH_SIZE = Option("batch-size", click.IntRange(1, 65536), default=32, help="Fine-tuning batch size.")
-LEARNING_RATE = Option("learning-rate", click.FloatRange(0, 1, min_open=True), default=1e-3,
-                       help="Fine-tuning learning rate (Adam).")
-LOSS = Option("loss", click.Choice(["auto", "sparse_categorical_crossentropy", "categorical_crossentropy", "mse",
-                                    "binary_crossentropy"]), default="auto",
-              help="Fine-tuning loss; auto picks one from the labels and the model's outputs.")
-FINE_TUNING = (TRAIN_DATA, EPOCHS, BATCH_SIZE, LEARNING_RATE, LOSS)

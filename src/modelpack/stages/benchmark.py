@@ -8,10 +8,20 @@ import click
 
 from ..errors import GateFailed
 from ..formats import ModelRef, Repr
-from . import Option, Stage, StageContext, StageResult
+from . import Option, Params, Stage, StageContext, StageResult
 
 
-class BenchmarkStage(Stage):
+class BenchmarkParams(Params):
+    batch_sizes: str
+    threads: int | None
+    duration: float
+    repeats: int
+    memory: bool
+    fail_if: tuple[str, ...]
+
+
+class BenchmarkStage(Stage[BenchmarkParams]):
+    params_type = BenchmarkParams
     name = "benchmark"
     help = ("Measure latency, throughput, load time, memory, size and accuracy of the model so far against the "
             "source model, interleaved; --fail-if gates fail the run.")
@@ -27,27 +37,27 @@ class BenchmarkStage(Stage):
         Option("fail-if", str, multiple=True, help="Fail the run when this holds, e.g. 'p99_ms > 20'. Repeatable."),
     )
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
+    def plan(self, params: BenchmarkParams, rep: Repr) -> Repr:
         from ..bench import gates
         from ..bench.run import parse_batch_sizes
 
-        parse_batch_sizes(params["batch_sizes"])
-        gates.parse_all(params["fail_if"])
+        parse_batch_sizes(params.batch_sizes)
+        gates.parse_all(params.fail_if)
         return rep
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+    def run(self, model: ModelRef, params: BenchmarkParams, ctx: StageContext) -> StageResult:
         from ..bench import gates
         from ..bench.measure import BenchSpec, Target, benchmark
         from ..bench.run import parse_batch_sizes
 
-        spec = BenchSpec(batch_sizes=parse_batch_sizes(params["batch_sizes"]), threads=params["threads"],
-                         duration_s=params["duration"], repeats=params["repeats"], memory=params["memory"],
+        spec = BenchSpec(batch_sizes=parse_batch_sizes(params.batch_sizes), threads=params.threads,
+                         duration_s=params.duration, repeats=params.repeats, memory=params.memory,
                          safe=ctx.safe)
         targets = [Target("original", ctx.source, baseline=True)]
         if model.path != ctx.source.path:
             targets.append(Target(model.rep.value, model))
         result = benchmark(targets, ctx.signature, spec, ctx.eval_data, ctx.note)
-        result["gates"] = gates.evaluate(gates.parse_all(params["fail_if"]), result)
+        result["gates"] = gates.evaluate(gates.parse_all(params.fail_if), result)
         for warning in result["warnings"]:
             ctx.note(warning)
         failed = gates.failures(result["gates"])

@@ -1,18 +1,34 @@
-"""The `compress` stage: weight clustering (Keras, tfmot), ONNX graph optimization, and the archive codec."""
+"""The `compress` stage: weight clustering (Keras, tfmot), ONNX graph optimization, and the archive codec.
+
+Why one stage and not three: all three answer the same user question, "how many bytes do I ship?", and are
+judged by the same number, the package's compressed size, which this stage's lineage record reports before
+and after. They compose rather than compete: clustering leaves each layer with a handful of distinct weight
+values, which only pays off once an archive codec compresses them (deflate or lzma), and graph optimization
+drops constants and nodes before either. The work itself lives apart: clustering in `frameworks/tfmot.py`,
+graph optimization in `frameworks/ort.py`, the codec in `package/archive.py`; this module only chooses and
+records. Each part is also usable alone (`--clusters`, `--graph`, `--archive`).
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import click
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
 from ..package.archive import COMPRESSION
-from . import FINE_TUNING, Option, Stage, StageContext, StageResult
+from . import Option, Stage, StageContext, StageResult
+from .fine_tuning import FINE_TUNING, FineTuningParams
 
 
-class CompressStage(Stage):
+class CompressParams(FineTuningParams):
+    clusters: int | None
+    centroid_init: str
+    graph: str | None
+    archive: str | None
+
+
+class CompressStage(Stage[CompressParams]):
+    params_type = CompressParams
     name = "compress"
     help = ("Cluster Keras weights (--clusters), optimize an ONNX graph (--graph), "
             "and choose how the .mpk archive is compressed (--archive).")
@@ -32,40 +48,40 @@ class CompressStage(Stage):
         *FINE_TUNING,
     )
 
-    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
-        if params.get("clusters"):
+    def accepts_for(self, params: CompressParams) -> tuple[Repr, ...]:
+        if params.clusters:
             return (Repr.KERAS,)
-        if params.get("graph"):
+        if params.graph:
             return (Repr.ONNX,)
-        if params.get("archive"):
+        if params.archive:
             return tuple(Repr)  # only the archive codec: works on whatever the pipeline holds
         return self.accepts
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
-        if params.get("clusters") and params.get("graph"):
+    def plan(self, params: CompressParams, rep: Repr) -> Repr:
+        if params.clusters and params.graph:
             raise UsageError("stage 'compress': --clusters (Keras) and --graph (ONNX) work on different models; "
                              "use two compress stages with an export between them.")
         return rep
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
-        only_archive = params.get("archive") and not params.get("clusters") and not params.get("graph")
+    def run(self, model: ModelRef, params: CompressParams, ctx: StageContext) -> StageResult:
+        only_archive = params.archive and not params.clusters and not params.graph
         if only_archive:
             result = StageResult(model=model)
         elif model.rep is Repr.KERAS:
-            result = _cluster(model, params.get("clusters") or 16, params, ctx)
+            result = _cluster(model, params.clusters or 16, params, ctx)
         elif model.rep is Repr.ONNX:
-            result = _graph(model, params.get("graph") or "basic", ctx)
+            result = _graph(model, params.graph or "basic", ctx)
         else:  # pragma: no cover - planning prevents this
             raise UsageError(f"stage 'compress': nothing to do on a {model.rep} model.")
-        if params.get("archive"):
-            result.archive_compression = params["archive"]
-            result.metrics["archive"] = params["archive"]
+        if params.archive:
+            result.archive_compression = params.archive
+            result.metrics["archive"] = params.archive
         return result
 
 
-def _cluster(model: ModelRef, clusters: int, params: dict[str, Any], ctx: StageContext) -> StageResult:
+def _cluster(model: ModelRef, clusters: int, params: CompressParams, ctx: StageContext) -> StageResult:
     from ..frameworks import tfmot
-    from .prune import save_tf_keras, training_from
+    from .fine_tuning import save_tf_keras, training_from
 
     training = training_from(params, ctx)
     notes = []
@@ -73,11 +89,11 @@ def _cluster(model: ModelRef, clusters: int, params: dict[str, Any], ctx: StageC
         notes.append("clustering without --train-data: centroids are not fine-tuned; expect an accuracy drop")
         ctx.note(notes[-1])
     tf_model = tfmot.load_tf_keras(model, ctx.safe, ctx.probe, ctx.note)
-    clustered, unique, skipped = tfmot.cluster(tf_model, clusters, training, ctx.note, params["centroid_init"])
+    clustered, unique, skipped = tfmot.cluster(tf_model, clusters, training, ctx.note, params.centroid_init)
     if skipped:
         notes.append("not clustered (tfmot does not cluster these): " + ", ".join(skipped))
         ctx.note(notes[-1])
-    metrics = {"clusters": clusters, "centroid_init": params["centroid_init"],
+    metrics = {"clusters": clusters, "centroid_init": params.centroid_init,
                "mode": "fine-tuned" if training else "one-shot",
                "unique_weights_per_layer": unique, "unclustered_layers": skipped}
     return StageResult(model=save_tf_keras(clustered, ctx, "clustered"), metrics=metrics, notes=notes)

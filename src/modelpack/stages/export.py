@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from ..convert import DEFAULT_OPSET, route
 from ..errors import StageFailed, UsageError
 from ..evaluation import compare
 from ..formats import ModelRef, Repr
-from . import Option, Stage, StageContext, StageResult
+from . import Option, Params, Stage, StageContext, StageResult
 
 FORMATS = ("onnx", "savedmodel", "tflite")
 
 
-class ExportStage(Stage):
+class ExportParams(Params):
+    format: tuple[str, ...]
+    opset: int
+
+
+class ExportStage(Stage[ExportParams]):
+    params_type = ExportParams
     name = "export"
     help = "Export the model to ONNX, TF SavedModel and/or TFLite, checking numerical parity of each."
     options = (
@@ -25,10 +29,10 @@ class ExportStage(Stage):
         Option("opset", click.IntRange(11, 21), default=DEFAULT_OPSET, help="ONNX opset for the onnx export."),
     )
 
-    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
+    def accepts_for(self, params: ExportParams) -> tuple[Repr, ...]:
         return tuple(Repr)  # any model can be exported to the formats its conversions reach
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
+    def plan(self, params: ExportParams, rep: Repr) -> Repr:
         formats = self.formats(params, rep)
         for fmt in formats:
             if route(rep, fmt) is None:
@@ -40,13 +44,13 @@ class ExportStage(Stage):
         return formats[0]
 
     @staticmethod
-    def formats(params: dict[str, Any], rep: Repr) -> list[Repr]:
+    def formats(params: ExportParams, rep: Repr) -> list[Repr]:
         """The formats asked for; by default ONNX, or the model's own format when ONNX is out of reach."""
-        if params["format"]:
-            return [Repr(f) for f in dict.fromkeys(params["format"])]
+        if params.format:
+            return [Repr(f) for f in dict.fromkeys(params.format)]
         return [Repr.ONNX if route(rep, Repr.ONNX) is not None else rep]
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+    def run(self, model: ModelRef, params: ExportParams, ctx: StageContext) -> StageResult:
         formats = self.formats(params, model.rep)
         reference = ctx.outputs(model)
         probe = (f"eval data ({len(ctx.eval_data)} examples)" if ctx.eval_data is not None
@@ -58,7 +62,7 @@ class ExportStage(Stage):
                 if rep is Repr.ONNX:
                     _check_onnx(model)
             else:
-                out = ctx.convert(model, rep, params["opset"] if rep is Repr.ONNX else None)
+                out = ctx.convert(model, rep, params.opset if rep is Repr.ONNX else None)
             metrics = compare(reference, ctx.outputs(out), ctx.eval_data)
             diff = metrics["max_abs_diff"]
             ctx.note(f"{rep}: max abs diff {diff:.3g} on {probe}")

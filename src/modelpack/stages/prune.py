@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
-from . import FINE_TUNING, Option, Stage, StageContext, StageResult
+from . import Option, Stage, StageContext, StageResult
+from .fine_tuning import FINE_TUNING, FineTuningParams, save_tf_keras, training_from
 
 ONNX_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -28,7 +28,14 @@ def parse_structure(value: str | None) -> tuple[int, int] | None:
     return n, m
 
 
-class PruneStage(Stage):
+class PruneParams(FineTuningParams):
+    sparsity: float
+    structure: str | None
+    scope: str
+
+
+class PruneStage(Stage[PruneParams]):
+    params_type = PruneParams
     name = "prune"
     help = "Magnitude-prune weights to a target sparsity (Keras via tfmot; ONNX initializers)."
     accepts = (Repr.KERAS, Repr.ONNX)
@@ -42,41 +49,23 @@ class PruneStage(Stage):
         *FINE_TUNING,
     )
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
-        parse_structure(params.get("structure"))
+    def plan(self, params: PruneParams, rep: Repr) -> Repr:
+        parse_structure(params.structure)
         return rep
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
-        structure = parse_structure(params.get("structure"))
+    def run(self, model: ModelRef, params: PruneParams, ctx: StageContext) -> StageResult:
+        structure = parse_structure(params.structure)
         if model.rep is Repr.ONNX:
             return _prune_onnx(model, params, structure, ctx)
         return _prune_keras(model, params, structure, ctx)
 
 
-def training_from(params: dict[str, Any], ctx: StageContext) -> Any:
-    """Fine-tuning settings from the shared options, or None without --train-data."""
-    from ..frameworks.tfmot import Training
-
-    if not params.get("train_data"):
-        return None
-    data = ctx.dataset(params["train_data"], "--train-data")
-    if data.labels is None:
-        raise UsageError(f"--train-data '{params['train_data']}' has no labels (array 'y'); fine-tuning needs them.")
-    return Training(data, params["epochs"], params["batch_size"], params["learning_rate"], params["loss"])
-
-
-def save_tf_keras(model: Any, ctx: StageContext, name: str) -> ModelRef:
-    out = ctx.scratch(f"{name}.keras")
-    model.save(str(out))
-    return ModelRef(Repr.KERAS, out, "tf_keras", "keras")
-
-
-def _prune_keras(model: ModelRef, params: dict[str, Any], structure: tuple[int, int] | None,
+def _prune_keras(model: ModelRef, params: PruneParams, structure: tuple[int, int] | None,
                  ctx: StageContext) -> StageResult:
     from ..frameworks import tfmot
 
     training = training_from(params, ctx)
-    target = 1 - structure[0] / structure[1] if structure else params["sparsity"]
+    target = 1 - structure[0] / structure[1] if structure else params.sparsity
     notes = []
     if training is None:
         notes.append("one-shot pruning: no --train-data, so no fine-tuning; expect an accuracy drop")
@@ -97,13 +86,13 @@ def _prune_keras(model: ModelRef, params: dict[str, Any], structure: tuple[int, 
     return StageResult(model=save_tf_keras(pruned, ctx, "pruned"), metrics=metrics, notes=notes)
 
 
-def _prune_onnx(model: ModelRef, params: dict[str, Any], structure: tuple[int, int] | None,
+def _prune_onnx(model: ModelRef, params: PruneParams, structure: tuple[int, int] | None,
                 ctx: StageContext) -> StageResult:
     import onnx
     from onnx import numpy_helper
 
     notes = []
-    if params.get("train_data"):
+    if params.train_data:
         notes.append("ONNX models are pruned in one shot: --train-data is not used (no training for ONNX)")
     else:
         notes.append("one-shot pruning of ONNX weight initializers")
@@ -132,15 +121,15 @@ def _prune_onnx(model: ModelRef, params: dict[str, Any], structure: tuple[int, i
         for name, axis in targets.items():
             if not _n_of_m(arrays[name], axis, *structure):
                 dense.append(name)
-    elif params["scope"] == "global":
+    elif params.scope == "global":
         flat = np.concatenate([np.abs(a).ravel() for a in arrays.values()])
-        k = int(round(flat.size * params["sparsity"]))
+        k = int(round(flat.size * params.sparsity))
         threshold = np.partition(flat, k - 1)[k - 1] if k else -1.0
         for a in arrays.values():
             a[np.abs(a) <= threshold] = 0.0
     else:
         for a in arrays.values():
-            k = int(round(a.size * params["sparsity"]))
+            k = int(round(a.size * params.sparsity))
             if k:
                 order = np.argsort(np.abs(a), axis=None, kind="stable")[:k]
                 a.ravel()[order] = 0.0
@@ -157,8 +146,8 @@ def _prune_onnx(model: ModelRef, params: dict[str, Any], structure: tuple[int, i
         notes.append(f"stayed dense (size not a multiple of {structure[1] if structure else ''}): {', '.join(dense)}")
     metrics = {
         "mode": "one-shot",
-        "scope": params["scope"] if not structure else f"{structure[0]}:{structure[1]}",
-        "target_sparsity": round(1 - structure[0] / structure[1], 4) if structure else params["sparsity"],
+        "scope": params.scope if not structure else f"{structure[0]}:{structure[1]}",
+        "target_sparsity": round(1 - structure[0] / structure[1], 4) if structure else params.sparsity,
         "sparsity": round(zeros / total, 4),
         "layer_sparsity": layer_sparsity,
         "dense_layers": dense,

@@ -11,7 +11,8 @@ import numpy as np
 from ..data import Dataset
 from ..errors import StageFailed, UsageError, reason
 from ..formats import ModelRef, Repr
-from . import FINE_TUNING, Option, Stage, StageContext, StageResult
+from . import Option, Stage, StageContext, StageResult
+from .fine_tuning import FINE_TUNING, FineTuningParams
 
 METHODS = ("int8", "dynamic", "static", "float16", "qat")
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
@@ -19,7 +20,19 @@ SPEED_BUDGET_S = 3.0  # timing float against quantized stops after this long (an
 TUNE_BUDGET_S = 6.0  # ... and timing the int8 candidates
 
 
-class QuantizeStage(Stage):
+class QuantizeParams(FineTuningParams):
+    method: str
+    target_cosine: float
+    target_agreement: float
+    target: str
+    calib_data: str | None
+    calib_samples: int
+    calibration: str
+    per_channel: bool
+
+
+class QuantizeStage(Stage[QuantizeParams]):
+    params_type = QuantizeParams
     name = "quantize"
     help = ("Quantize to int8 (tuned per model by default; or dynamic, static, QAT) or float16: ONNX via "
             "onnxruntime, Keras/SavedModel to TFLite.")
@@ -44,24 +57,24 @@ class QuantizeStage(Stage):
         *FINE_TUNING,
     )
 
-    def accepts_for(self, params: dict[str, Any]) -> tuple[Repr, ...]:
-        if params["method"] == "qat":
+    def accepts_for(self, params: QuantizeParams) -> tuple[Repr, ...]:
+        if params.method == "qat":
             return (Repr.KERAS,)
-        if params["target"] == "onnx":
+        if params.target == "onnx":
             return (Repr.ONNX,)
-        if params["target"] == "tflite":
+        if params.target == "tflite":
             return (Repr.KERAS, Repr.SAVEDMODEL)
         return self.accepts
 
-    def plan(self, params: dict[str, Any], rep: Repr) -> Repr:
-        if params["method"] == "qat" and not params.get("train_data"):
+    def plan(self, params: QuantizeParams, rep: Repr) -> Repr:
+        if params.method == "qat" and not params.train_data:
             raise UsageError("stage 'quantize': --method qat needs --train-data FILE.npz (arrays x and y).")
-        if params["method"] == "qat" and params["target"] == "onnx":
+        if params.method == "qat" and params.target == "onnx":
             raise UsageError("stage 'quantize': --method qat writes TFLite; use --target tflite or auto.")
         return Repr.ONNX if rep is Repr.ONNX else Repr.TFLITE
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
-        method = params["method"]
+    def run(self, model: ModelRef, params: QuantizeParams, ctx: StageContext) -> StageResult:
+        method = params.method
         notes: list[str] = []
         metrics: dict[str, Any] = {"method": method}
         if model.rep is Repr.ONNX:
@@ -75,7 +88,7 @@ class QuantizeStage(Stage):
         return StageResult(model=out, metrics=metrics, notes=notes)
 
 
-def calibration_data(params: dict[str, Any], ctx: StageContext) -> Dataset:
+def calibration_data(params: QuantizeParams, ctx: StageContext) -> Dataset:
     """--calib-data, else a sample of --train-data, else of the global --eval-data; else a clear error."""
     for key, option in (("calib_data", "--calib-data"), ("train_data", "--train-data")):
         if params.get(key):
@@ -86,26 +99,26 @@ def calibration_data(params: dict[str, Any], ctx: StageContext) -> Dataset:
             raise UsageError("stage 'quantize': --method static needs calibration data: give --calib-data FILE.npz "
                              "(array x), or --train-data, or the global --eval-data.")
         data = ctx.eval_data
-    n = min(params["calib_samples"], len(data))
+    n = min(params.calib_samples, len(data))
     order = np.sort(np.random.default_rng(0).permutation(len(data))[:n])
     picked = data.take(order)
     return Dataset(picked.inputs, None, data.path, data.axes)
 
 
-def _onnx(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str],
+def _onnx(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str],
           metrics: dict[str, Any]) -> ModelRef:
     from ..frameworks import ort
 
-    method = params["method"]
+    method = params.method
     if method == "int8":
         return _int8(model, params, ctx, notes, metrics)
     out = ctx.scratch(f"model.{method}.onnx")
     if method == "dynamic":
-        notes += ort.quantize_dynamic(model.path, out, per_channel=params["per_channel"], feeds=ctx.probe)
+        notes += ort.quantize_dynamic(model.path, out, per_channel=params.per_channel, feeds=ctx.probe)
     elif method == "static":
         calib = calibration_data(params, ctx)
-        ctx.note(f"calibrating on {len(calib)} samples ({params['calibration']})")
-        notes += ort.quantize_static(model.path, out, ctx.workdir, calib, params["calibration"], params["per_channel"])
+        ctx.note(f"calibrating on {len(calib)} samples ({params.calibration})")
+        notes += ort.quantize_static(model.path, out, ctx.workdir, calib, params.calibration, params.per_channel)
     else:
         ort.to_float16(model.path, out)
     ort.check_loads(out, "quantize", ctx.probe)
@@ -114,7 +127,7 @@ def _onnx(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
     return ModelRef(Repr.ONNX, out)
 
 
-def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str],
+def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str],
           metrics: dict[str, Any]) -> ModelRef:
     """Measure onnxruntime's int8 recipes on this model; keep the fastest that meets the fidelity target."""
     from ..evaluation import fidelity, token_mask
@@ -122,7 +135,7 @@ def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
     from ..runtimes import load_runner
     from ..timing import interleaved_latencies
 
-    has_data = bool(params.get("calib_data") or params.get("train_data") or ctx.eval_data is not None)
+    has_data = bool(params.calib_data or params.train_data or ctx.eval_data is not None)
     calib = calibration_data(params, ctx) if has_data else None
     if calib is None:
         notes.append("no calibration data (--calib-data, --train-data or --eval-data): only dynamic int8 was tried")
@@ -144,7 +157,7 @@ def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
         base = float(np.median(samples[0]))
         return [base / float(np.median(s)) for s in samples[1:]]
 
-    target = int8.Target(params["target_cosine"], params["target_agreement"])
+    target = int8.Target(params.target_cosine, params.target_agreement)
     work = ctx.scratch("int8")
     work.mkdir()
     chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds, measure, time_all, target, ctx.note)
@@ -160,12 +173,12 @@ def _int8(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: lis
     return ModelRef(Repr.ONNX, out)
 
 
-def _tflite(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str]) -> ModelRef:
+def _tflite(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str]) -> ModelRef:
     from ..convert import savedmodel_to_tflite, scratch
     from ..frameworks import tf as tfw
 
     tf = tfw.tensorflow()
-    method = params["method"]
+    method = params.method
     if method == "qat":
         return _qat(model, params, ctx, notes)
     calib = calibration_data(params, ctx) if method == "static" else None
@@ -191,10 +204,10 @@ def _tflite(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: l
     return savedmodel_to_tflite(saved, out, ctx.signature, 0, ctx.safe, configure)
 
 
-def _qat(model: ModelRef, params: dict[str, Any], ctx: StageContext, notes: list[str]) -> ModelRef:
+def _qat(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str]) -> ModelRef:
     from ..frameworks import tf as tfw
     from ..frameworks import tfmot
-    from .prune import training_from
+    from .fine_tuning import training_from
 
     tf = tfw.tensorflow()
     training = training_from(params, ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from ..errors import UsageError
 from . import Stage
@@ -24,7 +25,7 @@ def names() -> list[str]:
     return sorted(_entry_points())
 
 
-def get(name: str) -> Stage:
+def get(name: str) -> Stage[Any]:
     """Instantiate the stage registered as `name`; a UsageError lists the known ones."""
     eps = _entry_points()
     if name not in eps:

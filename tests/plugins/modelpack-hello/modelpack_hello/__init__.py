@@ -7,10 +7,18 @@ from typing import Any
 import click
 
 from modelpack.formats import ModelRef, Repr
-from modelpack.stages import Option, Stage, StageContext, StageResult
+from modelpack.stages import Option, Params, Stage, StageContext, StageResult
 
 
-class HelloStage(Stage):
+class HelloParams(Params):
+    greeting: str
+    times: int
+
+
+class HelloStage(Stage[HelloParams]):
+    """Typed parameters: one annotation per option, read as attributes."""
+
+    params_type = HelloParams
     name = "hello"
     help = "Stamp a greeting into the ONNX model's metadata."
     accepts = (Repr.ONNX,)
@@ -19,11 +27,11 @@ class HelloStage(Stage):
         Option("times", click.IntRange(1, 5), default=1, help="How often to repeat it."),
     )
 
-    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+    def run(self, model: ModelRef, params: HelloParams, ctx: StageContext) -> StageResult:
         import onnx
 
         proto = onnx.load(str(model.path))
-        text = " ".join([params["greeting"]] * params["times"])
+        text = " ".join([params.greeting] * params.times)
         entry = proto.metadata_props.add()
         entry.key, entry.value = "greeting", text
         out = ctx.scratch("hello.onnx")
@@ -32,6 +40,8 @@ class HelloStage(Stage):
 
 
 class ExplodeStage(Stage):
+    """Untyped parameters, read like a dict: what a stage written before Params looks like still works."""
+
     name = "explode"
     help = "Always fails, after writing a file, to test that failures leave nothing behind."
     options = (Option("message", str, default="boom"),)
