@@ -120,7 +120,7 @@ def test_pipeline_file_top_level_values_are_checked_like_options(tmp_path: Path,
 
 
 def test_a_number_where_text_is_expected_is_taken_as_text(tmp_path: Path) -> None:
-    from modelpack import config
+    from modelpack.pipeline import file as config
 
     cfg = tmp_path / "pipeline.toml"
     cfg.write_text('input = "m.onnx"\nname = 42\nmodel_version = 3\n\n[[stages]]\nname = "export"\n')

@@ -82,10 +82,10 @@ def test_lean_tf2onnx_path_converts_like_the_careful_one(models, tmp_path: Path)
     from tf2onnx import convert as tf2onnx_convert
     from tf2onnx import tf_loader
 
-    from modelpack import convert
     from modelpack.formats import Repr, detect
     from modelpack.frameworks import tf2onnx as lean
     from modelpack.inspection import signature_of
+    from modelpack.pipeline import convert
 
     source = detect(models["keras3"].path)
     signature = signature_of(source)
@@ -131,7 +131,7 @@ def test_the_size_worker_thread_leaves_signals_to_the_main_thread() -> None:
     thread asleep in a stage, and Ctrl-C (or the parent's forwarded SIGINT) would wait for the stage to end."""
     import threading
 
-    from modelpack.pipeline import _background
+    from modelpack.pipeline.engine import _background
 
     seen: list[set[signal.Signals]] = []
 

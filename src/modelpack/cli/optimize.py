@@ -147,7 +147,7 @@ def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, 
     modelpack run build/pipeline.toml
     modelpack run build/pipeline.toml -o build/pkg-2 --eval-data other.npz --force
     """
-    from .. import config
+    from ..pipeline import file as config
 
     if as_json:
         want_json(ctx)
@@ -178,7 +178,7 @@ def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
 def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None, dry_run: bool, force: bool,
             as_json: bool, quiet: bool, verbose: bool) -> None:
     """Save, dry-run or run a compiled pipeline, and render the result."""
-    from .. import config
+    from ..pipeline import file as config
 
     spec.force = force
     if save_config:
@@ -207,7 +207,8 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
 
 def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
     """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
-    from .. import isolation, pipeline
+    from .. import pipeline
+    from ..pipeline import isolation
 
     if not isolation.available() or spec.output is None:
         return pipeline.run(spec, reporter)
@@ -219,8 +220,9 @@ def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose
 
 
 def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:
-    from .. import convert, pipeline
+    from .. import pipeline
     from ..formats import detect
+    from ..pipeline import convert, engine
 
     if spec.input is None:
         raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
@@ -230,7 +232,7 @@ def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:
     held = source.rep
     for index, step in enumerate(steps, 1):
         chain = convert.route(held, step.input_rep) or [held]
-        rows.append({"index": index, "stage": step.stage.name, "params": pipeline._jsonable(step.params),
+        rows.append({"index": index, "stage": step.stage.name, "params": engine._jsonable(step.params),
                      "converts": [str(r) for r in chain], "input_format": str(step.input_rep),
                      "output_format": str(step.output_rep)})
         held = step.output_rep

@@ -68,7 +68,7 @@ def call(what: str, stage: str, function: Callable[..., Any], *args: Any) -> Any
 
 
 def _child(send: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    from ..isolation import die_with_parent
+    from ..pipeline.isolation import die_with_parent
 
     die_with_parent()
     os.dup2(2, 1)  # frameworks print progress to stdout (tf_keras' export does); stdout belongs to results

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..convert import DEFAULT_OPSET, route
 from ..errors import StageFailed, UsageError
 from ..evaluation import compare
 from ..formats import ModelRef, Repr
+from ..pipeline.convert import DEFAULT_OPSET, route
 from . import Option, Params, Stage, StageContext, StageResult
 
 FORMATS = ("onnx", "savedmodel", "tflite")

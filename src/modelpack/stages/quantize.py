@@ -174,8 +174,8 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
 
 
 def _tflite(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str]) -> ModelRef:
-    from ..convert import savedmodel_to_tflite, scratch
     from ..frameworks import tf as tfw
+    from ..pipeline.convert import savedmodel_to_tflite, scratch
 
     tf = tfw.tensorflow()
     method = params.method

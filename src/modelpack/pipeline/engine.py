@@ -21,19 +21,19 @@ from typing import Any, Protocol
 
 import click
 
+from ..atomic import atomic_dir, check_output
+from ..data import Dataset, load_dataset, random_inputs
+from ..errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
+from ..evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
+from ..formats import PACKAGE_NAMES, ModelRef, Repr, detect
+from ..frameworks import child
+from ..package import copy_artifact, digest, model_size
+from ..package import manifest as mf
+from ..package.archive import compressed_size, file_compressed_size
+from ..runtimes import KerasRunner, load_runner
+from ..signature import Signature
+from ..stages import Option, Params, Stage, StageContext, StageResult, registry
 from . import convert
-from .atomic import atomic_dir, check_output
-from .data import Dataset, load_dataset, random_inputs
-from .errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
-from .evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
-from .formats import PACKAGE_NAMES, ModelRef, Repr, detect
-from .frameworks import child
-from .package import copy_artifact, digest, model_size
-from .package import manifest as mf
-from .package.archive import compressed_size, file_compressed_size
-from .runtimes import KerasRunner, load_runner
-from .signature import Signature
-from .stages import Option, Params, Stage, StageContext, StageResult, registry
 
 
 @dataclass
@@ -295,7 +295,7 @@ def run(spec: PipelineSpec, reporter: Reporter | None = None) -> RunResult:
 
 
 def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
-    from .inspection import load_native, signature_of
+    from ..inspection import load_native, signature_of
 
     if spec.input is None:
         raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
@@ -311,7 +311,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
         raise UsageError(f"output '{spec.output}' is the input model; pick another -o.")
     source_digest = digest(source.path)
     if any(step.params.get("train_data") for step in planned):
-        from .frameworks import tf as tfw
+        from ..frameworks import tf as tfw
 
         if tfw.prefer_stable_training():
             reporter.note("fine-tuning ahead: TensorFlow's oneDNN custom ops are off for this run "

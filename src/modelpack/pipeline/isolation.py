@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .atomic import sweep
+from .. import errors
+from ..atomic import sweep
 
 ENV_OFF = "MODELPACK_NO_ISOLATION"
 
@@ -71,7 +71,7 @@ class _Forwarding:
 def _hide_framework_output() -> None:
     """In the child: the frameworks' own chatter (TensorFlow's C++ logs, Keras' "Saved artifact at ...",
     tf2onnx, absl) goes to an unlinked temporary file; modelpack's progress still reaches the terminal."""
-    from .cli import render
+    from ..cli import render
 
     terminal = os.fdopen(os.dup(2), "w", buffering=1)
     render.err.file = terminal  # progress and notes

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelpackError, StageFailed, reason
-from .formats import ModelRef, Repr
-from .signature import Signature
+from ..errors import ModelpackError, StageFailed, reason
+from ..formats import ModelRef, Repr
+from ..signature import Signature
 
 EDGES: dict[Repr, tuple[Repr, ...]] = {
     Repr.KERAS: (Repr.SAVEDMODEL,),
@@ -62,7 +62,7 @@ def hops(ref: ModelRef, steps: list[Repr], workdir: Path, signature: Signature, 
     outs = [scratch(workdir, _STEPS[(a, b)][1]) for a, b in zip([ref.rep, *steps], steps)]
     if not steps or not in_child:
         return _walk(ref, steps, outs, signature, opset, safe)
-    from .frameworks import child
+    from ..frameworks import child
 
     names = " -> ".join(str(r) for r in [ref.rep, *steps])
     walked: list[ModelRef] = child.call(f"the {names} conversion", "convert", _walk, ref, steps, outs,
@@ -85,7 +85,7 @@ def scratch(workdir: Path, name: str) -> Path:
 
 
 def keras_to_savedmodel(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
-    from .frameworks import keras
+    from ..frameworks import keras
 
     model = keras.load(ref, safe=safe)
     try:
@@ -96,9 +96,9 @@ def keras_to_savedmodel(ref: ModelRef, out: Path, signature: Signature, opset: i
 
 
 def savedmodel_to_onnx(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool) -> ModelRef:
-    from .frameworks import onnx as onnxw
-    from .frameworks import tf2onnx as lean
-    from .signature import match_names
+    from ..frameworks import onnx as onnxw
+    from ..frameworks import tf2onnx as lean
+    from ..signature import match_names
 
     try:
         model = lean.convert_savedmodel(ref.path, opset)
@@ -119,7 +119,7 @@ def savedmodel_to_onnx(ref: ModelRef, out: Path, signature: Signature, opset: in
 def _fold(path: Path) -> None:
     """Constant folding and batch-norm fusion by onnxruntime's basic (standard ONNX only) optimizer, in place;
     tf2onnx's lean path leaves them to it. A model it cannot optimize stays as converted: parity decides."""
-    from .frameworks import ort
+    from ..frameworks import ort
 
     folded = path.with_name(path.name + ".folded")
     try:
@@ -132,7 +132,7 @@ def _fold(path: Path) -> None:
 def savedmodel_to_tflite(ref: ModelRef, out: Path, signature: Signature, opset: int, safe: bool,
                          configure: Callable[[Any], None] | None = None) -> ModelRef:
     """Convert with the TFLite converter; `configure` may set quantization options first."""
-    from .frameworks import tf as tfw
+    from ..frameworks import tf as tfw
 
     tf = tfw.tensorflow()
     try:
