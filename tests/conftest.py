@@ -189,6 +189,17 @@ def digits_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mlp_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package of a small handmade ONNX MLP (input 'features' [batch, 16], output 'logits' [batch, 4]):
+    built without TensorFlow in well under a second, so server tests can run in the fast loop."""
+    base = tmp_path_factory.mktemp("mlp")
+    out = base / "pkg"
+    result = run_cli("optimize", make_onnx_mlp(base / "mlp.onnx"), "-o", out, "-q", "export")
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture
 def copy_of(tmp_path: Path):
     def _copy(src: Path) -> Path:

@@ -7,14 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import BIN, EXAMPLE, run_cli
+from conftest import BIN, EXAMPLE, run_cli, wait_until
 from servers import free_port
 
 from modelpack.package import sha256_file
@@ -58,13 +57,14 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
     proc = subprocess.Popen(cmd, env={**os.environ, "MODELPACK_API_KEY": "k3y"}, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def ready() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the server exited"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.1)
+                return False
+
+        wait_until(ready, 60, "the image's CMD to serve")
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model", headers={"Authorization": "Bearer k3y"}).is_success
     finally:

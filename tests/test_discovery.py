@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zookeeper
-from conftest import EXAMPLE, run_cli, run_subprocess
+from conftest import EXAMPLE, run_cli, run_subprocess, wait_until
 from servers import Process, free_port
 
 from modelpack.errors import RegistryError
@@ -53,19 +51,10 @@ def _count(registry: str) -> int:
     return -1 if listed is None else len(listed)
 
 
-def _until(check: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_register_discover_and_clean_stop(digits_package: Path, registry: str) -> None:
     server = Process(digits_package, "--register", registry)
     try:
-        assert _until(lambda: _count(registry) == 1)
+        wait_until(lambda: _count(registry) == 1, 20, "one registered instance")
         entry = _instances(registry, "model")[0]
         assert entry["znode"].startswith("/modelpack/") and "/instance-" in entry["znode"]
         assert (entry["host"], entry["port"], entry["model"], entry["version"]) == ("127.0.0.1", server.port, "model", "1")
@@ -85,7 +74,7 @@ def test_a_killed_server_vanishes_and_predict_fails_over(digits_package: Path, r
     a = Process(digits_package, "--register", registry)
     b = Process(digits_package, "--register", registry)
     try:
-        assert _until(lambda: _count(registry) == 2)
+        wait_until(lambda: _count(registry) == 2, 20, "two registered instances")
         x = np.load(EXAMPLE / "eval.npz")["x"][:3]
         np.save(tmp_path / "x.npy", x)
         a.proc.kill()  # kill -9: no chance to deregister; the entry stays until the session expires
@@ -101,7 +90,7 @@ def test_a_killed_server_vanishes_and_predict_fails_over(digits_package: Path, r
             assert np.asarray(body["outputs"]["probs"]["data"]).shape == (3, 10)
             tried.append(len(body["tried"]))
         assert set(tried) <= {1, 2}  # the dead instance costs at most one failed try
-        assert _until(lambda: [i["port"] for i in _listed(registry) or []] == [b.port], timeout=30)
+        wait_until(lambda: [i["port"] for i in _listed(registry) or []] == [b.port], 30, "the killed entry to expire")
     finally:
         b.stop()
         a.stop()
@@ -116,7 +105,7 @@ def test_round_robin_failover_in_the_library(digits_package: Path, registry: str
     live = Process(digits_package, "--register", registry)
     try:
         address = discovery.parse_zk(registry)
-        assert _until(lambda: len(discovery.discover(address)) == 1)
+        wait_until(lambda: len(discovery.discover(address)) == 1, 20, "discovery to see the server")
         dead_port = free_port()  # nothing listens here: a crashed server's entry
         client = KazooClient(hosts=zk.hosts)
         client.start(timeout=10)
@@ -153,7 +142,7 @@ def test_zookeeper_down_at_startup(digits_package: Path, tmp_path: Path) -> None
     try:
         assert server.proc.poll() is None
         late.start()
-        assert _until(lambda: _count(registry) == 1, timeout=40)
+        wait_until(lambda: _count(registry) == 1, 40, "registration once ZooKeeper is up")
     finally:
         code, err = server.stop()
         late.stop()

@@ -13,13 +13,12 @@ import resource
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest
+from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -203,10 +202,11 @@ def test_kill_9_during_optimize_keeps_the_previous_package(plugin_site: Path, mo
     proc = subprocess.Popen([str(BIN / "modelpack"), "optimize", str(models["onnx"].path), "-o", str(out), "--force",
                              "nap", "--seconds", "60"], env={**os.environ, "PYTHONPATH": str(plugin_site)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".pkg.tmp-work") and any(p.iterdir()) for p in tmp_path.iterdir() if p.is_dir()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    def napping() -> bool:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        return any(p.name.startswith(".pkg.tmp-work") and any(p.iterdir()) for p in tmp_path.iterdir() if p.is_dir())
+
+    wait_until(napping, 60, "the nap stage to write its scratch file")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert tree_digest(out) == before  # the package at the output path is whole and unchanged

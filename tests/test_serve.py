@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -442,17 +441,18 @@ def test_soak_thousands_of_requests_no_5xx(socket_server) -> None:
 
 
 def test_sigterm_drains_accepted_requests(digits_package: Path) -> None:
-    server = Process(digits_package, "--batch-timeout-ms", "400")
+    # A long batch window holds the requests in the batcher (12 rows < --max-batch-size 32) until SIGTERM.
+    server = Process(digits_package, "--batch-timeout-ms", "5000")
     results: list[int] = []
 
     def call() -> None:
-        results.append(httpx.post(f"{server.url}/v2/models/model/infer", json=v2_json(X[:2]), timeout=30).status_code)
+        results.append(httpx.post(f"{server.url}/v2/models/model/infer", json=v2_json(X[:2]), timeout=60).status_code)
 
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-
-    time.sleep(0.15)  # the requests are accepted and waiting in the batcher
+    wait_until(lambda: server.metric("modelpack_queue_depth") == 6, 30, "all six requests to wait in the batcher")
+    assert results == []  # accepted, none answered yet: what the server must now drain
     code, err = server.stop(signal.SIGTERM)
     for t in threads:
         t.join()

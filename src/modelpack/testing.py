@@ -25,7 +25,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .package.manifest import Manifest, StageRecord
 
 
 @dataclass
@@ -33,8 +38,8 @@ class StageRun:
     """What one stage made: the package written, its manifest, and the stage's lineage record."""
 
     package: Path
-    manifest: dict[str, Any]
-    record: dict[str, Any]
+    manifest: Manifest
+    record: StageRecord
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -75,14 +80,14 @@ class InProcessClient:
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """An httpx.Response."""
-        return self._run(self.client.request(method, path, **kwargs))
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response = self._run(self.client.request(method, path, **kwargs))
+        return response
 
-    def get(self, path: str, **kwargs: Any) -> Any:
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, **kwargs)
 
-    def post(self, path: str, **kwargs: Any) -> Any:
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
 
     def gather(self, requests: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:

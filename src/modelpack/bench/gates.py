@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .measure import BenchmarkRecord, GateCheck, LatencyRow, TargetRecord
 
 # Metrics of one model, whatever the batch size.
 MODEL_METRICS: dict[str, str] = {
@@ -84,20 +87,26 @@ def parse_all(texts: tuple[str, ...] | list[str]) -> list[Gate]:
     return [parse(t) for t in texts]
 
 
-def _value(record: dict[str, Any], metric: str) -> float | None:
+def _value(record: TargetRecord, metric: str) -> float | None:
     if metric == "size_mb":
         return float(record["size_bytes"]) / 2**20
     if metric == "compressed_mb":
         return float(record["compressed_bytes"]) / 2**20
-    value = record.get(metric)
+    value = _field(record, metric)
     return None if value is None else float(value)
 
 
-def evaluate(gates: list[Gate], result: dict[str, Any]) -> list[dict[str, Any]]:
+def _field(record: TargetRecord | LatencyRow, metric: str) -> Any:
+    """A metric named by the user (a gate's text), so not a key the type checker can know."""
+    fields: Mapping[str, Any] = record
+    return fields.get(metric)
+
+
+def evaluate(gates: list[Gate], result: BenchmarkRecord) -> list[GateCheck]:
     """Every check each gate made: one per model (and batch size), with `passed`."""
     records = result["targets"]
     gated = [r for r in records if not r["baseline"]] or records
-    checks: list[dict[str, Any]] = []
+    checks: list[GateCheck] = []
     for gate in gates:
         chosen = [r for r in gated if gate.target is None or r["name"] == gate.target]
         if gate.target is not None and not chosen:
@@ -109,7 +118,7 @@ def evaluate(gates: list[Gate], result: dict[str, Any]) -> list[dict[str, Any]]:
                 if not rows:
                     raise UsageError(f"--fail-if '{gate.text}': batch size {gate.batch} was not measured; "
                                      f"add it to --batch-sizes.")
-                found = [(row.get(gate.metric), row["batch_size"]) for row in rows]
+                found: list[tuple[Any, int | None]] = [(_field(row, gate.metric), row["batch_size"]) for row in rows]
             else:
                 found = [(_value(record, gate.metric), None)]
             for value, batch in found:
@@ -130,6 +139,6 @@ def _why_missing(metric: str) -> str:
     return "not available for this model"
 
 
-def failures(checks: list[dict[str, Any]]) -> list[str]:
+def failures(checks: list[GateCheck]) -> list[str]:
     return [f"{c['gate']}: {c['model']}{'' if c['batch_size'] is None else ' @' + str(c['batch_size'])} "
             f"= {c['value']:g}" for c in checks if not c["passed"]]

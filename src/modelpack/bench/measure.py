@@ -16,7 +16,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -151,7 +151,78 @@ def time_targets(targets: Sequence[Target], signature: Signature, spec: BenchSpe
     return samples
 
 
-def latency_stats(rounds: list[np.ndarray], batch: int) -> dict[str, Any]:
+class LatencyRow(TypedDict):
+    """One target at one batch size: per-call latency statistics over every interleaved round."""
+
+    batch_size: int
+    calls: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    iqr_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # rows per second, one stream
+    round_medians_ms: list[float]
+    round_spread: float
+    noisy: bool
+    quantiles_ms: list[float]
+    latency_ratio: NotRequired[float | None]  # p50 over the baseline's p50 at the same batch size
+
+
+class TargetRecord(TypedDict):
+    """One measured model in a benchmark record."""
+
+    name: str
+    format: str
+    runtime: str
+    path: str
+    baseline: bool
+    load_ms: float
+    size_bytes: int
+    compressed_bytes: int
+    latency: list[LatencyRow]
+    size_ratio: NotRequired[float]
+    accuracy: NotRequired[float]
+    accuracy_drop: NotRequired[float]
+    top1_agreement: NotRequired[float]
+    max_abs_diff: NotRequired[float]
+    mean_cosine: NotRequired[float]
+    memory_error: NotRequired[str]
+    cold_load_ms: NotRequired[float]
+    peak_rss_mb: NotRequired[float]
+    model_rss_mb: NotRequired[float]
+
+
+class BenchmarkRecord(TypedDict):
+    """What one benchmark run records in the manifest (`benchmark`, or a benchmark stage's lineage record)."""
+
+    started_at: str
+    finished_at: str
+    host: dict[str, Any]
+    settings: dict[str, Any]
+    baseline: str
+    data: str
+    targets: list[TargetRecord]
+    warnings: list[str]
+    gates: NotRequired[list[GateCheck]]  # set by whoever applies --fail-if
+    notes: NotRequired[list[str]]
+    recorded: NotRequired[bool]  # written into the package's manifest
+
+
+class GateCheck(TypedDict):
+    """One check a --fail-if gate made on one model (and batch size)."""
+
+    gate: str
+    model: str
+    batch_size: int | None
+    value: float
+    passed: bool
+
+
+def latency_stats(rounds: list[np.ndarray], batch: int) -> LatencyRow:
     """The numbers recorded for one target at one batch size."""
     allv = np.concatenate(rounds)
     medians = np.array([np.median(r) for r in rounds])
@@ -207,7 +278,7 @@ def host() -> dict[str, Any]:
 
 
 def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, data: Dataset | None = None,
-              progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+              progress: Callable[[str], None] = lambda m: None) -> BenchmarkRecord:
     """Measure every target in one interleaved run; the record that goes into the manifest."""
     if not targets:
         raise UsageError("nothing to benchmark: no models were given.")
@@ -221,15 +292,15 @@ def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, 
     progress("accuracy and fidelity")
     qual = quality(targets, data, signature)
     base = next(t for t in targets if t.baseline)
-    records = []
+    records: list[TargetRecord] = []
     for target in targets:
-        record: dict[str, Any] = {
+        record: TargetRecord = {
             "name": target.name, "format": target.ref.rep.value, "runtime": runtime_of(target.ref),
             "path": target.display or str(target.ref.path), "baseline": target.baseline, "load_ms": round(target.load_ms, 3),
             "size_bytes": model_size(target.ref.path), "compressed_bytes": compressed_size(target.ref.path, spec.compression),
-            **qual[target.name],
             "latency": [latency_stats(samples[(target.name, bs)], bs) for bs in spec.batch_sizes],
         }
+        record.update(qual[target.name])  # type: ignore[typeddict-item]  # accuracy and fidelity keys
         records.append(record)
     base_record = next(r for r in records if r["name"] == base.name)
     for record in records:
@@ -243,8 +314,9 @@ def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, 
             if isinstance(found, str):
                 record["memory_error"] = found
             else:
-                record.update(cold_load_ms=found["load_ms"], peak_rss_mb=found["peak_rss_mb"],
-                              model_rss_mb=found["model_rss_mb"])
+                record["cold_load_ms"] = found["load_ms"]
+                record["peak_rss_mb"] = found["peak_rss_mb"]
+                record["model_rss_mb"] = found["model_rss_mb"]
     warnings = [
         f"{r['name']} at batch {row['batch_size']}: per-round medians differ by {row['round_spread'] * 100:.0f}% "
         f"(over {NOISY_SPREAD * 100:.0f}%); the machine is busy or the run is short, so treat these numbers with care"

@@ -14,7 +14,7 @@ from ..formats import ModelRef, detect
 from ..package import is_package, open_any
 from ..package import manifest as mf
 from . import gates as gates_mod
-from .measure import BenchSpec, benchmark
+from .measure import BenchmarkRecord, BenchSpec, benchmark
 from .targets import model_targets, package_targets
 
 
@@ -39,7 +39,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
-def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None) -> BenchmarkRecord:
     """Measure, evaluate the gates (result["gates"]), and record into a package directory's manifest."""
     gates = gates_mod.parse_all(request.fail_if)
     baseline = detect(request.baseline) if request.baseline is not None else None
@@ -81,7 +81,7 @@ def _signature(ref: ModelRef, safe: bool) -> Any:
     return signature_of(ref, safe=safe)
 
 
-def _record(package_dir: Path, result: dict[str, Any]) -> None:
+def _record(package_dir: Path, result: BenchmarkRecord) -> None:
     """Store the result in the package's manifest, replacing the file atomically."""
     from ..atomic import atomic_file
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from ..bench.measure import BenchmarkRecord
     from ..package import Package
     from ..package.manifest import Manifest
 
@@ -79,7 +80,7 @@ def benchmark(ctx: click.Context, target: Path, baseline: Path | None, formats: 
         render.out.print(f"[bold green]gates passed:[/] {len(result['gates'])} check(s)")
 
 
-def show(result: dict[str, Any]) -> None:
+def show(result: BenchmarkRecord) -> None:
     base = result["baseline"]
     rows: list[tuple[Any, ...]] = []
     for rec in result["targets"]:

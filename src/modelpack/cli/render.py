@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ..package.manifest import StageRecord
 
 # Tables in CI logs and pipes are not cut to 80 columns: without a terminal, assume a wide one.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 150)
@@ -60,12 +63,12 @@ def signature_table(signature: dict[str, Any]) -> Table:
     return table("Signature", ("", "name", "dtype", "shape (-1 = dynamic)"), rows)
 
 
-def quality_cell(m: dict[str, Any]) -> str:
+def quality_cell(m: Mapping[str, Any]) -> str:
     """Accuracy with its drop, or top-1 agreement when there are no labels."""
     return _quality(m)
 
 
-def _quality(m: dict[str, Any]) -> str:
+def _quality(m: Mapping[str, Any]) -> str:
     if "accuracy" in m:
         drop = m.get("accuracy_drop")
         return f"{m['accuracy']:.2f}%" + (f" ({0.0 - drop:+.2f})" if drop is not None else "")
@@ -165,7 +168,7 @@ class RichReporter:
             self._status = err.status(f"{self._label} …")
             self._status.start()
 
-    def stage_finished(self, record: dict[str, Any]) -> None:
+    def stage_finished(self, record: StageRecord) -> None:
         if self._status is not None:
             self._status.stop()
             self._status = None

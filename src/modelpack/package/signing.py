@@ -12,9 +12,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, IntegrityError, UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from . import manifest as mf
 
 SIGNATURE_NAME = "modelpack.sig"
@@ -52,7 +55,7 @@ def fingerprint(public_key: Any) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
-def load_private(path: Path) -> Any:
+def load_private(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
@@ -64,7 +67,7 @@ def load_private(path: Path) -> Any:
     return key
 
 
-def load_public(path: Path, option: str = "--pubkey") -> Any:
+def load_public(path: Path, option: str = "--pubkey") -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:

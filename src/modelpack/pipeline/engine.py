@@ -98,7 +98,7 @@ class PlannedStage:
 
 class Reporter(Protocol):
     def stage_started(self, index: int, total: int, name: str) -> None: ...
-    def stage_finished(self, record: dict[str, Any]) -> None: ...
+    def stage_finished(self, record: mf.StageRecord) -> None: ...
     def note(self, message: str) -> None: ...
 
 
@@ -106,7 +106,7 @@ class NullReporter:
     def stage_started(self, index: int, total: int, name: str) -> None:
         pass
 
-    def stage_finished(self, record: dict[str, Any]) -> None:
+    def stage_finished(self, record: mf.StageRecord) -> None:
         pass
 
     def note(self, message: str) -> None:
@@ -354,7 +354,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
             }
             lineage_extra = {"evaluation": evaluation}
             held = source
-            records: list[dict[str, Any]] = []
+            records: list[mf.StageRecord] = []
             packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}
             for index, step in enumerate(planned, 1):
                 reporter.stage_started(index, len(planned), step.stage.name)
@@ -364,7 +364,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 # The codec is known from the plan; a plugin stage may still pick one as it runs.
                 compression = result.archive_compression or compression
                 metrics = {**result.metrics, **state.measure(result.model, compression)}
-                record = {
+                record: mf.StageRecord = {
                     "name": step.stage.name, "params": _jsonable(step.params), "started_at": started,
                     "finished_at": mf.now(), "duration_s": round(time.perf_counter() - t0, 3),
                     "metrics": metrics, "input_format": str(model.rep), "output_format": str(result.model.rep),
@@ -481,7 +481,7 @@ def _run_stage(step: PlannedStage, model: ModelRef, ctx: StageContext) -> StageR
 
 
 def _write_package(staging: Path, spec: PipelineSpec, source: ModelRef, signature: Signature,
-                   source_record: dict[str, Any], records: list[dict[str, Any]],
+                   source_record: dict[str, Any], records: list[mf.StageRecord],
                    packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]], compression: str,
                    lineage_extra: dict[str, Any], sizes: Callable[[Path], int]) -> dict[str, Any]:
     artifacts = []

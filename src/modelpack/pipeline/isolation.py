@@ -20,10 +20,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..atomic import sweep
+
+if TYPE_CHECKING:
+    from ..package.manifest import StageRecord
 
 ENV_OFF = "MODELPACK_NO_ISOLATION"
 
@@ -57,7 +60,7 @@ class _Forwarding:
         self.send({"event": "stage", "index": index, "total": total, "name": name})
         self.inner.stage_started(index, total, name)
 
-    def stage_finished(self, record: dict[str, Any]) -> None:
+    def stage_finished(self, record: StageRecord) -> None:
         self.inner.stage_finished(record)
 
     def note(self, message: str) -> None:

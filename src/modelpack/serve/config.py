@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..package import Package, open_any
 
 if TYPE_CHECKING:
+    from .app import App
     from .model import ServedModel
 
 ENV = "MODELPACK_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
@@ -70,7 +71,7 @@ class ServeConfig:
         return cls(**values)
 
 
-def app_from_env() -> Any:
+def app_from_env() -> App:
     """The factory each worker process calls (uvicorn --factory)."""
     from .app import build_app
     from .guard import configure

@@ -66,6 +66,7 @@ class BenchmarkStage(Stage[BenchmarkParams]):
         held = result["targets"][-1]
         first = held["latency"][0]
         metrics: dict[str, Any] = {"benchmark": result, "p50_ms": first["p50_ms"], "p99_ms": first["p99_ms"]}
-        if first.get("latency_ratio"):
-            metrics["speedup"] = round(1 / first["latency_ratio"], 3)
+        ratio = first.get("latency_ratio")
+        if ratio:
+            metrics["speedup"] = round(1 / ratio, 3)
         return StageResult(model=model, metrics=metrics)

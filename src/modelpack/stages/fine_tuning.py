@@ -3,13 +3,16 @@ compress --clusters): its options, its typed parameters, and the helpers that tu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
 from . import Option, Params, StageContext
+
+if TYPE_CHECKING:
+    from ..frameworks.tfmot import Training
 
 TRAIN_DATA = Option("train-data", click.Path(dir_okay=False), help="An .npz with arrays x and y to fine-tune on.")
 EPOCHS = Option("epochs", click.IntRange(1, 1000), default=12, help="Fine-tuning epochs (with --train-data).")
@@ -32,7 +35,7 @@ class FineTuningParams(Params):
     loss: str
 
 
-def training_from(params: FineTuningParams, ctx: StageContext) -> Any:
+def training_from(params: FineTuningParams, ctx: StageContext) -> Training | None:
     """Fine-tuning settings from the shared options, or None without --train-data."""
     from ..frameworks.tfmot import Training
 

@@ -211,6 +211,8 @@ def _qat(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list
 
     tf = tfw.tensorflow()
     training = training_from(params, ctx)
+    if training is None:
+        raise UsageError("stage 'quantize': --method qat trains the model: give --train-data FILE.npz (x and y).")
     tf_model = tfmot.load_tf_keras(model, ctx.safe, ctx.probe, ctx.note)
     q_model = tfmot.quantize_aware(tf_model, training, ctx.note)
     out = ctx.scratch("model.qat.tflite")
