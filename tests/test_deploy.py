@@ -43,7 +43,7 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     assert "'modelpack[serve]==" in steps["RUN"] and "tf" not in steps["RUN"].split("==")[0]  # no TensorFlow
     assert re.fullmatch(r"\d+:\d+", steps["USER"]) and not steps["USER"].startswith("0:")
     assert instructions.index("USER") < instructions.index("CMD")
-    assert steps["EXPOSE"] == "8000"
+    assert steps["EXPOSE"] == "8000 8001"  # HTTP and KServe V2 gRPC
     assert "/v2/health/ready" in steps["HEALTHCHECK"]
     assert "MODELPACK_API_KEY" not in steps.get("ENV", "") and "api-key" not in steps["CMD"]
     assert ".git" in (out / ".dockerignore").read_text()
@@ -54,6 +54,8 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     port = free_port()
     cmd = [str(BIN / "modelpack")] + [str(out / "package") if a.startswith("/models/") else a for a in cmd[1:]]
     cmd[cmd.index("--port") + 1] = str(port)
+    grpc_port = free_port()
+    cmd[cmd.index("--grpc-port") + 1] = str(grpc_port)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
     proc = subprocess.Popen(cmd, env={**os.environ, "MODELPACK_API_KEY": "k3y"}, stderr=subprocess.PIPE)
     try:
@@ -67,6 +69,10 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
         wait_until(ready, 60, "the image's CMD to serve")
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model", headers={"Authorization": "Bearer k3y"}).is_success
+        import tritonclient.grpc as triton
+
+        assert triton.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_model_ready(
+            "model", headers={"authorization": "Bearer k3y"})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -118,6 +124,9 @@ def test_kubernetes_manifests_validate(digits_package: Path, tmp_path: Path) -> 
     assert key["name"] == "MODELPACK_API_KEY" and key["valueFrom"]["secretKeyRef"]["name"] == "model-api-key"
     assert docs["hpa.yaml"]["spec"]["minReplicas"] == 3 and docs["hpa.yaml"]["spec"]["maxReplicas"] == 12
     assert docs["service.yaml"]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 8000), ("grpc", 8001)]
+    assert container["command"][-2:] == ["--grpc-port", "8001"]
+    assert [p["targetPort"] for p in docs["service.yaml"]["spec"]["ports"]] == ["http", "grpc"]
     assert docs["pdb.yaml"]["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
     broken = dict(deployment, spec={**deployment["spec"], "replicas": "three"})

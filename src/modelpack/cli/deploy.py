@@ -22,6 +22,8 @@ from . import render, want_json
 @click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica.")
 @click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The server's port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="The server's KServe V2 gRPC port (docker, k8s); 0 for HTTP only. KServe routes HTTP only.")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
               help="Triton's max_batch_size.")
 @click.option("--model-version", help="Integer version for Triton and TF Serving.  [default: the package's]")
@@ -31,7 +33,7 @@ from . import render, want_json
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
-           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, max_batch_size: int,
+           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, grpc_port: int, max_batch_size: int,
            model_version: str | None, requirement: str | None, build: bool, force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
     from ..deploy import DeployOptions
@@ -44,7 +46,7 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
     if build and target != "docker":
         raise UsageError("--build works with --target docker.")
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
-                            memory=memory, port=port, max_batch_size=max_batch_size, model_version=model_version,
+                            memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
                             requirement=requirement)
     result = write_deployment(package, target, output, options, force=force)
     if build:

@@ -16,7 +16,10 @@ from . import render
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="HTTP port to bind.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535),
+              help="Also serve KServe V2 gRPC (inference.GRPCInferenceService) on this port, with the same model, "
+                   "batcher, keys (metadata 'authorization'), limits, TLS and metrics.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes on the port; each loads the model once.")
 @click.option("--runtime", type=click.Choice(["onnx", "tflite", "savedmodel"]),
@@ -63,7 +66,12 @@ from . import render
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
-    """Serve a package over HTTP: KServe V2, TF Serving REST and /predict on one port."""
+    """Serve a package over HTTP: KServe V2, TF Serving REST and /predict on one port (and V2 gRPC with
+    --grpc-port).
+
+    \b
+    modelpack serve build/pkg --port 8000 --grpc-port 8001
+    """
     from ..serve.config import ServeConfig
 
     if bool(options["ssl_certfile"]) != bool(options["ssl_keyfile"]):

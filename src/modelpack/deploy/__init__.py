@@ -20,6 +20,7 @@ from ..package.manifest import Manifest
 
 TARGETS = ("docker", "k8s", "kserve", "triton", "tfserving")
 PORT = 8000
+GRPC_PORT = 8001  # KServe V2 gRPC, as Triton numbers it
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -32,6 +33,7 @@ class DeployOptions:
     cpu: str = "1"
     memory: str = "1Gi"
     port: int = PORT
+    grpc_port: int | None = GRPC_PORT  # None: HTTP only
     max_batch_size: int = 32
     model_version: str | None = None
     requirement: str | None = None  # what the image pip-installs; default: this modelpack version

@@ -30,8 +30,9 @@ def requirement(pkg: Package, options: DeployOptions) -> str:
     return options.requirement or f"modelpack[{extras}]=={__version__}"
 
 
-def serve_command(model_dir: str, port: int) -> list[str]:
-    return ["modelpack", "serve", model_dir, "--host", "0.0.0.0", "--port", str(port)]
+def serve_command(model_dir: str, port: int, grpc_port: int | None = None) -> list[str]:
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    return ["modelpack", "serve", model_dir, "--host", "0.0.0.0", "--port", str(port), *grpc]
 
 
 def dockerfile(pkg: Package, options: DeployOptions) -> str:
@@ -49,14 +50,14 @@ RUN pip install {shlex.quote(requirement(pkg, options))} \\
 
 COPY --chown={UID}:{UID} package/ {model_dir}/
 USER {UID}:{UID}
-EXPOSE {options.port}
+EXPOSE {options.port}{f' {options.grpc_port}' if options.grpc_port else ''}
 
 # Ready only once the model is loaded, verified and warmed up.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\
   CMD {json.dumps(["python", "-c", health])}
 
 # The API key comes from the environment at run time (docker run -e MODELPACK_API_KEY=...), never the image.
-CMD {json.dumps(serve_command(model_dir, options.port))}
+CMD {json.dumps(serve_command(model_dir, options.port, options.grpc_port))}
 """
 
 
@@ -66,7 +67,9 @@ def write(pkg: Package, out: Path, options: DeployOptions, final: Path) -> list[
     (out / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
     image = options.image or default_image(pkg.manifest)
     return [" ".join(build_command(final, image)),
-            f"docker run --rm -p {options.port}:{options.port} -e MODELPACK_API_KEY {image}"]
+            f"docker run --rm -p {options.port}:{options.port}"
+            + (f" -p {options.grpc_port}:{options.grpc_port}" if options.grpc_port else "")
+            + f" -e MODELPACK_API_KEY {image}"]
 
 
 def build_command(context: Path, image: str) -> list[str]:

@@ -31,8 +31,10 @@ def container(pkg: Package, options: DeployOptions, port: int, name: str = "serv
         "name": name,
         "image": options.image or default_image(pkg.manifest),
         "imagePullPolicy": "IfNotPresent",
-        "command": serve_command(f"/models/{pkg.name}", port),
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "command": serve_command(f"/models/{pkg.name}", port, options.grpc_port),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},
+                  *([{"name": "grpc", "containerPort": options.grpc_port, "protocol": "TCP"}]
+                    if options.grpc_port else [])],
         "env": [{"name": "MODELPACK_API_KEY",
                  "valueFrom": {"secretKeyRef": {"name": secret_name(pkg), "key": "api-key"}}}],
         "readinessProbe": probe("/v2/health/ready", 2),
@@ -72,7 +74,9 @@ def manifests(pkg: Package, options: DeployOptions) -> dict[str, dict[str, Any]]
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": meta,
         "spec": {"type": "ClusterIP", "selector": selector,
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                           *([{"name": "grpc", "port": options.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                               "appProtocol": "kubernetes.io/h2c"}] if options.grpc_port else [])]},
     }
     hpa = {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ KSERVE_PORT = 8080  # where KServe sends traffic to a custom container
 
 
 def inference_service(pkg: Package, options: DeployOptions) -> dict[str, Any]:
-    server = container(pkg, options, KSERVE_PORT, name="kserve-container")
+    # KServe routes one port per predictor container: HTTP here. (A gRPC predictor names its one port h2c.)
+    server = container(pkg, replace(options, grpc_port=None), KSERVE_PORT, name="kserve-container")
     server["ports"] = [{"containerPort": KSERVE_PORT, "protocol": "TCP"}]
     server["env"].append({"name": "PROTOCOL", "value": "v2"})
     server["readinessProbe"]["httpGet"]["port"] = KSERVE_PORT

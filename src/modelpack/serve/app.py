@@ -165,6 +165,7 @@ class App:
         self.max_body = int(config.max_body_mb * 1024 * 1024)
         self.max_inflight = int(config.max_inflight_mb * 1024 * 1024)
         self.inflight = 0  # request body bytes being read or held, all connections together
+        self.grpc: Any = None  # the gRPC server (grpc.aio.Server), with --grpc-port
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -183,6 +184,10 @@ class App:
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
         self.metrics.inflight_bytes = lambda: self.inflight
         self._watch_sighup()
+        if self.config.grpc_port is not None:
+            from . import grpc_v2
+
+            self.grpc = await grpc_v2.start(self, self.config.host, self.config.grpc_port)
         self.ready = True
         log.info("model %s version %s ready (%s, loaded in %.2fs)", model.name, model.version, model.platform,
                  model.load_seconds)
@@ -206,6 +211,8 @@ class App:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self.grpc is not None:  # calls already running finish (within the graceful timeout), new ones are refused
+            await self.grpc.stop(self.config.graceful_timeout_s)
         if self.batcher is not None:
             await self.batcher.stop()
 
@@ -330,16 +337,20 @@ class App:
     # -- shared steps --------------------------------------------------------------------------------------
 
     def _model(self, request: Request) -> ServedModel:
+        return self.model_for(request.params.get("name"), request.params.get("version"))
+
+    def model_for(self, name: str | None, version: str | None) -> ServedModel:
+        """The served model, if `name` (and `version`, when given) name it and it is ready; every protocol asks."""
         model = self.model
         if model is None or not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
-        name = request.params.get("name")
         if name is not None and name != model.name:
             raise NotFound(f"unknown model {clip(name)}; this server serves '{model.name}'.")
-        model.check_version(request.params.get("version"))
+        model.check_version(version)
         return model
 
-    async def _infer(self, model: ServedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate against the signature, batch, run: the inference path every protocol shares."""
         rows = model.validate(feeds)
         assert self.batcher is not None
         try:
@@ -413,7 +424,7 @@ class App:
                 raise RequestError(f"input '{name}' appears twice.")
             feeds[name] = array
         wanted, binary_flags = self._requested_outputs(model, payload)
-        outputs = await self._infer(model, feeds)
+        outputs = await self.infer(model, feeds)
         parts, chunks = [], []
         for name in wanted:
             meta, raw = tensors.encode(name, outputs[name], binary_flags[name])
@@ -498,7 +509,7 @@ class App:
             else:
                 raise RequestError(f"this model takes several inputs ({', '.join(names)}): "
                                    "each instance must be an object keyed by input name.")
-            outputs = await self._infer(model, feeds)
+            outputs = await self.infer(model, feeds)
             out_names = model.signature.output_names
             if len(out_names) == 1:
                 return json_response(200, {"predictions": outputs[out_names[0]]})
@@ -515,7 +526,7 @@ class App:
                 feeds = {names[0]: model.coerce(names[0], inputs)}
             else:
                 raise RequestError(f"'inputs' must be an object keyed by input name ({', '.join(names)}).")
-            outputs = await self._infer(model, feeds)
+            outputs = await self.infer(model, feeds)
             out_names = model.signature.output_names
             result = outputs[out_names[0]] if len(out_names) == 1 else {n: outputs[n] for n in out_names}
             return json_response(200, {"outputs": result})
@@ -539,7 +550,7 @@ class App:
         for spec in model.signature.inputs:  # one example without its batch dimension: add it
             if feeds[spec.name].ndim == len(spec.shape) - 1:
                 feeds[spec.name] = feeds[spec.name][None, ...]
-        outputs = await self._infer(model, feeds)
+        outputs = await self.infer(model, feeds)
         out_names = model.signature.output_names
         result = outputs[out_names[0]] if len(out_names) == 1 else {n: outputs[n] for n in out_names}
         return json_response(200, {"prediction": result})

@@ -23,6 +23,7 @@ class ServeConfig:
     runtime: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None  # KServe V2 gRPC beside HTTP, on the same event loop and inference path
     workers: int = 1
     max_batch_size: int = 32
     batch_timeout_ms: float = 0.0

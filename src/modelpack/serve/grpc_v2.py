@@ -1,0 +1,313 @@
+"""KServe V2 / Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), on `--grpc-port`.
+
+The messages are built at first use from the protocol's field numbers, in a descriptor pool of their own: no
+generated code to keep in step with protobuf, and no clash with a client library (tritonclient) that registers
+the same names in the default pool. The server runs on the HTTP server's event loop and calls the same
+inference path: the same model checks, dynamic batcher, limits, API keys, scopes, rate limits and metrics.
+
+Errors map to gRPC codes as the HTTP statuses they stand for: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED,
+403 PERMISSION_DENIED, 404 NOT_FOUND, 413 and 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, RequestError
+from .tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
+
+if TYPE_CHECKING:
+    import grpc
+
+    from .app import App
+    from .model import ServedModel
+
+log = logging.getLogger("modelpack.serve")
+SERVICE = "inference.GRPCInferenceService"
+
+# Field numbers of the KServe V2 gRPC protocol (grpc_predict_v2.proto), which Triton's service shares.
+# (name, type, number, repeated); a type starting with "." is a message; "map:.Msg" a map<string, Msg>.
+_PARAM_MAP = "map:.inference.InferParameter"
+_MESSAGES: dict[str, list[tuple[str, str, int, bool]]] = {
+    "ServerLiveRequest": [], "ServerLiveResponse": [("live", "bool", 1, False)],
+    "ServerReadyRequest": [], "ServerReadyResponse": [("ready", "bool", 1, False)],
+    "ModelReadyRequest": [("name", "string", 1, False), ("version", "string", 2, False)],
+    "ModelReadyResponse": [("ready", "bool", 1, False)],
+    "ServerMetadataRequest": [],
+    "ServerMetadataResponse": [("name", "string", 1, False), ("version", "string", 2, False),
+                               ("extensions", "string", 3, True)],
+    "ModelMetadataRequest": [("name", "string", 1, False), ("version", "string", 2, False)],
+    "TensorMetadata": [("name", "string", 1, False), ("datatype", "string", 2, False), ("shape", "int64", 3, True)],
+    "ModelMetadataResponse": [("name", "string", 1, False), ("versions", "string", 2, True),
+                              ("platform", "string", 3, False),
+                              ("inputs", ".inference.ModelMetadataResponse.TensorMetadata", 4, True),
+                              ("outputs", ".inference.ModelMetadataResponse.TensorMetadata", 5, True)],
+    "InferParameter": [("bool_param", "bool", 1, False), ("int64_param", "int64", 2, False),
+                       ("string_param", "string", 3, False), ("double_param", "double", 4, False),
+                       ("uint64_param", "uint64", 5, False)],
+    "InferTensorContents": [("bool_contents", "bool", 1, True), ("int_contents", "int32", 2, True),
+                            ("int64_contents", "int64", 3, True), ("uint_contents", "uint32", 4, True),
+                            ("uint64_contents", "uint64", 5, True), ("fp32_contents", "float", 6, True),
+                            ("fp64_contents", "double", 7, True), ("bytes_contents", "bytes", 8, True)],
+    "InferInputTensor": [("name", "string", 1, False), ("datatype", "string", 2, False),
+                         ("shape", "int64", 3, True), ("parameters", _PARAM_MAP, 4, False),
+                         ("contents", ".inference.InferTensorContents", 5, False)],
+    "InferRequestedOutputTensor": [("name", "string", 1, False), ("parameters", _PARAM_MAP, 2, False)],
+    "ModelInferRequest": [("model_name", "string", 1, False), ("model_version", "string", 2, False),
+                          ("id", "string", 3, False), ("parameters", _PARAM_MAP, 4, False),
+                          ("inputs", ".inference.ModelInferRequest.InferInputTensor", 5, True),
+                          ("outputs", ".inference.ModelInferRequest.InferRequestedOutputTensor", 6, True),
+                          ("raw_input_contents", "bytes", 7, True)],
+    "InferOutputTensor": [("name", "string", 1, False), ("datatype", "string", 2, False),
+                          ("shape", "int64", 3, True), ("parameters", _PARAM_MAP, 4, False),
+                          ("contents", ".inference.InferTensorContents", 5, False)],
+    "ModelInferResponse": [("model_name", "string", 1, False), ("model_version", "string", 2, False),
+                           ("id", "string", 3, False), ("parameters", _PARAM_MAP, 4, False),
+                           ("outputs", ".inference.ModelInferResponse.InferOutputTensor", 5, True),
+                           ("raw_output_contents", "bytes", 6, True)],
+}
+_NESTED = {"TensorMetadata": "ModelMetadataResponse", "InferInputTensor": "ModelInferRequest",
+           "InferRequestedOutputTensor": "ModelInferRequest", "InferOutputTensor": "ModelInferResponse"}
+_ONEOF = {"InferParameter": "parameter_choice"}
+
+# The typed field of InferTensorContents that holds each datatype.
+CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+                  "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+                  "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+                  "FP64": "fp64_contents"}
+
+GRPC_CODE_OF_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                       408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
+                       503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+@lru_cache(maxsize=1)
+def messages() -> SimpleNamespace:
+    """The protocol's message classes, by name (`messages().ModelInferRequest`)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    types = descriptor_pb2.FieldDescriptorProto
+    scalar = {"bool": types.TYPE_BOOL, "string": types.TYPE_STRING, "int64": types.TYPE_INT64,
+              "int32": types.TYPE_INT32, "uint32": types.TYPE_UINT32, "uint64": types.TYPE_UINT64,
+              "float": types.TYPE_FLOAT, "double": types.TYPE_DOUBLE, "bytes": types.TYPE_BYTES}
+    file = descriptor_pb2.FileDescriptorProto(name="modelpack/grpc_predict_v2.proto", package="inference",
+                                              syntax="proto3")
+    protos: dict[str, Any] = {name: file.message_type.add(name=name) for name in _MESSAGES if name not in _NESTED}
+    for name, parent in _NESTED.items():
+        protos[name] = protos[parent].nested_type.add(name=name)
+    for name, fields in _MESSAGES.items():
+        proto = protos[name]
+        oneof = _ONEOF.get(name)
+        if oneof:
+            proto.oneof_decl.add(name=oneof)
+        for field_name, kind, number, repeated in fields:
+            field = proto.field.add(name=field_name, number=number,
+                                    label=types.LABEL_REPEATED if repeated else types.LABEL_OPTIONAL)
+            if oneof:
+                field.oneof_index = 0
+            if kind.startswith("map:"):
+                entry = proto.nested_type.add(name=field_name.title().replace("_", "") + "Entry")
+                entry.options.map_entry = True
+                entry.field.add(name="key", number=1, label=types.LABEL_OPTIONAL, type=types.TYPE_STRING)
+                entry.field.add(name="value", number=2, label=types.LABEL_OPTIONAL, type=types.TYPE_MESSAGE,
+                                type_name=kind[4:])
+                field.label = types.LABEL_REPEATED
+                field.type = types.TYPE_MESSAGE
+                field.type_name = f".inference.{_path(name)}.{entry.name}"
+            elif kind.startswith("."):
+                field.type = types.TYPE_MESSAGE
+                field.type_name = kind
+            else:
+                field.type = scalar[kind]
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return SimpleNamespace(**{name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{_path(name)}"))
+                              for name in _MESSAGES})
+
+
+def _path(name: str) -> str:
+    parent = _NESTED.get(name)
+    return f"{parent}.{name}" if parent else name
+
+
+def _array(tensor: Any, raw: bytes | None) -> np.ndarray:
+    """One request input as an array: from its raw bytes, or from the typed contents of its datatype."""
+    name = tensor.name
+    datatype = tensor.datatype
+    dtype = V2_TO_NUMPY.get(datatype)
+    if dtype is None:
+        raise RequestError(f"input {clip(name)}: datatype {clip(datatype)} is not one of "
+                           f"{', '.join(V2_TO_NUMPY)}.")
+    shape = tuple(tensor.shape)
+    if len(shape) > MAX_RANK or any(d < 0 or d > MAX_DIM for d in shape):
+        raise RequestError(f"input {clip(name)}: shape {clip(list(shape))} must have at most {MAX_RANK} "
+                           f"dimensions, each from 0 to {MAX_DIM}.")
+    count = 1
+    for d in shape:
+        count *= d
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise RequestError(f"input {clip(name)}: raw_input_contents holds {len(raw)} bytes; shape "
+                               f"{list(shape)} of {datatype} needs {count * dtype.itemsize}.")
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    values = getattr(tensor.contents, CONTENTS_FIELD[datatype]) if datatype in CONTENTS_FIELD else []
+    if datatype == "FP16":
+        raise RequestError(f"input {clip(name)}: FP16 travels in raw_input_contents (the protocol has no typed "
+                           "field for it).")
+    if len(values) != count:
+        raise RequestError(f"input {clip(name)}: contents.{CONTENTS_FIELD[datatype]} holds {len(values)} values; "
+                           f"shape {list(shape)} needs {count}.")
+    array = np.asarray(values, dtype=np.float64 if datatype.startswith("FP") else None)
+    if datatype not in ("BOOL",) and not datatype.startswith("FP"):
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise RequestError(f"input {clip(name)}: a value is out of range for {datatype}.")
+    return array.astype(dtype).reshape(shape)
+
+
+class GrpcV2:
+    """The service's handlers, over an App (its model, batcher, keys and metrics)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.m = messages()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        import grpc
+
+        m = self.m
+        methods = {
+            "ServerLive": (self.server_live, m.ServerLiveRequest),
+            "ServerReady": (self.server_ready, m.ServerReadyRequest),
+            "ModelReady": (self.model_ready, m.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, m.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, m.ModelMetadataRequest),
+            "ModelInfer": (self.model_infer, m.ModelInferRequest),
+        }
+        # The scopes of the HTTP routes they mirror: health is public; a model's readiness and metadata are
+        # open to keys that may infer with it.
+        scopes = {"ServerLive": None, "ServerReady": None, "ModelReady": "model", "ServerMetadata": "metadata",
+                  "ModelMetadata": "model", "ModelInfer": "infer"}
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            name: grpc.unary_unary_rpc_method_handler(self._guarded(name, fn, scopes[name]),
+                                                      request_deserializer=request.FromString,
+                                                      response_serializer=lambda r: r.SerializeToString())
+            for name, (fn, request) in methods.items()
+        })
+
+    def _guarded(self, name: str, fn: Callable[[Any], Awaitable[Any]], scope: str | None) -> Callable[..., Any]:
+        """Auth, scopes, rate limits, metrics and the error mapping, as the HTTP path applies them."""
+        import grpc
+
+        app = self.app
+        route = f"grpc {name}"
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            status, key = 200, None
+            try:
+                if scope is not None and app.keys.enabled:
+                    metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())
+                                if isinstance(v, str)}
+                    api_key = app.keys.check(metadata.get("authorization"))
+                    key = api_key.name
+                    app.keys.authorize(api_key, scope, f"/{SERVICE}/{name}")
+                    app.keys.throttle(api_key)
+                return await fn(request)
+            except (RequestError, InputError) as exc:
+                status = exc.status if isinstance(exc, RequestError) else 400
+                code = getattr(grpc.StatusCode, GRPC_CODE_OF_STATUS.get(status, "INVALID_ARGUMENT"))
+                await context.abort(code, str(exc)[:1024])
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                status = 500
+                log.exception("internal error on gRPC %s", name)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log.")
+            finally:
+                if app.metrics is not None:
+                    app.metrics.observe(route, status, time.perf_counter() - start, key)
+
+        return call
+
+    async def server_live(self, request: Any) -> Any:
+        return self.m.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any) -> Any:
+        return self.m.ServerReadyResponse(ready=self.app.ready)
+
+    async def server_metadata(self, request: Any) -> Any:
+        return self.m.ServerMetadataResponse(name="modelpack", version=__version__,
+                                             extensions=["binary_tensor_data", "tfserving_rest", "simple_predict"])
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self.app.model_for(name, version or None)
+
+    async def model_ready(self, request: Any) -> Any:
+        self._model(request.name, request.version)
+        return self.m.ModelReadyResponse(ready=self.app.ready)
+
+    async def model_metadata(self, request: Any) -> Any:
+        meta = self._model(request.name, request.version).metadata()
+        tensor = self.m.TensorMetadata
+        return self.m.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
+            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
+
+    async def model_infer(self, request: Any) -> Any:
+        model = self._model(request.model_name, request.model_version)
+        raw = list(request.raw_input_contents)
+        if raw and len(raw) != len(request.inputs):
+            raise RequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give "
+                               "one per input, or none and typed contents.")
+        feeds: dict[str, np.ndarray] = {}
+        for index, tensor in enumerate(request.inputs):
+            if tensor.name in feeds:
+                raise RequestError(f"input {clip(tensor.name)} appears twice.")
+            feeds[tensor.name] = _array(tensor, raw[index] if raw else None)
+        names = model.signature.output_names
+        wanted = [o.name for o in request.outputs] or names
+        for name in wanted:
+            if name not in names:
+                raise RequestError(f"unknown output {clip(name)}; this model has {', '.join(names)}.")
+        outputs = await self.app.infer(model, feeds)
+        response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        for name in wanted:
+            array = np.ascontiguousarray(outputs[name])
+            response.outputs.add(name=name, datatype=v2_datatype(array.dtype.name), shape=list(array.shape))
+            response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        return response
+
+
+async def start(app: App, host: str, port: int) -> grpc.aio.Server:
+    """The gRPC server on `host:port`, on the running event loop; TLS when the HTTP server has it."""
+    import grpc
+
+    config = app.config
+    limit = int(config.max_body_mb * 1024 * 1024)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", max(limit, 64 << 20)),
+                                      ("grpc.max_concurrent_streams", max(config.max_connections, 1)),
+                                      ("grpc.so_reuseport", 1)],
+                             maximum_concurrent_rpcs=config.max_connections)
+    server.add_generic_rpc_handlers((GrpcV2(app).handler(),))
+    address = f"{host}:{port}"
+    if config.ssl_certfile and config.ssl_keyfile:
+        credentials = grpc.ssl_server_credentials([(config.ssl_keyfile.read_bytes(), config.ssl_certfile.read_bytes())])
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        raise InputError(f"--grpc-port {port}: cannot bind {address}.")
+    await server.start()
+    log.info("KServe V2 gRPC on %s", address)
+    return server
