@@ -275,11 +275,11 @@ def test_a_model_over_the_protobuf_limit_is_written_with_external_data(tmp_path:
     """The limit is lowered so a small real model crosses it; the writing path is the one a 2 GB model takes."""
     import onnxruntime as ort
 
-    from modelpack import package
+    from modelpack.package import dir as package_dir
 
     source = corpus.get("ppocr-cls").path
-    monkeypatch.setattr(package, "PROTOBUF_LIMIT", 1024)
-    written = package.copy_artifact(source, tmp_path / "model.onnx")
+    monkeypatch.setattr(package_dir, "PROTOBUF_LIMIT", 1024)
+    written = package_dir.copy_artifact(source, tmp_path / "model.onnx")
     assert [p.name for p in written] == ["model.onnx.data"]
     assert (tmp_path / "model.onnx").stat().st_size < 200_000 < written[0].stat().st_size
     x = np.load(corpus.get("ppocr-cls").eval_data)["x"][:4]
