@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,25 @@ class StageGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say how to run a pipeline, shared by `optimize` and `run`."""
+    for option in reversed((
+        click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it."),
+        click.option("--force", is_flag=True, help="Replace an existing output."),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default."),
+    )):
+        command = option(command)
+    return command
+
+
 @click.group(cls=StageGroup, chain=True, invoke_without_command=True, no_args_is_help=True,
              subcommand_metavar="STAGE [STAGE OPTIONS]... [STAGE ...]")
 @click.argument("input", required=True, type=click.Path(path_type=Path))
 @click.option("--save-config", type=click.Path(path_type=Path), help="Write the pipeline as TOML to this file.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default.")
+@_run_options
 @click.pass_context
 def optimize(ctx: click.Context, /, **_: Any) -> None:
     """Run a pipeline of stages over a model and write one verified package.
@@ -132,12 +142,7 @@ def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_
 
 @click.command("run")
 @click.argument("pipeline_file", metavar="PIPELINE.toml", type=click.Path(path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Print the resolved pipeline and exit without running it.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Also show the frameworks' own output (TensorFlow, tf2onnx, absl), hidden by default.")
+@_run_options
 @click.pass_context
 def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
         verbose: bool, **settings: Any) -> None:

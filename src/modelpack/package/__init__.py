@@ -72,20 +72,18 @@ def open_any(path: str | Path, *, key_file: Path | None = None, need: Need = "fi
         yield Package.load(p, p)
         return
     raw, signature, names = read_head(p)
-    if encryption.ENC_NAME in names:
+    encrypted = encryption.ENC_NAME in names
+    if need == "manifest":  # what the archive shows without a key, and without extracting anything
+        yield Package(None, mf.parse(raw, f"{p}:{mf.MANIFEST_NAME}"), p, manifest_bytes=raw,
+                      signature_bytes=signature, encrypted=encrypted)
+        return
+    if encrypted:
         if need == "files":
             raise InputError(f"'{p}' is encrypted: inspect, verify and serve read it (in memory, with "
                              "MODELPACK_KEY or --key-file); other commands need the unencrypted package.")
-        if need == "manifest":
-            manifest = encryption.read_manifest(p)[1]
-            yield Package(None, manifest, p, manifest_bytes=raw, signature_bytes=signature, encrypted=True)
-            return
         sealed = encryption.open_encrypted(p, encryption.load_key(key_file))
         yield Package(None, sealed.manifest, p, manifest_bytes=sealed.manifest_bytes,
                       signature_bytes=sealed.signature_bytes, sealed=sealed)
-        return
-    if need == "manifest":
-        yield Package(None, mf.parse(raw, f"{p}:{mf.MANIFEST_NAME}"), p, manifest_bytes=raw, signature_bytes=signature)
         return
     tmp = extracted(p)
     try:

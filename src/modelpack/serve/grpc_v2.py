@@ -158,15 +158,15 @@ def _array(tensor: Any, raw: bytes | None) -> np.ndarray:
             raise RequestError(f"input {clip(name)}: raw_input_contents holds {len(raw)} bytes; shape "
                                f"{list(shape)} of {datatype} needs {count * dtype.itemsize}.")
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    values = getattr(tensor.contents, CONTENTS_FIELD[datatype]) if datatype in CONTENTS_FIELD else []
-    if datatype == "FP16":
-        raise RequestError(f"input {clip(name)}: FP16 travels in raw_input_contents (the protocol has no typed "
-                           "field for it).")
+    if datatype not in CONTENTS_FIELD:  # FP16
+        raise RequestError(f"input {clip(name)}: {datatype} travels in raw_input_contents (the protocol has no "
+                           "typed field for it).")
+    values = getattr(tensor.contents, CONTENTS_FIELD[datatype])
     if len(values) != count:
         raise RequestError(f"input {clip(name)}: contents.{CONTENTS_FIELD[datatype]} holds {len(values)} values; "
                            f"shape {list(shape)} needs {count}.")
     array = np.asarray(values, dtype=np.float64 if datatype.startswith("FP") else None)
-    if datatype not in ("BOOL",) and not datatype.startswith("FP"):
+    if datatype != "BOOL" and not datatype.startswith("FP"):
         info = np.iinfo(dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise RequestError(f"input {clip(name)}: a value is out of range for {datatype}.")
