@@ -11,7 +11,7 @@ import tritonclient.grpc as triton
 from servers import Process, free_port
 from tritonclient.utils import InferenceServerException
 
-from modelpack.serve.grpc_v2 import messages
+from modelpack.serve.protocols.grpc_v2 import messages
 
 X = np.random.default_rng(5).standard_normal((3, 16)).astype("float32")
 KEYS = "app:app-key-000001:infer\nviewer:viewer-key-0002:metadata\nops:ops-key-000003:admin\n"

@@ -600,3 +600,80 @@ def test_tfserving_model_metadata(client) -> None:
     assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "8", "8", "1"]
     assert "probs" in signature["outputs"]
+
+
+def test_answers_below_the_app_are_json(strict_server, digits_package: Path) -> None:
+    import socket as socketlib
+
+    with socketlib.create_connection(("127.0.0.1", strict_server.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")  # e.g. a TLS client on the plain port
+        answer = _closed_within(sock, 20)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert "malformed HTTP/1.1 request" in json.loads(body)["error"]
+    # Past --max-connections, uvicorn's own 503 is JSON too, with Retry-After.
+    server = Process(digits_package, "--max-connections", "2")
+    try:
+        with socketlib.create_connection(("127.0.0.1", server.port), timeout=10):  # one idle connection holds a slot
+            def refused() -> bool:
+                return httpx.get(f"{server.url}/v2/health/live").status_code == 503
+            wait_until(refused, 30, "the connection limit to be reached")
+            answer = httpx.get(f"{server.url}/v2/health/live")
+            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
+            assert "--max-connections" in answer.json()["error"]
+        wait_until(lambda: httpx.get(f"{server.url}/v2/health/live").status_code == 200, 30,
+                   "the slot to be freed")
+    finally:
+        server.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_stalled_uploads_hold_bounded_memory_and_are_closed(digits_package: Path) -> None:
+    """20 uploads that declare 15 MB, send 4 MB and stall: without a cap that is 80 MB held (the issue saw
+    300 MB); with --max-inflight-mb 16 the server holds at most 16 MB of them, and closes them all at the
+    body deadline."""
+    import socket as socketlib
+
+    server = Process(digits_package, "--max-inflight-mb", "16", "--body-timeout-s", "15", "--max-body-mb", "16")
+    stalled = []
+    try:
+        before = _rss_mb(server.proc.pid)
+        chunk = b" " * (4 << 20)
+        for _ in range(20):
+            sock = socketlib.create_connection(("127.0.0.1", server.port), timeout=30)
+            sock.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: 15728640\r\n\r\n")
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                pass  # refused already (503) and closed: also bounded
+            stalled.append(sock)
+
+        def settled() -> bool:  # every upload is either held whole (4 MB each) or refused with 503
+            import re
+
+            text = httpx.get(f"{server.url}/metrics", timeout=5).text
+            held = int(float(re.search(r"^modelpack_inflight_request_bytes\S* (\S+)$", text, re.M)[1]))
+            refused = sum(int(n) for n in re.findall(r'^modelpack_requests_total\{.*status="503"\} (\d+)$', text, re.M))
+            return held % len(chunk) == 0 and held // len(chunk) + refused == 20
+
+        wait_until(settled, 60, "every upload to be held or refused")
+        peak = _rss_mb(server.proc.pid)
+        assert server.metric("modelpack_inflight_request_bytes") <= 16 << 20
+        assert peak - before < 64, (before, peak)  # 16 MB at most held, plus parser and socket buffers
+        # Health checks are answered meanwhile, and every stalled upload is closed by the body deadline.
+        assert httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
+        for sock in stalled:
+            answer = _closed_within(sock, 30)
+            assert answer == b"" or answer.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")), answer[:100]
+        wait_until(lambda: server.metric("modelpack_inflight_request_bytes") == 0, 30, "the held bytes to be released")
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()

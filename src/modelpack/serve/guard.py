@@ -11,6 +11,9 @@ a request, or dribbles its headers or its body, is held forever. Here every conn
 
 The app itself caps the request bytes in flight across all connections (503 beyond them), and
 uvicorn's `limit_concurrency` caps connections (`--max-connections`).
+
+The answers uvicorn writes itself, below the app (a request its HTTP parser refuses, and the 503 past
+the connection limit), are JSON `{"error": ...}` bodies here, like every answer the app gives.
 """
 
 from __future__ import annotations
@@ -19,16 +22,32 @@ import asyncio
 import json
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 
 
-def _timeout_response(what: str) -> bytes:
-    body = json.dumps({"error": f"{what} took too long; the connection is closed."}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+def _closing_response(status: bytes, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def _timeout_response(what: str) -> bytes:
+    return _closing_response(b"408 Request Timeout", f"{what} took too long; the connection is closed.")
+
+
+OVERLOADED = json.dumps({"error": "the server has --max-connections requests open already; retry shortly."}).encode()
+
+
+async def _json_service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's answer past `limit_concurrency`, as JSON."""
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(OVERLOADED)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": OVERLOADED, "more_body": False})
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -70,6 +89,15 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._receiving = True
         super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses: a JSON 400, then close (uvicorn's own is plain text)."""
+        self.transport.write(_closing_response(
+            b"400 Bad Request", "malformed HTTP/1.1 request (the parser refused it); the connection is closed."))
+        self.transport.close()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        super()._start_asgi_task(cycle, _json_service_unavailable if app is service_unavailable else app)
 
     def on_headers_complete(self) -> None:
         self._arm(self.body_timeout_s, "the request body")

@@ -114,6 +114,35 @@ class ServedModel:
                                "split the request.")
         return batch or 1
 
+    def check_declared(self, name: Any, shape: Any) -> None:
+        """Refuse a batch over --max-batch-size from a declared shape alone, before any data is converted.
+
+        Converting a 300,000-row JSON array costs seconds of CPU; its shape says it will be refused anyway.
+        Anything not recognisable here is left to the full checks that follow."""
+        if name not in self._dtypes or not isinstance(shape, list) or not all(type(d) is int for d in shape):
+            return
+        axis = self.signature.batch_axis(name)
+        if axis is not None and axis < len(shape) and shape[axis] > self.max_batch_size:
+            raise RequestError(f"input '{name}': batch of {shape[axis]} exceeds the server's --max-batch-size "
+                               f"{self.max_batch_size}; split the request.")
+
+    def check_rows(self, rows: Any, name: str | None = None) -> None:
+        """The same early refusal for the row formats (TF Serving, /predict): a list's length is its batch.
+
+        With `name`, `rows` is that input's value, and counts only if it is nested as deep as the input's
+        rank (a single example without its batch dimension is not a batch)."""
+        if not isinstance(rows, list) or len(rows) <= self.max_batch_size or not self.signature.simple_batch:
+            return
+        if name is not None:
+            spec = next((t for t in self.signature.inputs if t.name == name), None)
+            depth, item = 0, rows
+            while isinstance(item, list) and item:
+                depth, item = depth + 1, item[0]
+            if spec is None or depth != len(spec.shape):
+                return
+        raise RequestError(f"batch of {len(rows)} exceeds the server's --max-batch-size {self.max_batch_size}; "
+                           "split the request.")
+
     def metadata(self) -> dict[str, Any]:
         """V2 model metadata, from the package signature (-1 marks dynamic dimensions)."""
         return {

@@ -1,126 +1,159 @@
-"""The server's OpenAPI 3.1 document, built from the served model's signature, and a docs page.
+"""The OpenAPI 3.1 document and the /docs page, both generated from the route table and the model's signature.
 
-The docs page is plain HTML rendered here: no script, no CDN, so it works offline.
+The docs page is plain HTML rendered here: no script, no CDN, so it works offline. Each route shows a
+curl line, and each POST route an example request with the model's real input names, datatypes and
+shapes (dynamic dimensions as 1), which the server answers 200.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import shlex
 from typing import Any
 
 from .. import __version__
+from .routes import ROUTES, Route
 from .tensors import V2_TO_NUMPY, v2_datatype
 
-ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+STATUS_TEXT = {
+    400: "Bad input, naming the input and what was expected", 401: "Missing or invalid API key",
+    403: "The API key lacks the scope this route needs", 404: "Unknown model, version or route",
+    405: "Method not allowed on this path (see the Allow header)", 413: "Body over --max-body-mb",
+    415: "Unsupported Content-Encoding", 429: "The API key is over its rate limit (Retry-After)",
+    503: "Not ready, queue full or too many request bytes in flight (Retry-After)",
+    504: "Timed out (--timeout-s)",
+}
+EXAMPLE_VALUES = 1024  # an example request spells out at most this many values per input
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad input, naming the input and what was expected", 401: "Missing or invalid API key",
-            404: "Unknown model or version", 413: "Body over --max-body-mb", 415: "Unsupported Content-Encoding",
-            429: "Rate limited",
-            503: "Queue full or not ready (Retry-After)", 504: "Timed out (--timeout-s)"}
-    return {str(c): _json({"$ref": "#/components/schemas/Error"}, text[c]) for c in codes}
-
-
-def spec(model: Any, auth: bool) -> dict[str, Any]:
-    name = model.name if model else "model"
-    inputs = [t.to_dict() for t in model.signature.inputs] if model else []
+def schemas(model: Any) -> dict[str, Any]:
+    """The named schemas routes refer to, with the model's input names where a schema can use them."""
+    names = [t.name for t in model.signature.inputs] if model else []
+    tensor_meta = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}}}}
     tensor_in = {
         "type": "object", "required": ["name", "shape", "datatype"],
         "properties": {
-            "name": {"type": "string", "enum": [t["name"] for t in inputs]} if inputs else {"type": "string"},
+            "name": {"type": "string", "enum": names} if names else {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {"type": "string", "enum": list(V2_TO_NUMPY)},
             "data": {"description": "Tensor values, nested or flat, row-major."},
             "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
         },
     }
-    infer_request = {
-        "type": "object", "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string"},
+    tensor_out = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}}, "data": {"type": "array"},
+        "parameters": {"type": "object"}}}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Object": {"type": "object"},
+        "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+        "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
+            "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"}, "inputs": {"type": "array", "items": tensor_meta},
+            "outputs": {"type": "array", "items": tensor_meta}}},
+        "ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"}, "ready": {"type": "boolean"}}},
+        "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string", "maxLength": 256},
             "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
             "inputs": {"type": "array", "items": tensor_in},
             "outputs": {"type": "array", "items": {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "parameters": {
-                    "type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
-        },
+                    "type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}},
+        "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "outputs": {"type": "array", "items": tensor_out}}},
+        "PredictRequest": {"type": "object", "properties": {
+            "signature_name": {"type": "string"}, "instances": {"type": "array"}, "inputs": {}}},
+        "PredictResponse": {"type": "object", "properties": {"predictions": {"type": "array"}, "outputs": {}}},
+        "SimpleRequest": {"type": "object", "required": ["input_data"], "properties": {"input_data": {}}},
+        "SimpleResponse": {"type": "object", "required": ["prediction"], "properties": {"prediction": {}}},
     }
-    tensor_out = {"type": "object", "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
-                                                   "shape": {"type": "array", "items": {"type": "integer"}},
-                                                   "data": {"type": "array"}}}
-    infer_response = {"type": "object", "properties": {"model_name": {"type": "string"},
-                                                       "model_version": {"type": "string"},
-                                                       "id": {"type": "string"},
-                                                       "outputs": {"type": "array", "items": tensor_out}}}
-    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                  "example": name}
-    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
-                     "example": model.version if model else "1"}
 
-    def op(summary: str, responses: dict[str, Any], body: dict[str, Any] | None = None,
-           params: list[dict[str, Any]] | None = None, public: bool = False) -> dict[str, Any]:
-        entry: dict[str, Any] = {"summary": summary, "responses": responses}
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(route: Route) -> dict[str, Any]:
+    if route.answer.startswith("text/"):
+        return {"description": route.summary, "content": {route.answer: {"schema": {"type": "string"}}}}
+    return {"description": route.summary, "content": {"application/json": {"schema": _ref(route.answer)}}}
+
+
+def _example_shape(shape: list[int]) -> list[int]:
+    return [1 if d < 0 else d for d in shape]
+
+
+def example(route: Route, model: Any) -> Any:
+    """A request body the served model accepts on `route`: zeros of its inputs' real names, types and shapes."""
+    if route.body is None or model is None:
+        return None
+    inputs = model.signature.inputs
+    shapes = {t.name: _example_shape(list(t.shape)) for t in inputs}
+
+    def zeros(name: str, dtype: str) -> Any:
+        count = math.prod(shapes[name])
+        if count > EXAMPLE_VALUES:
+            return f"{count} values"
+        value: Any = False if dtype == "bool" else 0
+        for dim in reversed(shapes[name]):
+            value = [value] * dim
+        return value
+
+    if route.body == "InferRequest":
+        return {"inputs": [{"name": t.name, "shape": shapes[t.name], "datatype": v2_datatype(t.dtype),
+                            "data": zeros(t.name, t.dtype)} for t in inputs]}
+    if route.body == "PredictRequest":
+        return {"inputs": {t.name: zeros(t.name, t.dtype) for t in inputs}}
+    if len(inputs) == 1:
+        return {"input_data": zeros(inputs[0].name, inputs[0].dtype)}
+    return {"input_data": {t.name: zeros(t.name, t.dtype) for t in inputs}}
+
+
+def spec(model: Any, auth: bool) -> dict[str, Any]:
+    """The OpenAPI document of every route in the table, for this model."""
+    name = model.name if model else "model"
+    version = model.version if model else "1"
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        entry: dict[str, Any] = {"summary": route.summary, "tags": [route.protocol],
+                                 "operationId": _operation_id(route)}
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
+                   "example": name if p == "name" else version}
+                  for p in ("name", "version") if f"{{{p}}}" in route.template]
         if params:
             entry["parameters"] = params
-        if body is not None:
-            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        if public:
+        if route.body is not None:
+            content: dict[str, Any] = {"schema": _ref(route.body)}
+            body_example = example(route, model)
+            if body_example is not None:
+                content["example"] = body_example
+            entry["requestBody"] = {"required": True, "content": {"application/json": content}}
+        entry["responses"] = {"200": _answer(route), **{
+            str(code): {"description": STATUS_TEXT[code], "content": {"application/json": {"schema": _ref("Error")}}}
+            for code in route.statuses}}
+        if route.public:
             entry["security"] = []
-        return entry
-
-    metadata = {"type": "object", "properties": {
-        "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-        "platform": {"type": "string"}, "inputs": {"type": "array"}, "outputs": {"type": "array"}}}
-    paths: dict[str, Any] = {
-        "/v2/health/live": {"get": op("Liveness", {"200": _json({"type": "object"}, "Alive")}, public=True)},
-        "/v2/health/ready": {"get": op("Readiness", {"200": _json({"type": "object"}, "Ready"),
-                                                     "503": _json({"type": "object"}, "Not ready")}, public=True)},
-        "/v2": {"get": op("Server metadata", {"200": _json({"type": "object"}, "Server metadata"), **_errors(401)})},
-        "/metrics": {"get": op("Prometheus metrics", {"200": {"description": "Metrics in text format",
-                                                               "content": {"text/plain": {"schema": {"type": "string"}}}},
-                                                       **_errors(401)})},
-    }
-    for suffix, params in (("", [name_param]), ("/versions/{version}", [name_param, version_param])):
-        base = f"/v2/models/{{name}}{suffix}"
-        paths[base] = {"get": op("Model metadata (V2)", {"200": _json(metadata, "Metadata"), **_errors(401, 404)},
-                                 params=params)}
-        paths[f"{base}/ready"] = {"get": op("Model readiness (V2)", {"200": _json({"type": "object"}, "Ready"),
-                                                                    **_errors(401, 404)}, params=params)}
-        paths[f"{base}/infer"] = {"post": op(
-            "Inference (KServe V2 / Open Inference Protocol; binary tensor extension supported)",
-            {"200": _json(infer_response, "Outputs"), **_errors(400, 401, 404, 413, 415, 503, 504)},
-            body=infer_request, params=params)}
-        tfs = f"/v1/models/{{name}}{suffix}"
-        paths[tfs] = {"get": op("Model status (TensorFlow Serving REST)", {"200": _json({"type": "object"}, "Status"),
-                                                                           **_errors(401, 404)}, params=params)}
-        paths[f"{tfs}/metadata"] = {"get": op("Model metadata (TensorFlow Serving REST): the signature_def",
-                                              {"200": _json({"type": "object"}, "Metadata"), **_errors(401, 404)},
-                                              params=params)}
-        paths[f"{tfs}:predict"] = {"post": op(
-            "Predict (TensorFlow Serving REST): 'instances' (rows) or 'inputs' (columns)",
-            {"200": _json({"type": "object"}, "'predictions' or 'outputs'"), **_errors(400, 401, 404, 413, 415, 503, 504)},
-            body={"type": "object", "properties": {"signature_name": {"type": "string"},
-                                                   "instances": {"type": "array"}, "inputs": {}}},
-            params=params)}
-    paths["/predict"] = {"post": op(
-        "Predict, the classic Flask-style route: {\"input_data\": [...]} -> {\"prediction\": [...]}",
-        {"200": _json({"type": "object", "properties": {"prediction": {}}}, "Prediction"),
-         **_errors(400, 401, 413, 415, 503, 504)},
-        body={"type": "object", "required": ["input_data"], "properties": {"input_data": {}}})}
+        paths.setdefault(route.template, {})[route.method.lower()] = entry
+    inputs = model.signature.inputs if model else []
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": f"modelpack serve: {name}", "version": __version__,
-                 "description": "Inputs: " + ", ".join(f"{t['name']} {v2_datatype(t['dtype'])} {t['shape']}"
+                 "description": "Inputs: " + ", ".join(f"{t.name} {v2_datatype(t.dtype)} {list(t.shape)}"
                                                         for t in inputs)},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR}},
+        "components": {"schemas": schemas(model)},
     }
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -128,18 +161,56 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
     return document
 
 
-def docs_page(document: dict[str, Any]) -> bytes:
-    rows = []
-    for path, methods in document["paths"].items():
-        for method, entry in methods.items():
-            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                        f"<td>{html.escape(entry['summary'])}</td></tr>")
+def _operation_id(route: Route) -> str:
+    handler = route.handler
+    versioned = "_versioned" if "{version}" in route.template else ""
+    return f"{handler.__module__.rsplit('.', 1)[-1]}_{handler.__name__}{versioned}"
+
+
+def curl(route: Route, model: Any, auth: bool, base: str) -> str:
+    """The curl line that calls `route` on this server (with the example body for a POST)."""
+    path = route.template.replace("{name}", model.name if model else "model").replace(
+        "{version}", model.version if model else "1")
+    words = ["curl", "-s"]
+    if route.method != "GET":
+        words += ["-X", route.method]
+    words.append(base + path)
+    line = " ".join(shlex.quote(w) for w in words)
+    if auth and not route.public:
+        line += ' -H "Authorization: Bearer $MODELPACK_API_KEY"'
+    body = example(route, model)
+    if body is not None:
+        line += " -H 'content-type: application/json' -d " + shlex.quote(json.dumps(body, separators=(",", ":")))
+    return line
+
+
+def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None) -> bytes:
+    document = spec(model, auth)
     info = document["info"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(info['title'])}</title>
+    esc = html.escape
+    sections = []
+    for protocol in dict.fromkeys(route.protocol for route in ROUTES):
+        rows = []
+        for route in (r for r in ROUTES if r.protocol == protocol):
+            access = "public" if route.public else f"key scope: {route.scope}"
+            rows.append(f"<h3><code>{route.method} {esc(route.template)}</code></h3><p>{esc(route.summary)} "
+                        f"<small>({access}; errors {', '.join(map(str, route.statuses))})</small></p>"
+                        f"<pre>{esc(curl(route, model, auth, base))}</pre>")
+        sections.append(f"<h2>{esc(protocol)}</h2>{''.join(rows)}")
+    tensors = ""
+    if model is not None:
+        tensors = "<table><tr><th></th><th>name</th><th>datatype</th><th>shape</th></tr>" + "".join(
+            f"<tr><td>{kind}</td><td><code>{esc(t.name)}</code></td><td>{v2_datatype(t.dtype)}</td>"
+            f"<td>{list(t.shape)}</td></tr>"
+            for kind, specs in (("input", model.signature.inputs), ("output", model.signature.outputs))
+            for t in specs) + "</table><p>-1 marks a dynamic dimension.</p>"
+    grpc = (f"<p>KServe V2 gRPC (<code>inference.GRPCInferenceService</code>) is on port {grpc_port}.</p>"
+            if grpc_port else "")
+    keys = ("<p>This server needs an API key: send <code>Authorization: Bearer KEY</code>.</p>" if auth else "")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(info['title'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}td,th{{padding:.3rem .8rem;
-text-align:left;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;padding:0 .2rem}}</style></head><body>
-<h1>{html.escape(info['title'])}</h1><p>{html.escape(info.get('description', ''))}</p>
-<table><tr><th>method</th><th>path</th><th>what</th></tr>{''.join(rows)}</table>
-<p>The full OpenAPI document: <a href="/openapi.json">/openapi.json</a>.</p>
-<pre>{html.escape(json.dumps(document['components'], indent=2))}</pre></body></html>"""
+text-align:left;border-bottom:1px solid #ddd}}code,pre{{background:#f4f4f4;padding:0 .2rem}}
+pre{{padding:.5rem;white-space:pre-wrap;word-break:break-all}}</style></head><body>
+<h1>{esc(info['title'])}</h1>{tensors}{keys}{grpc}{''.join(sections)}
+<p>The OpenAPI document: <a href="/openapi.json">/openapi.json</a>.</p></body></html>"""
     return page.encode()

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import InputError, RequestError
-from .tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
+from ... import __version__
+from ...errors import InputError, RequestError
+from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
 
 if TYPE_CHECKING:
     import grpc
 
-    from .app import App
-    from .model import ServedModel
+    from ..core import Core
+    from ..model import ServedModel
 
 log = logging.getLogger("modelpack.serve")
 SERVICE = "inference.GRPCInferenceService"
@@ -174,10 +174,10 @@ def _array(tensor: Any, raw: bytes | None) -> np.ndarray:
 
 
 class GrpcV2:
-    """The service's handlers, over an App (its model, batcher, keys and metrics)."""
+    """The service's handlers, over the inference core (its model, batcher, keys and metrics)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, core: Core) -> None:
+        self.core = core
         self.m = messages()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -207,20 +207,19 @@ class GrpcV2:
         """Auth, scopes, rate limits, metrics and the error mapping, as the HTTP path applies them."""
         import grpc
 
-        app = self.app
+        core = self.core
         route = f"grpc {name}"
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             status, key = 200, None
             try:
-                if scope is not None and app.keys.enabled:
+                if scope is not None and core.keys.enabled:
                     metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())
                                 if isinstance(v, str)}
-                    api_key = app.keys.check(metadata.get("authorization"))
-                    key = api_key.name
-                    app.keys.authorize(api_key, scope, f"/{SERVICE}/{name}")
-                    app.keys.throttle(api_key)
+                    api_key = core.identify(metadata.get("authorization"))
+                    key = api_key.name if api_key else None
+                    core.permit(api_key, scope, f"/{SERVICE}/{name}")
                 return await fn(request)
             except (RequestError, InputError) as exc:
                 status = exc.status if isinstance(exc, RequestError) else 400
@@ -233,8 +232,8 @@ class GrpcV2:
                 log.exception("internal error on gRPC %s", name)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log.")
             finally:
-                if app.metrics is not None:
-                    app.metrics.observe(route, status, time.perf_counter() - start, key)
+                if core.metrics is not None:
+                    core.metrics.observe(route, status, time.perf_counter() - start, key)
 
         return call
 
@@ -242,18 +241,18 @@ class GrpcV2:
         return self.m.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any) -> Any:
-        return self.m.ServerReadyResponse(ready=self.app.ready)
+        return self.m.ServerReadyResponse(ready=self.core.ready)
 
     async def server_metadata(self, request: Any) -> Any:
         return self.m.ServerMetadataResponse(name="modelpack", version=__version__,
                                              extensions=["binary_tensor_data", "tfserving_rest", "simple_predict"])
 
     def _model(self, name: str, version: str) -> ServedModel:
-        return self.app.model_for(name, version or None)
+        return self.core.model_for(name, version or None)
 
     async def model_ready(self, request: Any) -> Any:
         self._model(request.name, request.version)
-        return self.m.ModelReadyResponse(ready=self.app.ready)
+        return self.m.ModelReadyResponse(ready=self.core.ready)
 
     async def model_metadata(self, request: Any) -> Any:
         meta = self._model(request.name, request.version).metadata()
@@ -273,13 +272,14 @@ class GrpcV2:
         for index, tensor in enumerate(request.inputs):
             if tensor.name in feeds:
                 raise RequestError(f"input {clip(tensor.name)} appears twice.")
+            model.check_declared(tensor.name, list(tensor.shape))
             feeds[tensor.name] = _array(tensor, raw[index] if raw else None)
         names = model.signature.output_names
         wanted = [o.name for o in request.outputs] or names
         for name in wanted:
             if name not in names:
                 raise RequestError(f"unknown output {clip(name)}; this model has {', '.join(names)}.")
-        outputs = await self.app.infer(model, feeds)
+        outputs = await self.core.infer(model, feeds)
         response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name in wanted:
             array = np.ascontiguousarray(outputs[name])
@@ -288,18 +288,18 @@ class GrpcV2:
         return response
 
 
-async def start(app: App, host: str, port: int) -> grpc.aio.Server:
+async def start(core: Core, host: str, port: int) -> grpc.aio.Server:
     """The gRPC server on `host:port`, on the running event loop; TLS when the HTTP server has it."""
     import grpc
 
-    config = app.config
+    config = core.config
     limit = int(config.max_body_mb * 1024 * 1024)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", max(limit, 64 << 20)),
                                       ("grpc.max_concurrent_streams", max(config.max_connections, 1)),
                                       ("grpc.so_reuseport", 1)],
                              maximum_concurrent_rpcs=config.max_connections)
-    server.add_generic_rpc_handlers((GrpcV2(app).handler(),))
+    server.add_generic_rpc_handlers((GrpcV2(core).handler(),))
     address = f"{host}:{port}"
     if config.ssl_certfile and config.ssl_keyfile:
         credentials = grpc.ssl_server_credentials([(config.ssl_keyfile.read_bytes(), config.ssl_certfile.read_bytes())])

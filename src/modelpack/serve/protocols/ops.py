@@ -1,0 +1,32 @@
+"""The operational routes: Prometheus metrics, the OpenAPI document and the /docs page."""
+
+from __future__ import annotations
+
+from weakref import WeakKeyDictionary
+
+from ..asgi import JSON_TYPE, Request, Response, dumps
+from ..core import Core
+
+_documents: WeakKeyDictionary[Core, bytes] = WeakKeyDictionary()
+
+
+async def metrics(core: Core, request: Request) -> Response:
+    text = core.metrics.render() if core.metrics else ""
+    return 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], text.encode()
+
+
+async def openapi(core: Core, request: Request) -> Response:
+    document = _documents.get(core)
+    if document is None:
+        from ..openapi import spec
+
+        document = _documents[core] = dumps(spec(core.model, core.keys.enabled))
+    return 200, JSON_TYPE, document
+
+
+async def docs(core: Core, request: Request) -> Response:
+    from ..openapi import docs_page
+
+    base = ("https" if core.config.ssl_certfile else "http") + "://" + request.headers.get("host", "localhost")
+    page = docs_page(core.model, core.keys.enabled, base, core.config.grpc_port)
+    return 200, [(b"content-type", b"text/html; charset=utf-8")], page

@@ -1,0 +1,131 @@
+"""The one route table: HTTP dispatch, the OpenAPI document and /docs are all generated from `ROUTES`.
+
+A route names its path template, method, handler, who may call it (public, or the API-key scope it
+needs), what its request body and answer are (names of schemas in `serve.openapi`), and which error
+statuses it can answer. Adding a route here adds it everywhere; nothing else lists routes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..errors import NotFound, RequestError
+from .asgi import Request, Response
+from .core import Core
+from .protocols import ops, simple, tfserving, v2
+
+Handler = Callable[[Core, Request], Awaitable[Response]]
+
+AUTH_ERRORS = (401, 403, 429)  # a missing or bad key, a key without the scope, a key over its rate limit
+MODEL_ERRORS = (404, 503)  # an unknown model or version; not ready yet
+BODY_ERRORS = (400, 413, 415, 503, 504)  # bad input; too large; bad encoding; overloaded; timed out
+
+
+@dataclass(frozen=True)
+class Route:
+    template: str  # e.g. /v2/models/{name}/infer; also the metrics label
+    method: str
+    handler: Handler = field(compare=False)
+    summary: str
+    protocol: str  # the OpenAPI tag: KServe V2, TensorFlow Serving, simple, operations
+    public: bool = False  # reachable without an API key
+    scope: str = "metadata"  # what an API key needs: infer, model, metadata or admin
+    body: str | None = None  # the request body's schema (a name in openapi.SCHEMAS), for POST routes
+    answer: str = "Object"  # the 200 answer's schema name, or "text/plain" / "text/html"
+    errors: tuple[int, ...] = ()
+
+    @property
+    def statuses(self) -> tuple[int, ...]:
+        """Every error status this route can answer, 405 included (another method on its path)."""
+        codes = set(self.errors) | {405}
+        if not self.public:
+            codes |= set(AUTH_ERRORS)
+        return tuple(sorted(codes))
+
+
+def _model_routes() -> list[Route]:
+    routes: list[Route] = []
+    for suffix in ("", "/versions/{version}"):
+        base, tfs = f"/v2/models/{{name}}{suffix}", f"/v1/models/{{name}}{suffix}"
+        routes += [
+            Route(base, "GET", v2.model_metadata, "Model metadata: name, versions, platform, input and output "
+                  "tensors", "KServe V2", scope="model", answer="ModelMetadata", errors=MODEL_ERRORS),
+            Route(f"{base}/ready", "GET", v2.model_ready, "Model readiness", "KServe V2", scope="model",
+                  answer="ModelReady", errors=MODEL_ERRORS),
+            Route(f"{base}/infer", "POST", v2.infer, "Inference (JSON tensors, or the binary tensor extension with "
+                  "Inference-Header-Content-Length)", "KServe V2", scope="infer", body="InferRequest",
+                  answer="InferResponse", errors=MODEL_ERRORS + BODY_ERRORS),
+            Route(tfs, "GET", tfserving.status, "Model status", "TensorFlow Serving", scope="model",
+                  errors=MODEL_ERRORS),
+            Route(f"{tfs}/metadata", "GET", tfserving.metadata, "Model metadata: the serving_default "
+                  "signature_def", "TensorFlow Serving", scope="model", errors=MODEL_ERRORS),
+            Route(f"{tfs}:predict", "POST", tfserving.predict, "Predict: 'instances' (rows) or 'inputs' (columns)",
+                  "TensorFlow Serving", scope="infer", body="PredictRequest", answer="PredictResponse",
+                  errors=MODEL_ERRORS + BODY_ERRORS),
+        ]
+    return routes
+
+
+ROUTES: list[Route] = [
+    Route("/v2/health/live", "GET", v2.live, "Liveness", "KServe V2", public=True, answer="Live"),
+    Route("/v2/health/ready", "GET", v2.ready, "Readiness: 200 once the model is loaded and warm", "KServe V2",
+          public=True, answer="Ready", errors=(503,)),
+    Route("/v2", "GET", v2.server_metadata, "Server metadata: name, version, protocol extensions", "KServe V2",
+          answer="ServerMetadata"),
+    *_model_routes(),
+    Route("/predict", "POST", simple.predict, "Predict, the classic Flask-style route: "
+          "{\"input_data\": [...]} -> {\"prediction\": [...]}", "simple", scope="infer", body="SimpleRequest",
+          answer="SimpleResponse", errors=(503,) + BODY_ERRORS),
+    Route("/metrics", "GET", ops.metrics, "Prometheus metrics", "operations", scope="admin", answer="text/plain"),
+    Route("/openapi.json", "GET", ops.openapi, "This OpenAPI document", "operations", answer="Object"),
+    Route("/docs", "GET", ops.docs, "The API's documentation page, with an example request per route",
+          "operations", answer="text/html"),
+]
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    # TF Serving puts ':predict' right after the name, so its names and versions stop at ':' as well as '/'.
+    param = "[^/:]+" if template.startswith("/v1/") else "[^/]+"
+    regex = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m[1]}>{param})", re.escape(template).replace(r"\{", "{")
+                   .replace(r"\}", "}"))
+    return re.compile(f"^{regex}$")
+
+
+_STATIC: dict[str, list[Route]] = {}
+_DYNAMIC: list[tuple[re.Pattern[str], Route]] = []
+for _route in ROUTES:
+    if "{" in _route.template:
+        _DYNAMIC.append((_pattern(_route.template), _route))
+    else:
+        _STATIC.setdefault(_route.template, []).append(_route)
+_resolved: dict[tuple[str, str], tuple[Route, dict[str, str | None]]] = {}
+
+
+def resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
+    """The route for a request and its path parameters, or NotFound / 405; cached per (method, path)."""
+    found = _resolved.get((method, path))
+    if found is None:
+        found = _resolve(method, path)
+        if len(_resolved) < 4096:
+            _resolved[(method, path)] = found
+    return found
+
+
+def _resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
+    if len(path) > 1 and path.endswith("/"):  # the Open Inference Protocol writes some paths with one (GET /v2/)
+        path = path[:-1]
+    candidates: list[tuple[Route, dict[str, str]]] = [(route, {}) for route in _STATIC.get(path, [])]
+    if not candidates:
+        for pattern, route in _DYNAMIC:
+            if m := pattern.match(path):
+                candidates.append((route, dict(m.groupdict())))
+    for route, params in candidates:
+        if route.method == method or (method == "HEAD" and route.method == "GET"):
+            return route, {"name": None, "version": None, **params}
+    if candidates:
+        allowed = ", ".join(sorted({route.method for route, _ in candidates}))
+        raise RequestError(f"method {method} is not allowed on {path}; use {allowed}.", status=405,
+                           headers={"Allow": allowed})
+    raise NotFound(f"no route {path}; see /docs for the API.")
