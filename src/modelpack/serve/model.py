@@ -119,7 +119,8 @@ class ServedModel:
 
         Converting a 300,000-row JSON array costs seconds of CPU; its shape says it will be refused anyway.
         Anything not recognisable here is left to the full checks that follow."""
-        if name not in self._dtypes or not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        if not isinstance(name, str) or name not in self._dtypes or not isinstance(shape, list) \
+                or not all(type(d) is int for d in shape):
             return
         axis = self.signature.batch_axis(name)
         if axis is not None and axis < len(shape) and shape[axis] > self.max_batch_size:

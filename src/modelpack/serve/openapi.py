@@ -35,14 +35,16 @@ def schemas(model: Any) -> dict[str, Any]:
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}}}
     tensor_in = {
-        "type": "object", "required": ["name", "shape", "datatype"],
+        "type": "object", "required": ["name", "shape", "datatype", "data"],
         "properties": {
             "name": {"type": "string", "enum": names} if names else {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {"type": "string", "enum": list(V2_TO_NUMPY)},
-            "data": {"description": "Tensor values, nested or flat, row-major."},
-            "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+            "data": {"type": "array", "description": "Tensor values, nested or flat, row-major."},
+            "parameters": {"type": "object"},
         },
+        "description": "A JSON tensor. With the binary tensor extension (an Inference-Header-Content-Length "
+                       "header, and parameters.binary_data_size instead of data) the values follow the JSON.",
     }
     tensor_out = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string"},
@@ -88,7 +90,10 @@ def _ref(name: str) -> dict[str, Any]:
 def _answer(route: Route) -> dict[str, Any]:
     if route.answer.startswith("text/"):
         return {"description": route.summary, "content": {route.answer: {"schema": {"type": "string"}}}}
-    return {"description": route.summary, "content": {"application/json": {"schema": _ref(route.answer)}}}
+    content: dict[str, Any] = {"application/json": {"schema": _ref(route.answer)}}
+    if route.answer == "InferResponse":  # binary outputs: the JSON header, then the tensors' bytes
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"description": route.summary, "content": content}
 
 
 def _example_shape(shape: list[int]) -> list[int]:

@@ -60,8 +60,10 @@ def decode(tensor: Any, binary: memoryview | None, offset: int) -> tuple[str, np
                            f"{', '.join(V2_TO_NUMPY)}.")
     dtype = V2_TO_NUMPY[datatype]
     count = math.prod(shape)
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    params = tensor.get("parameters", {})
+    if not isinstance(params, dict):
+        raise RequestError(f"input '{name}': 'parameters' must be an object, got {clip(params)}.")
+    size = params.get("binary_data_size")
     if size is not None:
         if binary is None:
             raise RequestError(f"input '{name}': binary_data_size given but the request has no binary part "

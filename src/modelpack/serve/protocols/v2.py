@@ -88,22 +88,22 @@ async def infer(core: Core, request: Request) -> Response:
 
 def requested_outputs(model: ServedModel, payload: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     """The outputs to return, in order, and whether each travels as binary data."""
-    params = payload.get("parameters") or {}
+    params = payload.get("parameters", {})
     if not isinstance(params, dict):
         raise RequestError(f"'parameters' must be an object, got {clip(params)}.")
     default_binary = _flag(params, "binary_data_output", False)
-    requested = payload.get("outputs")
+    requested = payload.get("outputs", [])
     names = model.signature.output_names
+    if not isinstance(requested, list):
+        raise RequestError(f"'outputs' must be a list of objects with a 'name', got {clip(requested)}.")
     if not requested:
         return names, {n: default_binary for n in names}
-    if not isinstance(requested, list):
-        raise RequestError("'outputs' must be a list of objects with a 'name'.")
     wanted, flags = [], {}
     for item in requested:
         name = item.get("name") if isinstance(item, dict) else None
         if name not in names:
             raise RequestError(f"unknown output {clip(name)}; this model has {', '.join(names)}.")
-        item_params = item.get("parameters") or {}
+        item_params = item.get("parameters", {})
         if not isinstance(item_params, dict):
             raise RequestError(f"output {clip(name)}: 'parameters' must be an object.")
         flags[name] = _flag(item_params, "binary_data", default_binary)
