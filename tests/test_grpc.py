@@ -17,9 +17,9 @@ X = np.random.default_rng(5).standard_normal((3, 16)).astype("float32")
 KEYS = "app:app-key-000001:infer\nviewer:viewer-key-0002:metadata\nops:ops-key-000003:admin\n"
 
 
-def _start(package: Path, *args: str) -> tuple[Process, int]:
+def _start(package: Path, *args: str, scheme: str = "http") -> tuple[Process, int]:
     port = free_port()
-    return Process(package, "--grpc-port", str(port), *args), port
+    return Process(package, "--grpc-port", str(port), *args, scheme=scheme), port
 
 
 @pytest.fixture(scope="module")
@@ -137,5 +137,76 @@ def test_api_keys_and_scopes_apply_to_grpc(mlp_package: Path, tmp_path: Path) ->
         with pytest.raises(InferenceServerException) as caught:
             client.infer("mlp", [_input(X)], headers={"authorization": "Bearer wrong-key-00000"})
         assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    finally:
+        proc.stop()
+
+
+def _kserve(port: int, *args: str) -> dict:
+    """The kserve SDK's gRPC client, in its own process (see tests/kserve_grpc_client.py)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "kserve_grpc_client.py"), str(port), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_kserve_sdk_grpc_client(server, mlp_package: Path) -> None:
+    _, _, port = server
+    found = _kserve(port)
+    assert found["ready"] and found["model_ready"] and found["id"] == "k-1"
+    np.testing.assert_allclose(np.asarray(found["logits"], dtype="float32"), _expected(mlp_package, X), rtol=1e-5,
+                               atol=1e-6)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 (gRPC checks the name) and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_grpc_over_tls_with_a_key(mlp_package: Path, tmp_path: Path) -> None:
+    """--ssl-certfile covers gRPC too; tritonclient and the kserve SDK connect over TLS with an API key."""
+    cert, key = _self_signed(tmp_path)
+    proc, port = _start(mlp_package, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--api-key",
+                        "tls-key-0000001", scheme="https")
+    try:
+        client = triton.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(cert))
+        auth = {"authorization": "Bearer tls-key-0000001"}
+        result = client.infer("mlp", [_input(X)], headers=auth)
+        np.testing.assert_allclose(result.as_numpy("logits"), _expected(mlp_package, X), rtol=1e-5, atol=1e-6)
+        found = _kserve(port, "--tls", str(cert), "--key", "tls-key-0000001")
+        assert found["ready"] and found["model_ready"] and np.asarray(found["logits"]).shape == (3, 4)
+        assert "UNAUTHENTICATED" in _kserve(port, "--tls", str(cert))["error"]
+        with pytest.raises(InferenceServerException) as caught:  # the key is still needed over TLS
+            client.infer("mlp", [_input(X)])
+        assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+        plain = triton.InferenceServerClient(f"127.0.0.1:{port}")  # no TLS: the handshake fails, nothing served
+        with pytest.raises(InferenceServerException) as caught:
+            plain.is_server_live(client_timeout=10)
+        assert caught.value.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
     finally:
         proc.stop()
