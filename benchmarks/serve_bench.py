@@ -2,14 +2,21 @@
 
     .venv/bin/python benchmarks/serve_bench.py [--duration 5] [--rounds 3] [--json out.json]
 
-Needs wrk (Debian: apt-get install wrk), a C load generator, so the client is not the
-bottleneck. Each configuration runs `--rounds` times, interleaved with the others, and
+Needs wrk and h2load (Debian: apt-get install wrk nghttp2-client), C load generators, so the
+client is not the bottleneck. MLServer is installed into its own venv under benchmarks/.peers on
+first use (from PyPI); KServe comes with the dev dependencies. Each configuration runs `--rounds` times, interleaved with the others, and
 the median round is reported; ratios are between medians of the same run.
 
 1. A tiny MLP (64-256-256-10), batch-1 JSON, 16 keep-alive connections:
    - bare: a minimal Starlette endpoint calling onnxruntime directly (no auth, metrics or validation);
-   - modelpack serve, with an API key, metrics and validation on (V2 JSON and /predict);
+   - modelpack serve, with an API key, metrics, validation and the request limits on (V2 JSON and /predict);
+   - the peers, each serving the same ONNX file through onnxruntime with its documented custom-runtime API:
+     MLServer 1.7.1 (an `MLModel`, `parallel_workers: 0`, its fastest setting for a model this small) and
+     KServe 0.21's Python ModelServer (a `kserve.Model`, default settings);
    - naive Flask: the seed document's design, loading the model inside every request.
+   The same MLP over KServe V2 gRPC (ModelInfer, raw tensor contents), driven by h2load (nghttp2-client)
+   with a pre-encoded request, against modelpack serve --grpc-port, KServe and MLServer. h2load counts HTTP
+   statuses only, so each server's gRPC answer is checked with a real client before and after the load.
 2. Compute-heavier models, 32 connections, dynamic batching on and off: a wide MLP (memory-bound
    at batch 1, where batching shines) and a conv net (compute-bound, where it helps little).
 3. Start-to-ready time of `modelpack serve` for the demo package.
@@ -74,6 +81,60 @@ def predict():
 if __name__ == "__main__":
     app.run(host="127.0.0.1", port=int(os.environ["PORT"]), threaded=True)
 '''
+
+
+KSERVE_APP = '''
+import os, numpy as np, onnxruntime as ort
+from kserve import InferOutput, InferResponse, Model, ModelServer
+
+class OnnxMLP(Model):
+    def __init__(self, name, path):
+        super().__init__(name)
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.ready = True
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        (y,) = self.session.run(None, {self.input: payload.inputs[0].as_numpy()})
+        out = InferOutput(name="y", shape=list(y.shape), datatype="FP32")
+        out.set_data_from_numpy(y, binary_data=False)
+        return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=[out])
+
+if __name__ == "__main__":
+    ModelServer().start([OnnxMLP("m", os.environ["BENCH_MODEL"])])
+'''
+
+MLSERVER_RUNTIME = '''
+import numpy as np, onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class OnnxMLP(MLModel):
+    async def load(self) -> bool:
+        self.session = ort.InferenceSession(self.settings.parameters.uri, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        (y,) = self.session.run(None, {self.input: NumpyCodec.decode_input(payload.inputs[0])})
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("y", y)])
+'''
+MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "onnxruntime>=1.20,<1.33"]
+PEERS = ROOT / "benchmarks" / ".peers"
+
+
+def peer_python(name: str, requirements: list[str]) -> Path:
+    """A venv of its own for a peer whose pins clash with ours, made once under benchmarks/.peers."""
+    venv = PEERS / name
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.txt"
+    if not python.exists() or not stamp.exists() or stamp.read_text() != "\n".join(requirements):
+        print(f"installing {', '.join(requirements)} into {venv} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+        stamp.write_text("\n".join(requirements))
+    return python
 
 
 def free_port() -> int:
@@ -143,22 +204,26 @@ def package(model: Path, out: Path, name: str) -> Path:
 
 
 class Server:
-    def __init__(self, args: list[str], env: dict[str, str], ready_url: str, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], ready_url: str, cwd: Path | None = None,
+                 ok: int | None = None) -> None:
+        """Start, and wait until `ready_url` answers (`ok` exactly, when given; else anything but a 5xx)."""
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         import httpx
 
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{args} exited: {self.proc.stderr.read()}")
             try:
-                if httpx.get(ready_url, timeout=1).status_code < 500:
+                code = httpx.get(ready_url, timeout=1).status_code
+                if code == ok if ok is not None else code < 500:
                     self.ready_s = time.perf_counter() - self.started
                     return
             except httpx.HTTPError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
         raise RuntimeError(f"{args} never became ready")
 
     def stop(self) -> None:
@@ -190,6 +255,60 @@ def wrk(url: str, body: dict, connections: int, duration: float, headers: dict[s
             "socket_errors": sock.group(1) if sock else ""}
 
 
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_request(model: str, x: np.ndarray) -> bytes:
+    """A serialized ModelInferRequest with one raw FP32 input 'x'."""
+    from modelpack.serve.protocols.grpc_v2 import messages
+
+    request = messages().ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype("<f4").tobytes())
+    return request.SerializeToString()
+
+
+def grpc_answers(port: int, model: str, x: np.ndarray, expected: np.ndarray, headers: dict[str, str]) -> bool:
+    """One real gRPC call: status OK and outputs equal to onnxruntime's (h2load cannot see grpc-status)."""
+    import grpc
+
+    from modelpack.serve.protocols.grpc_v2 import messages
+
+    m = messages()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(GRPC_PATH, request_serializer=lambda b: b,
+                                   response_deserializer=m.ModelInferResponse.FromString)
+        response = call(grpc_request(model, x), metadata=tuple((k.lower(), v) for k, v in headers.items()),
+                        timeout=10)
+    if response.raw_output_contents:
+        y = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+    else:
+        y = np.asarray(response.outputs[0].contents.fp32_contents, dtype="float32")
+    return bool(np.allclose(y, expected.ravel(), atol=1e-4))
+
+
+def h2load(port: int, body: bytes, connections: int, duration: float, headers: dict[str, str], work: Path) -> dict:
+    """Unary gRPC calls from h2load: a pre-encoded frame (flag byte, 4-byte length, message) per request."""
+    frame = work / f"grpc-{port}.bin"
+    frame.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
+    flags = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for k, v in headers.items():
+        flags += ["-H", f"{k.lower()}: {v}"]
+    out = subprocess.run(["h2load", "-t1", f"-c{connections}", "-m1", f"-D{max(1, int(duration))}",
+                          "--warm-up-time=1", "-d", str(frame), *flags, f"http://127.0.0.1:{port}{GRPC_PATH}"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                     out)
+    timing = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+
+    def ms(value: str, unit: str) -> float:
+        return float(value) / 1000 if unit == "us" else float(value) * 1000 if unit == "s" else float(value)
+
+    return {"rps": rps, "mean_ms": ms(timing.group(5), timing.group(6)), "max_ms": ms(timing.group(3), timing.group(4)),
+            "done": int(done.group(1)), "failed": int(done.group(3)) + int(done.group(4))}
+
+
 def median_round(rounds: list[dict]) -> dict:
     mid = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
     return {**mid, "rps_rounds": [round(r["rps"]) for r in rounds]}
@@ -201,8 +320,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
+    for tool, package_name in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: apt-get install {package_name}")
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     results: dict[str, dict] = {}
     try:
@@ -216,21 +336,41 @@ def main() -> int:
         auth = {"Authorization": f"Bearer {KEY}"}
         uvicorn_flags = ["--no-access-log", "--log-level", "warning"]
 
-        def start(kind: str, port: int) -> Server:
+        (work / "kserve_app.py").write_text(textwrap.dedent(KSERVE_APP))
+        mls_dir = work / "mlserver"
+        mls_dir.mkdir()
+        (mls_dir / "runtime.py").write_text(textwrap.dedent(MLSERVER_RUNTIME))
+        (mls_dir / "model-settings.json").write_text(json.dumps({
+            "name": "m", "implementation": "runtime.OnnxMLP", "parameters": {"uri": str(work / "mlp.onnx")}}))
+        mlserver = peer_python("mlserver-1.7.1", MLSERVER_REQUIREMENTS).parent / "mlserver"
+
+        def start(kind: str, port: int, grpc_port: int | None = None) -> Server:
+            model_env = {"BENCH_MODEL": str(work / "mlp.onnx")}
+            grpc_port = grpc_port or free_port()
             if kind == "bare":
                 return Server([str(BIN / "python"), "-m", "uvicorn", "bare:app", "--port", str(port), *uvicorn_flags],
-                              {"BENCH_MODEL": str(work / "mlp.onnx")}, f"http://127.0.0.1:{port}/", cwd=work)
+                              model_env, f"http://127.0.0.1:{port}/", cwd=work)
             if kind == "flask":
-                return Server([str(BIN / "python"), "naive_flask.py"], {"BENCH_MODEL": str(work / "mlp.onnx"),
-                                                                        "PORT": str(port)},
+                return Server([str(BIN / "python"), "naive_flask.py"], {**model_env, "PORT": str(port)},
                               f"http://127.0.0.1:{port}/", cwd=work)
-            return Server([str(BIN / "modelpack"), "serve", str(tiny), "--port", str(port)], {"MODELPACK_API_KEY": KEY},
-                          f"http://127.0.0.1:{port}/v2/health/ready")
+            if kind == "kserve":
+                return Server([str(BIN / "python"), "kserve_app.py", "--http_port", str(port), "--grpc_port",
+                               str(grpc_port)], model_env, f"http://127.0.0.1:{port}/v2/models/m/ready", cwd=work, ok=200)
+            if kind == "mlserver":
+                (mls_dir / "settings.json").write_text(json.dumps({
+                    "http_port": port, "grpc_port": grpc_port, "metrics_port": free_port(), "parallel_workers": 0}))
+                return Server([str(mlserver), "start", str(mls_dir)], {}, f"http://127.0.0.1:{port}/v2/models/m/ready",
+                              cwd=mls_dir, ok=200)
+            return Server([str(BIN / "modelpack"), "serve", str(tiny), "--port", str(port), "--grpc-port",
+                           str(grpc_port)], {"MODELPACK_API_KEY": KEY}, f"http://127.0.0.1:{port}/v2/health/ready")
 
         configs = {
             "bare Starlette + onnxruntime (V2 JSON)": ("bare", "/v2/models/m/infer", v2, {}),
-            "modelpack serve (V2 JSON, auth+metrics+validation)": ("modelpack", "/v2/models/mlp/infer", v2, auth),
-            "modelpack serve (/predict, auth+metrics+validation)": ("modelpack", "/predict", simple, auth),
+            "modelpack serve (V2 JSON, auth+metrics+validation+limits)": ("modelpack", "/v2/models/mlp/infer", v2,
+                                                                          auth),
+            "modelpack serve (/predict, auth+metrics+validation+limits)": ("modelpack", "/predict", simple, auth),
+            "MLServer 1.7.1 (V2 JSON)": ("mlserver", "/v2/models/m/infer", v2, {}),
+            "KServe 0.21 ModelServer (V2 JSON)": ("kserve", "/v2/models/m/infer", v2, {}),
             "naive Flask, model loaded per request (/predict)": ("flask", "/predict", simple, {}),
         }
         rounds: dict[str, list[dict]] = {label: [] for label in configs}
@@ -248,6 +388,31 @@ def main() -> int:
                 print(f"round {r + 1} {label}: {rounds[label][-1]['rps']:.0f} req/s", file=sys.stderr)
         tiny_results = {label: median_round(rs) for label, rs in rounds.items()}
         results["tiny_mlp"] = tiny_results
+
+        import onnxruntime as ort
+
+        expected = ort.InferenceSession(str(work / "mlp.onnx")).run(None, {"x": x})[0]
+        grpc_configs = {
+            "modelpack serve --grpc-port (auth+metrics+validation+limits)": ("modelpack", "mlp", auth),
+            "KServe 0.21 ModelServer (gRPC)": ("kserve", "m", {}),
+            "MLServer 1.7.1 (gRPC)": ("mlserver", "m", {}),
+        }
+        grounds: dict[str, list[dict]] = {label: [] for label in grpc_configs}
+        for r in range(args.rounds):
+            for label, (kind, model_name, headers) in grpc_configs.items():
+                port, grpc_port = free_port(), free_port()
+                server = start(kind, port, grpc_port)
+                try:
+                    if not grpc_answers(grpc_port, model_name, x, expected, headers):
+                        raise RuntimeError(f"{label}: wrong gRPC answer before the load")
+                    grounds[label].append(h2load(grpc_port, grpc_request(model_name, x), 16, args.duration, headers,
+                                                 work))
+                    if not grpc_answers(grpc_port, model_name, x, expected, headers):
+                        raise RuntimeError(f"{label}: wrong gRPC answer after the load")
+                finally:
+                    server.stop()
+                print(f"round {r + 1} {label}: {grounds[label][-1]['rps']:.0f} req/s", file=sys.stderr)
+        results["grpc"] = {label: median_round(rs) for label, rs in grounds.items()}
 
         wide = package(mlp(work / "wide.onnx", [512, 2048, 2048, 2048, 10]), work / "wide-pkg", "wide")
         xw = np.random.default_rng(2).random((1, 512), dtype=np.float32)
@@ -296,11 +461,21 @@ def main() -> int:
     flask = results["tiny_mlp"]["naive Flask, model loaded per request (/predict)"]["rps"]
     print("\nTiny MLP (64-256-256-10), batch-1 JSON, 16 connections, wrk on loopback, median of "
           f"{args.rounds} interleaved {args.duration:g}s rounds:\n")
-    print("| server | req/s | p50 ms | p99 ms | vs bare | vs naive Flask | non-2xx |")
-    print("|---|---|---|---|---|---|---|")
+    mls = results["tiny_mlp"]["MLServer 1.7.1 (V2 JSON)"]["rps"]
+    kserve = results["tiny_mlp"]["KServe 0.21 ModelServer (V2 JSON)"]["rps"]
+    print("| server | req/s | p50 ms | p99 ms | vs bare | vs MLServer | vs KServe | vs naive Flask | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, r in results["tiny_mlp"].items():
         print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / bare:.2f}x | "
-              f"{r['rps'] / flask:.1f}x | {r['non_2xx']} |")
+              f"{r['rps'] / mls:.1f}x | {r['rps'] / kserve:.1f}x | {r['rps'] / flask:.1f}x | {r['non_2xx']} |")
+    print(f"\nThe same MLP over KServe V2 gRPC (ModelInfer, raw contents), h2load, 16 connections, median of "
+          f"{args.rounds} interleaved {args.duration:g}s rounds:\n")
+    kserve_grpc = results["grpc"]["KServe 0.21 ModelServer (gRPC)"]["rps"]
+    print("| server | req/s | mean ms | max ms | vs KServe | failed |")
+    print("|---|---|---|---|---|---|")
+    for label, r in results["grpc"].items():
+        print(f"| {label} | {r['rps']:.0f} | {r['mean_ms']:.2f} | {r['max_ms']:.2f} | {r['rps'] / kserve_grpc:.2f}x | "
+              f"{r['failed']} |")
     print("\nDynamic batching, batch-1 JSON requests, 32 connections:\n")
     print("| model | modelpack serve | req/s | p50 ms | p99 ms | vs batching off |")
     print("|---|---|---|---|---|---|")

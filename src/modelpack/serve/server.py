@@ -32,8 +32,6 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
 
     # Header and body deadlines for slow or idle clients (uvicorn has only the keep-alive one).
     options["http"] = configure(config.header_timeout_s, config.body_timeout_s)
-    if config.grpc_port is not None:
-        options["loop"] = "asyncio"  # grpc.aio runs on the same loop, and supports asyncio's own
     if config.ssl_certfile:
         options["ssl_certfile"] = str(config.ssl_certfile)
     if config.ssl_keyfile:
