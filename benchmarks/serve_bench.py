@@ -208,14 +208,17 @@ class Server:
                  ok: int | None = None) -> None:
         """Start, and wait until `ready_url` answers (`ok` exactly, when given; else anything but a 5xx)."""
         self.started = time.perf_counter()
+        # The log goes to a file: a peer that logs every request (KServe does) would block on a full pipe.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=self.log, text=True)
         import httpx
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{args} exited: {self.proc.stderr.read()}")
+                self.log.seek(0)
+                raise RuntimeError(f"{args} exited: {self.log.read()[-3000:]}")
             try:
                 code = httpx.get(ready_url, timeout=1).status_code
                 if code == ok if ok is not None else code < 500:
@@ -232,6 +235,7 @@ class Server:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
 
 
 def wrk(url: str, body: dict, connections: int, duration: float, headers: dict[str, str], work: Path) -> dict:
@@ -319,7 +323,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--sections", default="http,grpc,batching,ready",
+                        help="comma-separated: http (tiny MLP over HTTP), grpc, batching, ready (start to ready)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     for tool, package_name in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed: apt-get install {package_name}")
@@ -373,6 +380,7 @@ def main() -> int:
             "KServe 0.21 ModelServer (V2 JSON)": ("kserve", "/v2/models/m/infer", v2, {}),
             "naive Flask, model loaded per request (/predict)": ("flask", "/predict", simple, {}),
         }
+        configs = configs if "http" in sections else {}
         rounds: dict[str, list[dict]] = {label: [] for label in configs}
         for r in range(args.rounds):
             for label, (kind, path, body, headers) in configs.items():
@@ -397,6 +405,7 @@ def main() -> int:
             "KServe 0.21 ModelServer (gRPC)": ("kserve", "m", {}),
             "MLServer 1.7.1 (gRPC)": ("mlserver", "m", {}),
         }
+        grpc_configs = grpc_configs if "grpc" in sections else {}
         grounds: dict[str, list[dict]] = {label: [] for label in grpc_configs}
         for r in range(args.rounds):
             for label, (kind, model_name, headers) in grpc_configs.items():
@@ -425,6 +434,7 @@ def main() -> int:
         }
         batch_configs = {"batching on (--max-batch-size 32)": ["--max-batch-size", "32"],
                          "batching off (--max-batch-size 1)": ["--max-batch-size", "1"]}
+        heavy = heavy if "batching" in sections else {}
         results["batching"] = {}
         for model_label, (pkg, name, body) in heavy.items():
             brounds: dict[str, list[dict]] = {label: [] for label in batch_configs}
@@ -446,49 +456,60 @@ def main() -> int:
         if not (demo / "modelpack.json").exists():
             demo = package(ROOT / "examples" / "digits" / "model.keras", work / "demo", "digits")
         ready = []
-        for _ in range(3):
+        for _ in range(3 if "ready" in sections else 0):
             port = free_port()
             server = Server([str(BIN / "modelpack"), "serve", str(demo), "--port", str(port)], {},
                             f"http://127.0.0.1:{port}/v2/health/ready")
             ready.append(server.ready_s)
             server.stop()
-        results["start_to_ready_s"] = {"package": str(demo), "median": round(statistics.median(ready), 3),
-                                       "runs": [round(r, 3) for r in ready]}
+        if ready:
+            results["start_to_ready_s"] = {"package": str(demo), "median": round(statistics.median(ready), 3),
+                                           "runs": [round(r, 3) for r in ready]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    bare = results["tiny_mlp"]["bare Starlette + onnxruntime (V2 JSON)"]["rps"]
-    flask = results["tiny_mlp"]["naive Flask, model loaded per request (/predict)"]["rps"]
-    print("\nTiny MLP (64-256-256-10), batch-1 JSON, 16 connections, wrk on loopback, median of "
-          f"{args.rounds} interleaved {args.duration:g}s rounds:\n")
-    mls = results["tiny_mlp"]["MLServer 1.7.1 (V2 JSON)"]["rps"]
-    kserve = results["tiny_mlp"]["KServe 0.21 ModelServer (V2 JSON)"]["rps"]
-    print("| server | req/s | p50 ms | p99 ms | vs bare | vs MLServer | vs KServe | vs naive Flask | non-2xx |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, r in results["tiny_mlp"].items():
-        print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / bare:.2f}x | "
-              f"{r['rps'] / mls:.1f}x | {r['rps'] / kserve:.1f}x | {r['rps'] / flask:.1f}x | {r['non_2xx']} |")
-    print(f"\nThe same MLP over KServe V2 gRPC (ModelInfer, raw contents), h2load, 16 connections, median of "
-          f"{args.rounds} interleaved {args.duration:g}s rounds:\n")
-    kserve_grpc = results["grpc"]["KServe 0.21 ModelServer (gRPC)"]["rps"]
-    print("| server | req/s | mean ms | max ms | vs KServe | failed |")
-    print("|---|---|---|---|---|---|")
-    for label, r in results["grpc"].items():
-        print(f"| {label} | {r['rps']:.0f} | {r['mean_ms']:.2f} | {r['max_ms']:.2f} | {r['rps'] / kserve_grpc:.2f}x | "
-              f"{r['failed']} |")
-    print("\nDynamic batching, batch-1 JSON requests, 32 connections:\n")
-    print("| model | modelpack serve | req/s | p50 ms | p99 ms | vs batching off |")
-    print("|---|---|---|---|---|---|")
-    for model_label, rows in results["batching"].items():
-        off = rows["batching off (--max-batch-size 1)"]["rps"]
-        for label, r in rows.items():
-            print(f"| {model_label} | {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                  f"{r['rps'] / off:.2f}x |")
-    sr = results["start_to_ready_s"]
-    print(f"\nStart to ready ({Path(sr['package']).name}): median {sr['median']:.2f} s over {len(sr['runs'])} starts")
+    report(results, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    rounds = f"median of {args.rounds} interleaved {args.duration:g}s rounds"
+    if results.get("tiny_mlp"):
+        tiny = results["tiny_mlp"]
+        bare = tiny["bare Starlette + onnxruntime (V2 JSON)"]["rps"]
+        flask = tiny["naive Flask, model loaded per request (/predict)"]["rps"]
+        mls = tiny["MLServer 1.7.1 (V2 JSON)"]["rps"]
+        kserve = tiny["KServe 0.21 ModelServer (V2 JSON)"]["rps"]
+        print(f"\nTiny MLP (64-256-256-10), batch-1 JSON, 16 connections, wrk on loopback, {rounds}:\n")
+        print("| server | req/s | p50 ms | p99 ms | vs bare | vs MLServer | vs KServe | vs naive Flask | non-2xx |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, r in tiny.items():
+            print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps'] / bare:.2f}x | "
+                  f"{r['rps'] / mls:.1f}x | {r['rps'] / kserve:.1f}x | {r['rps'] / flask:.1f}x | {r['non_2xx']} |")
+    if results.get("grpc"):
+        grpc = results["grpc"]
+        kserve_grpc = grpc["KServe 0.21 ModelServer (gRPC)"]["rps"]
+        print(f"\nThe same MLP over KServe V2 gRPC (ModelInfer, raw contents), h2load, 16 connections, {rounds}:\n")
+        print("| server | req/s | mean ms | max ms | vs KServe | failed |")
+        print("|---|---|---|---|---|---|")
+        for label, r in grpc.items():
+            print(f"| {label} | {r['rps']:.0f} | {r['mean_ms']:.2f} | {r['max_ms']:.2f} | "
+                  f"{r['rps'] / kserve_grpc:.2f}x | {r['failed']} |")
+    if results.get("batching"):
+        print("\nDynamic batching, batch-1 JSON requests, 32 connections:\n")
+        print("| model | modelpack serve | req/s | p50 ms | p99 ms | vs batching off |")
+        print("|---|---|---|---|---|---|")
+        for model_label, rows in results["batching"].items():
+            off = rows["batching off (--max-batch-size 1)"]["rps"]
+            for label, r in rows.items():
+                print(f"| {model_label} | {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                      f"{r['rps'] / off:.2f}x |")
+    sr = results.get("start_to_ready_s")
+    if sr:
+        print(f"\nStart to ready ({Path(sr['package']).name}): median {sr['median']:.2f} s over {len(sr['runs'])} "
+              "starts")
 
 
 if __name__ == "__main__":

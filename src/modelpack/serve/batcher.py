@@ -89,6 +89,18 @@ class Batcher:
         finally:
             timer.cancel()
 
+    def run_now(self, feeds: Tensors, rows: int) -> Tensors | None:
+        """Run a request at once, in the caller's turn of the event loop, when there is nothing to batch it
+        with: the model runs inline, nothing is queued or running, and no --batch-timeout-ms asks to wait.
+        None when the request should queue instead.
+
+        This skips the batching task's turns of the loop. gRPC needs it: each turn lets grpc.aio's poller
+        thread take the GIL, and the hand-back costs more than the model on a busy machine."""
+        if not self.inline or self._pending or self.in_flight or self.timeout_s > 0:
+            return None
+        self._on_batch(rows)
+        return self._run(feeds)
+
     def _take(self) -> list[_Item]:
         """Pop a batch: same-shaped requests, oldest first, up to max_batch_size rows."""
         while self._pending and self._pending[0].future.done():

@@ -96,11 +96,16 @@ class Core:
         model.check_version(version)
         return model
 
-    async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Validate against the signature, batch, run: the inference path every protocol shares."""
+    async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray],
+                    eager: bool = False) -> dict[str, np.ndarray]:
+        """Validate against the signature, batch, run: the inference path every protocol shares.
+
+        `eager` runs the request at once when there is nothing to batch it with (see `Batcher.run_now`)."""
         rows = model.validate(feeds)
         assert self.batcher is not None
         try:
+            if eager and (outputs := self.batcher.run_now(feeds, rows)) is not None:
+                return outputs
             return await self.batcher.submit(feeds, rows, self.config.timeout_s)
         except (RequestError, asyncio.CancelledError):
             raise

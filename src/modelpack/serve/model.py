@@ -34,6 +34,7 @@ class ServedModel:
     max_batch_size: int
     load_seconds: float = 0.0
     _dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    _axes: dict[str, int | None] = field(default_factory=dict)  # each input's batch axis (None: shared)
 
     @classmethod
     def load(cls, pkg: Package, runtime: str | None, max_batch_size: int, threads: int | None = None,
@@ -51,6 +52,7 @@ class ServedModel:
         model = cls(pkg.name, pkg.version, pkg.signature, rep, runner, max_batch_size,
                     time.perf_counter() - start)
         model._dtypes = {t.name: np.dtype(t.dtype) for t in pkg.signature.inputs}
+        model._axes = {t.name: pkg.signature.batch_axis(t.name) for t in pkg.signature.inputs}
         return model
 
     @property
@@ -100,7 +102,7 @@ class ServedModel:
             if value.ndim != len(spec.shape) or any(d != DYNAMIC and d != v for d, v in zip(spec.shape, value.shape)):
                 raise RequestError(f"input '{spec.name}': shape {list(value.shape)}, expected {list(spec.shape)} "
                                    "(-1 = any).")
-            axis = self.signature.batch_axis(spec.name)
+            axis = self._axes[spec.name]
             if axis is None:
                 continue  # shared by every example (a scalar such as a sample rate)
             rows = value.shape[axis]
@@ -122,7 +124,7 @@ class ServedModel:
         if not isinstance(name, str) or name not in self._dtypes or not isinstance(shape, list) \
                 or not all(type(d) is int for d in shape):
             return
-        axis = self.signature.batch_axis(name)
+        axis = self._axes[name]
         if axis is not None and axis < len(shape) and shape[axis] > self.max_batch_size:
             raise RequestError(f"input '{name}': batch of {shape[axis]} exceeds the server's --max-batch-size "
                                f"{self.max_batch_size}; split the request.")
