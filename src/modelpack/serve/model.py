@@ -15,7 +15,7 @@ from ..formats import Repr
 from ..package import Package
 from ..runtimes import Runner, load_runner
 from ..signature import DYNAMIC, Signature
-from .tensors import json_array, v2_datatype
+from .tensors import clip, json_array, v2_datatype
 
 log = logging.getLogger("modelpack.serve")
 WARM_UP_FAILED_MS = 1e3  # unknown latency: treat the model as slow (run it off the event loop)
@@ -157,6 +157,26 @@ class ServedModel:
             "outputs": [{"name": t.name, "datatype": v2_datatype(t.dtype), "shape": list(t.shape)}
                         for t in self.signature.outputs],
         }
+
+    def coerce_inputs(self, value: Any, field: str, reject_unknown: bool = True) -> dict[str, np.ndarray]:
+        """The inputs of a JSON request field (TF Serving's 'inputs', /predict's 'input_data'): an object keyed
+        by input name, or, for a one-input model, that input's value alone. Oversized batches are refused
+        before any value is converted."""
+        names = self.signature.input_names
+        if isinstance(value, dict):
+            extra = sorted(set(value) - set(names)) if reject_unknown else []
+            if extra:
+                raise RequestError(f"unknown input {clip(extra[0])}; this model takes {', '.join(names)}.")
+            missing = next((n for n in names if n not in value), None)
+            if missing is not None:
+                raise RequestError(f"missing input '{missing}'; this model takes {', '.join(names)}.")
+            for name in names:
+                self.check_rows(value[name], name)
+            return {n: self.coerce(n, value[n]) for n in names}
+        if len(names) == 1:
+            self.check_rows(value, names[0])
+            return {names[0]: self.coerce(names[0], value)}
+        raise RequestError(f"'{field}' must be an object keyed by input name ({', '.join(names)}).")
 
     def coerce(self, name: str, value: Any) -> np.ndarray:
         """A JSON value for input `name` as an array of the expected dtype (TF Serving and /predict formats)."""

@@ -154,7 +154,7 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
     inputs = model.signature.inputs if model else []
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": f"modelpack serve: {name}", "version": __version__,
+        "info": {"title": _title(model), "version": __version__,
                  "description": "Inputs: " + ", ".join(f"{t.name} {v2_datatype(t.dtype)} {list(t.shape)}"
                                                         for t in inputs)},
         "paths": paths,
@@ -189,9 +189,12 @@ def curl(route: Route, model: Any, auth: bool, base: str) -> str:
     return line
 
 
+def _title(model: Any) -> str:
+    return f"modelpack serve: {model.name if model else 'model'}"
+
+
 def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None) -> bytes:
-    document = spec(model, auth)
-    info = document["info"]
+    title = _title(model)
     esc = html.escape
     sections = []
     for protocol in dict.fromkeys(route.protocol for route in ROUTES):
@@ -212,10 +215,10 @@ def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None) -
     grpc = (f"<p>KServe V2 gRPC (<code>inference.GRPCInferenceService</code>) is on port {grpc_port}.</p>"
             if grpc_port else "")
     keys = ("<p>This server needs an API key: send <code>Authorization: Bearer KEY</code>.</p>" if auth else "")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(info['title'])}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}td,th{{padding:.3rem .8rem;
 text-align:left;border-bottom:1px solid #ddd}}code,pre{{background:#f4f4f4;padding:0 .2rem}}
 pre{{padding:.5rem;white-space:pre-wrap;word-break:break-all}}</style></head><body>
-<h1>{esc(info['title'])}</h1>{tensors}{keys}{grpc}{''.join(sections)}
+<h1>{esc(title)}</h1>{tensors}{keys}{grpc}{''.join(sections)}
 <p>The OpenAPI document: <a href="/openapi.json">/openapi.json</a>.</p></body></html>"""
     return page.encode()

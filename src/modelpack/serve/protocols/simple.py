@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...errors import RequestError
 from ..asgi import Request, Response, json_response, read_json
 from ..core import Core
-from .tfserving import by_name, missing
+from .tfserving import by_name
 
 
 async def predict(core: Core, request: Request) -> Response:
@@ -13,15 +13,8 @@ async def predict(core: Core, request: Request) -> Response:
     payload = await read_json(request.body)
     if not isinstance(payload, dict) or "input_data" not in payload:
         raise RequestError("expected a JSON object {\"input_data\": [...]}.")
-    data = payload["input_data"]
-    names = model.signature.input_names
-    if isinstance(data, dict):
-        feeds = {n: model.coerce(n, data[n]) if n in data else missing(n, names) for n in names}
-    elif len(names) == 1:
-        model.check_rows(data, names[0])
-        feeds = {names[0]: model.coerce(names[0], data)}
-    else:
-        raise RequestError(f"'input_data' must be an object keyed by input name ({', '.join(names)}).")
+    # Unknown keys are ignored here, as the seed's Flask route did.
+    feeds = model.coerce_inputs(payload["input_data"], "input_data", reject_unknown=False)
     for spec in model.signature.inputs:  # one example without its batch dimension: add it
         if feeds[spec.name].ndim == len(spec.shape) - 1:
             feeds[spec.name] = feeds[spec.name][None, ...]

@@ -77,20 +77,7 @@ async def _rows(core: Core, model: ServedModel, instances: Any) -> Response:
 
 
 async def _columns(core: Core, model: ServedModel, inputs: Any) -> Response:
-    names = model.signature.input_names
-    if isinstance(inputs, dict):
-        extra = sorted(set(inputs) - set(names))
-        if extra:
-            raise RequestError(f"unknown input {clip(extra[0])}; this model takes {', '.join(names)}.")
-        for name in names:
-            model.check_rows(inputs.get(name), name)
-        feeds = {n: model.coerce(n, inputs[n]) if n in inputs else missing(n, names) for n in names}
-    elif len(names) == 1:
-        model.check_rows(inputs, names[0])
-        feeds = {names[0]: model.coerce(names[0], inputs)}
-    else:
-        raise RequestError(f"'inputs' must be an object keyed by input name ({', '.join(names)}).")
-    outputs = await core.infer(model, feeds)
+    outputs = await core.infer(model, model.coerce_inputs(inputs, "inputs"))
     return json_response(200, {"outputs": by_name(model, outputs)})
 
 
@@ -104,7 +91,3 @@ def _field(instance: dict[str, Any], name: str) -> Any:
     if name not in instance:
         raise RequestError(f"an instance has no input '{name}'.")
     return instance[name]
-
-
-def missing(name: str, names: list[str]) -> Any:
-    raise RequestError(f"missing input '{name}'; this model takes {', '.join(names)}.")
