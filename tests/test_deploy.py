@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -36,11 +37,14 @@ def _dockerfile(path: Path) -> list[tuple[str, str]]:
 def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     out = tmp_path / "docker"
     result = _deploy(digits_package, "docker", out)
-    assert set(result["files"]) >= {"Dockerfile", ".dockerignore", "package/modelpack.json", "package/model.onnx"}
+    assert set(result["files"]) >= {"Dockerfile", ".dockerignore", "docker-compose.yml", "package/modelpack.json",
+                                    "package/model.onnx", "wheels/modelpack_toolkit-0.1.0-py3-none-any.whl"}
     steps = dict(_dockerfile(out / "Dockerfile"))
     instructions = [k for k, _ in _dockerfile(out / "Dockerfile")]
-    assert re.fullmatch(r"python:3\.\d+-slim", steps["FROM"])
-    assert "'modelpack[serve]==" in steps["RUN"] and "tf" not in steps["RUN"].split("==")[0]  # no TensorFlow
+    assert re.fullmatch(r"--platform=linux/amd64 python:3\.\d+-slim", steps["FROM"])
+    # modelpack comes from the context's own wheel, never from an index (where "modelpack" is another project).
+    assert "pip install --no-index --find-links /wheels 'modelpack-toolkit[serve]==0.1.0'" in steps["RUN"]
+    assert "--mount=type=bind,source=wheels,target=/wheels" in steps["RUN"] and "COPY wheels" not in steps["COPY"]
     assert re.fullmatch(r"\d+:\d+", steps["USER"]) and not steps["USER"].startswith("0:")
     assert instructions.index("USER") < instructions.index("CMD")
     assert steps["EXPOSE"] == "8000 8001"  # HTTP and KServe V2 gRPC
@@ -48,16 +52,42 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     assert "MODELPACK_API_KEY" not in steps.get("ENV", "") and "api-key" not in steps["CMD"]
     assert ".git" in (out / ".dockerignore").read_text()
     assert sha256_file(out / "package" / "model.onnx") == sha256_file(digits_package / "model.onnx")
+    wheels = {p.name.split("-")[0].lower() for p in (out / "wheels").glob("*.whl")}
+    assert {"onnxruntime", "numpy", "uvicorn", "grpcio", "orjson"} <= wheels and "tensorflow" not in wheels
+    compose = yaml.safe_load((out / "docker-compose.yml").read_text())
+    (service,) = compose["services"].values()
+    assert service["build"]["context"] == "." and service["ports"] == ["8000:8000", "8001:8001"]
+    assert service["environment"] == {"MODELPACK_API_KEY": "${MODELPACK_API_KEY:-}"} and service["read_only"]
+    assert any(step.endswith("docker compose up") for step in result["next_steps"])
 
-    # The image's command serves the copied package: run it here, with the key from the environment.
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_docker_context_installs_offline_and_serves(digits_package: Path, tmp_path: Path) -> None:
+    """The context alone is enough: a fresh venv runs the Dockerfile's pip command with no index, then its CMD."""
+    import sys
+
+    out = tmp_path / "docker"
+    _deploy(digits_package, "docker", out)
+    steps = dict(_dockerfile(out / "Dockerfile"))
+    pip_args = shlex.split(steps["RUN"].split("&&")[0])
+    pip_args = pip_args[pip_args.index("pip") + 1:]
+    pip_args[pip_args.index("/wheels")] = str(out / "wheels")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # no find-links or extra index from this machine's pip.conf
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *pip_args, "--quiet",
+                          "--disable-pip-version-check"], capture_output=True, text=True, env=env)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
     cmd = json.loads(steps["CMD"])
-    port = free_port()
-    cmd = [str(BIN / "modelpack")] + [str(out / "package") if a.startswith("/models/") else a for a in cmd[1:]]
+    port, grpc_port = free_port(), free_port()
+    cmd = [str(venv / "bin" / cmd[0])] + [str(out / "package") if a.startswith("/models/") else a for a in cmd[1:]]
     cmd[cmd.index("--port") + 1] = str(port)
-    grpc_port = free_port()
     cmd[cmd.index("--grpc-port") + 1] = str(grpc_port)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
-    proc = subprocess.Popen(cmd, env={**os.environ, "MODELPACK_API_KEY": "k3y"}, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env={**env, "MODELPACK_API_KEY": "k3y"}, stderr=subprocess.PIPE)
     try:
         def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the server exited"
@@ -66,7 +96,7 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 60, "the image's CMD to serve")
+        wait_until(ready, 120, "the image's CMD to serve")
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/model", headers={"Authorization": "Bearer k3y"}).is_success
         import tritonclient.grpc as triton
@@ -76,14 +106,24 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    # What ran is the wheel in the context: its modelpack, not this checkout's.
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import modelpack; print(modelpack.__file__)"],
+                           capture_output=True, text=True, env=env)
+    assert where.stdout.startswith(str(venv)), where
 
 
-def test_docker_without_onnx_installs_tensorflow(tmp_path: Path) -> None:
+def test_docker_requirement_and_the_tensorflow_extra(tmp_path: Path) -> None:
     pkg = tmp_path / "tfl"
     assert run_cli("optimize", EXAMPLE / "model.keras", "-o", pkg, "-q", "export", "--format", "tflite").exit_code == 0
     out = tmp_path / "docker"
-    _deploy(pkg, "docker", out)
-    assert "modelpack[serve,tf]==" in (out / "Dockerfile").read_text()
+    _deploy(pkg, "docker", out, "--requirement", "modelpack-toolkit[serve,tf]==0.1.0")
+    assert "pip install 'modelpack-toolkit[serve,tf]==0.1.0'" in (out / "Dockerfile").read_text()
+    assert not (out / "wheels").exists()  # an index install brings no wheels
+    from modelpack.deploy.docker import extras
+    from modelpack.package import open_any
+
+    with open_any(pkg) as opened:
+        assert extras(opened) == "serve,tf"  # no ONNX to serve: the image needs TensorFlow
 
 
 def test_docker_build_says_what_to_run_without_an_engine(digits_package: Path, tmp_path: Path) -> None:

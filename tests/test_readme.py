@@ -2,7 +2,7 @@
 
 Every ```bash block runs, line by line, in a copy of the repository's examples, with the
 venv on PATH. A block preceded by `<!-- no-test -->` is skipped (make demo/test would
-recurse). A line ending in `# exit N` must exit with N.
+recurse); `<!-- install-test -->` marks the Install block, run in a fresh venv by test_serve_install.py. A line ending in `# exit N` must exit with N.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import BIN, ROOT
 
-FENCE = re.compile(r"(<!-- no-test -->\s*)?```bash\n(.*?)```", re.S)
+FENCE = re.compile(r"(<!-- (?:no|install)-test -->\s*)?```bash\n(.*?)```", re.S)
 
 
 def commands(readme: str) -> list[str]:

@@ -61,7 +61,7 @@ def _client(address: ZkAddress, forever: bool = False) -> Any:
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
     except ImportError as exc:  # pragma: no cover - kazoo ships with the serve extra
-        raise UsageError("service discovery needs kazoo: pip install 'modelpack[serve]'") from exc
+        raise UsageError("service discovery needs kazoo: pip install 'modelpack-toolkit[serve]'") from exc
     retry = KazooRetry(max_tries=-1 if forever else 2, delay=0.2, max_delay=5.0)
     logging.getLogger("kazoo.client").setLevel(logging.CRITICAL)  # its reconnect tracebacks are not ours to show
     return KazooClient(hosts=address.hosts, timeout=SESSION_TIMEOUT_S, connection_retry=retry)

@@ -91,7 +91,7 @@ def _h5_flavour(p: Path) -> str:
     try:
         import h5py
     except ImportError as exc:  # pragma: no cover - h5py ships with the tf extra
-        raise InputError(f"input '{p}' is HDF5; reading it needs the tf extra: pip install 'modelpack[tf]'.") from exc
+        raise InputError(f"input '{p}' is HDF5; reading it needs the tf extra: pip install 'modelpack-toolkit[tf]'.") from exc
     try:
         with h5py.File(p, "r") as f:
             attrs = dict(f.attrs)

@@ -27,14 +27,17 @@ from . import render, want_json
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
               help="Triton's max_batch_size.")
 @click.option("--model-version", help="Integer version for Triton and TF Serving.  [default: the package's]")
-@click.option("--requirement", help="What the image pip-installs.  [default: modelpack[serve]==THIS VERSION]")
+@click.option("--requirement", help="docker: pip-install this from an index instead of the wheels put in the context "
+                                   "(e.g. a wheel URL).")
+@click.option("--platform", type=click.Choice(["linux/amd64", "linux/arm64"]), default="linux/amd64", show_default=True,
+              help="docker: the image's platform; the context's wheels are downloaded for it.")
 @click.option("--build", is_flag=True, help="docker: run docker build when a Docker engine answers.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
            max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, grpc_port: int, max_batch_size: int,
-           model_version: str | None, requirement: str | None, build: bool, force: bool, as_json: bool) -> None:
+           model_version: str | None, requirement: str | None, platform: str, build: bool, force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
     from ..deploy import DeployOptions
     from ..deploy import deploy as write_deployment
@@ -47,7 +50,7 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         raise UsageError("--build works with --target docker.")
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
-                            requirement=requirement)
+                            requirement=requirement, platform=platform)
     result = write_deployment(package, target, output, options, force=force)
     if build:
         docker_build(output, result.image)

@@ -36,7 +36,8 @@ class DeployOptions:
     grpc_port: int | None = GRPC_PORT  # None: HTTP only
     max_batch_size: int = 32
     model_version: str | None = None
-    requirement: str | None = None  # what the image pip-installs; default: this modelpack version
+    requirement: str | None = None  # install this from an index instead of the context's wheels
+    platform: str = "linux/amd64"  # the image's platform: the wheels in the context are for it
 
 
 @dataclass

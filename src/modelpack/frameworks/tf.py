@@ -30,7 +30,7 @@ def tensorflow() -> Any:
 
             tf.config.list_physical_devices()  # device probing logs once, here, silenced
     except ImportError as exc:
-        raise UsageError("this step needs TensorFlow: pip install 'modelpack[tf]'") from exc
+        raise UsageError("this step needs TensorFlow: pip install 'modelpack-toolkit[tf]'") from exc
     tf.get_logger().setLevel("ERROR")
     import logging
 
