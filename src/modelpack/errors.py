@@ -44,7 +44,7 @@ class IntegrityError(ModelpackError):
 
 
 class RegistryError(ModelpackError):
-    """ZooKeeper could not be reached or used, or no live instance answered (exit 1)."""
+    """A registry could not be reached or used: ZooKeeper (no live instance answered) or an OCI registry (exit 1)."""
 
 
 class OutputExistsError(UsageError):

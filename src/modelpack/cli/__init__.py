@@ -64,6 +64,8 @@ class RootGroup(click.Group):
         "keygen": ("modelpack.cli.security", "keygen"),
         "sign": ("modelpack.cli.security", "sign"),
         "discover": ("modelpack.cli.discover", "discover"),
+        "push": ("modelpack.cli.oci", "push"),
+        "pull": ("modelpack.cli.oci", "pull"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
