@@ -29,6 +29,25 @@ def commands(readme: str) -> list[str]:
     return found
 
 
+PYTHON = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def test_readme_python_examples_run(tmp_path: Path) -> None:
+    """The Python API section's blocks, in order, each in a fresh interpreter from a copy of the examples.
+    (Other python blocks talk to a running server; tests/test_serve.py runs those clients.)"""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    (tmp_path / "build").mkdir()
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Python API"):]
+    blocks = PYTHON.findall(section[:section.index("\n### ", 1)])
+    assert len(blocks) >= 2
+    for block in blocks:
+        proc = subprocess.run([str(BIN / "python"), "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"{block}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.stdout.strip(), block
+
+
 def test_readme_opens_with_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     head = text[: text.index("## ")]
