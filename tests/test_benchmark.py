@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -116,7 +117,9 @@ def test_gates_pass_and_fail(pkg: Path) -> None:
     passing = run_cli("benchmark", pkg, *common, "--fail-if", "p99_ms > 1000", "--fail-if", "accuracy_drop > 0.5",
                       "--fail-if", "size_mb > 5")
     assert passing.exit_code == 0, passing.output
-    assert "gates passed: 3 check(s)" in passing.stdout
+    # One headline: the convention "N× faster/slower", "N× smaller/larger", accuracy in points, and the gates.
+    assert re.search(r"^onnx: (same size|[\d.]+× (smaller|larger)) · [\d.]+× (faster|slower) p50 @1 · [+−]\d+\.\d\d pt "
+                     r"accuracy · gates 3/3 passed$", passing.stdout, re.M), passing.stdout
     failing = run_cli("benchmark", pkg, *common, "--fail-if", "p50_ms < 1000", "--fail-if", "onnx.size_mb > 0.01",
                       "--fail-if", "accuracy < 50")
     assert failing.exit_code == 1
@@ -240,6 +243,11 @@ def test_compare(benchmarked: Path, digits_package: Path, tmp_path: Path) -> Non
     assert size["ratio"] == pytest.approx(size["b"] / size["a"], rel=1e-3) and size["ratio"] < 0.5
     assert rows["onnx @1 p50_ms"]["b"] is None and rows["tflite size bytes"]["b"] is None
     table = run_cli("compare", benchmarked, smaller)
-    assert "onnx size bytes" in table.stdout and "B / A" in table.stdout
+    line = next(ln for ln in table.stdout.splitlines() if "onnx size bytes" in ln)
+    # Human sizes, and B against A in the one convention: "N× smaller".
+    assert re.search(r"[\d.]+ [KM]B .* [\d.]+ [KM]B .* [\d.]+× smaller", line), line
+    assert "B against A" in table.stdout and "(compressed sizes in " in table.stdout
+    assert re.search(r"onnx top1_agreement .*%.*%.*[+−]\d+\.\d\d pt", table.stdout) or \
+        re.search(r"onnx accuracy .*%.*%.*[+−]\d+\.\d\d pt", table.stdout), table.stdout
     proc = run_subprocess("compare", benchmarked, tmp_path / "missing")
     assert proc.returncode == 2 and "missing" in proc.stderr

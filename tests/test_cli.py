@@ -181,3 +181,90 @@ def test_framework_output_is_hidden_unless_verbose(tmp_path) -> None:
     loud = run_subprocess("optimize", EXAMPLE / "model.keras", "-o", tmp_path / "b", "-v", "export",
                           env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert loud.returncode == 0 and len(loud.stderr.splitlines()) > len(proc.stderr.splitlines())
+
+
+def _commands() -> list[str]:
+    from modelpack.cli import main
+
+    return main.list_commands(None)  # type: ignore[arg-type]
+
+
+def test_every_command_has_an_example_and_every_option_has_help() -> None:
+    import click
+
+    from modelpack.cli import main
+
+    ctx = click.Context(main)
+    for name in _commands():
+        command = main.get_command(ctx, name)
+        assert command is not None
+        text = run_cli(name, "--help").output
+        assert f"modelpack {name} " in text.split("Usage:", 1)[1].split("\n", 1)[1], f"{name}: no example"
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help, f"{name} {param.opts}: no help text"
+    for param in main.params:
+        assert not isinstance(param, click.Option) or param.help, param.opts
+
+
+def test_quiet_and_json_work_on_every_command(mlp_package: Path, tmp_path: Path) -> None:
+    import click
+
+    from modelpack.cli import main
+
+    ctx = click.Context(main)
+    for name in _commands():
+        command = main.get_command(ctx, name)
+        assert command is not None
+        flags = {opt for p in command.params for opt in getattr(p, "opts", [])}
+        if name != "serve":  # serve logs; its one-shot --get prints the answer's JSON
+            assert "--json" in flags, f"{name} has no --json"
+    # -q anywhere on the line, for a command without a -q of its own: nothing on stdout, same exit code.
+    assert run_cli("verify", mlp_package, "-q").output == ""
+    assert run_cli("-q", "inspect", mlp_package).output == ""
+    assert run_cli("inspect", mlp_package).output != ""  # -q does not stick to the next run
+    failed = run_cli("verify", tmp_path / "nothing", "-q")
+    assert failed.exit_code == 2 and "no such file" in failed.output  # errors still show
+    keys = json.loads(run_cli("keygen", "-o", tmp_path / "keys", "--json").stdout)
+    assert keys["status"] == "ok" and Path(keys["public"]).is_file()
+
+
+def test_output_width_follows_columns(mlp_package: Path) -> None:
+    narrow = run_subprocess("inspect", mlp_package, env={"COLUMNS": "70"})
+    wide = run_subprocess("inspect", mlp_package, env={"COLUMNS": "200"})
+    assert narrow.returncode == wide.returncode == 0
+    assert max(map(len, narrow.stdout.splitlines())) <= 70 < max(map(len, wide.stdout.splitlines()))
+
+
+def test_gates_that_cannot_be_measured_are_refused_before_work(mlp_package: Path, tmp_path: Path) -> None:
+    before = (mlp_package / "modelpack.json").read_bytes()
+    result = run_cli("benchmark", mlp_package, "--fail-if", "accuracy_drop > 1")
+    assert result.exit_code == 2 and "needs --eval-data with labels" in result.output
+    result = run_cli("benchmark", mlp_package, "--no-memory", "--fail-if", "peak_rss_mb > 100")
+    assert result.exit_code == 2 and "--no-memory" in result.output
+    assert (mlp_package / "modelpack.json").read_bytes() == before  # nothing measured, nothing recorded
+    from conftest import make_onnx_mlp
+
+    source = make_onnx_mlp(tmp_path / "m.onnx")
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", source, "-o", out, "export", "benchmark", "--fail-if", "accuracy_drop > 1")
+    assert result.exit_code == 2 and "benchmark --fail-if 'accuracy_drop > 1'" in result.output
+    assert "[1/2]" not in result.output and not out.exists()
+
+
+def test_benchmark_stage_speaks_the_convention_and_names_no_temp_path(tmp_path: Path) -> None:
+    import re
+
+    from conftest import make_onnx_mlp
+
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", make_onnx_mlp(tmp_path / "m.onnx"), "-o", out, "quantize", "--method", "dynamic",
+                     "benchmark", "--duration", "0.05", "--repeats", "2", "--fail-if", "p50_ms > 10000")
+    assert result.exit_code == 0, result.output
+    assert "speed x" not in result.output
+    assert re.search(r"\d[\d.]*× (faster|slower)|same speed", result.output), result.output
+    assert re.search(r"^(same size|[\d.]+× (smaller|larger)) · .*gates 1/1 passed$", result.stdout, re.M), result.stdout
+    manifest = json.loads((out / "modelpack.json").read_text())
+    (stage,) = [s for s in manifest["lineage"]["stages"] if s["name"] == "benchmark"]
+    paths = [t["path"] for t in stage["metrics"]["benchmark"]["targets"]]
+    assert paths[1] == "the pipeline's onnx model at this stage" and all(".tmp" not in p for p in paths), paths

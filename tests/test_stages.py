@@ -258,6 +258,8 @@ def test_gate_skip_drops_the_stage_and_goes_on(tmp_path: Path) -> None:
     manifest = json.loads((out / "modelpack.json").read_text())
     prune, export = manifest["lineage"]["stages"]
     assert prune["status"] == "skipped" and any("dropped" in n for n in prune["notes"])
+    shown = run_cli("inspect", out)
+    assert "prune (skipped: not in the package)" in shown.output, shown.output
     assert export["input_format"] == "keras" and export["status"] == "ok"
     source_acc = manifest["lineage"]["source"]["metrics"]["accuracy"]
     assert manifest["artifacts"][0]["measured"]["accuracy"] == pytest.approx(source_acc, abs=0.01)

@@ -131,6 +131,15 @@ def evaluate(gates: list[Gate], result: BenchmarkRecord) -> list[GateCheck]:
     return checks
 
 
+def check_measurable(gates: list[Gate], *, labels: bool, memory: bool = True, where: str = "--fail-if") -> None:
+    """Refuse, before anything is measured, a gate whose metric this run cannot measure."""
+    for gate in gates:
+        if (gate.metric in ("accuracy", "accuracy_drop") and not labels) or \
+                (gate.metric in ("peak_rss_mb", "model_rss_mb") and not memory):
+            raise UsageError(f"{where} '{gate.text}': {gate.metric} cannot be measured in this run "
+                             f"({_why_missing(gate.metric)}).")
+
+
 def _why_missing(metric: str) -> str:
     if metric in ("accuracy", "accuracy_drop"):
         return "it needs --eval-data with labels, array 'y'"

@@ -42,6 +42,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None) -> BenchmarkRecord:
     """Measure, evaluate the gates (result["gates"]), and record into a package directory's manifest."""
     gates = gates_mod.parse_all(request.fail_if)
+    labelled = request.eval_data is not None and _has_labels(request.eval_data)
+    gates_mod.check_measurable(gates, labels=labelled, memory=request.spec.memory)
     baseline = detect(request.baseline) if request.baseline is not None else None
     if is_package(request.path):
         with open_any(request.path) as pkg:
@@ -73,6 +75,16 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
     result["notes"], result["recorded"] = [], False
     result["gates"] = gates_mod.evaluate(gates, result)
     return result
+
+
+def _has_labels(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "y.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return True  # unreadable: load_dataset says why, with the file's name
 
 
 def _signature(ref: ModelRef, safe: bool) -> Any:

@@ -22,6 +22,10 @@ DEBUG_KEY = "modelpack.debug"
 JSON_KEY = "modelpack.json"
 
 
+# Commands whose own -q means something more than "print nothing" (optimize's progress, push's digest).
+OWN_QUIET = {"optimize", "run", "push", "pull"}
+
+
 class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -75,19 +79,25 @@ class RootGroup(click.Group):
         if name in self.lazy:
             import importlib
 
+            from .examples import epilog
+
             module, attr = self.lazy[name]
             command: click.Command = getattr(importlib.import_module(module), attr)
+            command.epilog = command.epilog or epilog(name)
             return command
         return super().get_command(ctx, name)
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        """`--debug` works anywhere on the line: after a subcommand or a stage too."""
+        """`--debug` works anywhere on the line: after a subcommand or a stage too; so does `-q` for the
+        commands that have no `-q` of their own."""
         argv = list(sys.argv[1:] if args is None else args)
-        if "--debug" in argv[1:]:
-            cut = argv.index("--") if "--" in argv else len(argv)
-            if "--debug" in argv[1:cut]:
-                argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < cut)]
-                argv.insert(0, "--debug")
+        cut = argv.index("--") if "--" in argv else len(argv)
+        command = next((a for a in argv[:cut] if not a.startswith("-")), None)
+        hoist = {"--debug"} | ({"-q", "--quiet"} if command not in OWN_QUIET else set())
+        moved = [a for i, a in enumerate(argv) if a in hoist and 0 < i < cut]
+        if moved:
+            argv = [a for i, a in enumerate(argv) if not (a in hoist and 0 < i < cut)]
+            argv[:0] = sorted(set(moved))
         return super().main(argv, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -122,9 +132,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="modelpack")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (anywhere on the line).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (anywhere on the line).")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Take a trained model to a verified, optimized, deployable package.
 
     \b
@@ -134,6 +145,10 @@ def main(ctx: click.Context, debug: bool) -> None:
       modelpack predict build/pkg --input x.npy
     """
     ctx.meta[DEBUG_KEY] = debug
+    if quiet or "modelpack.cli.render" in sys.modules:  # set, or reset after an in-process run with -q
+        from . import render
+
+        render.out.quiet = render.err.quiet = quiet
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,6 +69,7 @@ def benchmark(ctx: click.Context, target: Path, baseline: Path | None, formats: 
         render.print_json({"status": "failed" if failed else "ok", **result, "failed_gates": failed})
     else:
         show(result)
+        render.out.print(f"[bold]{render.benchmark_headline(result)}[/]")
     for message in result["notes"] + result["warnings"]:
         render.err.print(f"[yellow]note:[/] {message}")
     if failed:
@@ -76,8 +77,6 @@ def benchmark(ctx: click.Context, target: Path, baseline: Path | None, formats: 
             render.err.print("[red]failed gates:[/] " + "; ".join(failed))
             ctx.exit(1)
         raise GateFailed(f"{len(failed)} gate check(s) failed: " + "; ".join(failed))
-    if result["gates"] and not as_json:
-        render.out.print(f"[bold green]gates passed:[/] {len(result['gates'])} check(s)")
 
 
 def show(result: BenchmarkRecord) -> None:
@@ -89,7 +88,7 @@ def show(result: BenchmarkRecord) -> None:
             rows.append((rec["name"] + ("*" if rec["name"] == base else ""), str(lat["batch_size"]),
                          f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
                          f"{lat['mean_ms']:.3f}±{lat['std_ms']:.3f}", f"{lat['throughput']:.0f}",
-                         "-" if ratio is None else f"{ratio:.3g}x",
+                         "baseline" if rec["name"] == base else render.faster_ratio(ratio),
                          ("[yellow]noisy [/]" if lat["noisy"] else "") + f"{lat['round_spread'] * 100:.1f}%"))
     render.out.print(render.table(f"Latency, ms per call (* baseline; {result['data']})",
                                   ("model", "batch", "p50", "p90", "p99", "mean±std", "rows/s", "vs base",
@@ -99,7 +98,8 @@ def show(result: BenchmarkRecord) -> None:
         rows.append((rec["name"], rec["runtime"], f"{rec['load_ms']:.1f}",
                      "-" if "peak_rss_mb" not in rec else f"{rec['peak_rss_mb']:.0f}",
                      render.human_size(rec["size_bytes"]), render.human_size(rec["compressed_bytes"]),
-                     f"{rec['size_ratio']:.2f}x", render.quality_cell(rec)))
+                     "baseline" if rec["baseline"] else render.smaller(1.0, rec.get("size_ratio")),
+                     render.quality_cell(rec)))
     render.out.print(render.table("Models", ("model", "runtime", "load ms", "peak MiB", "size", "compressed",
                                              "vs base", "accuracy"), rows))
     if result["gates"]:
@@ -112,18 +112,25 @@ def show(result: BenchmarkRecord) -> None:
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .html file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def report(package: Path, output: Path, force: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def report(ctx: click.Context, package: Path, output: Path, force: bool, as_json: bool) -> None:
     """Write a self-contained HTML report: sizes, latency, accuracy and lineage of a package."""
     from ..atomic import atomic_file
     from ..bench.report import render as render_html
     from ..package import open_any
 
+    if as_json:
+        want_json(ctx)
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o '{output}': the report is HTML; name it with .html.")
     with open_any(package, need="manifest") as pkg:
         html = render_html(pkg.manifest)
     with atomic_file(output, force=force) as tmp:
         tmp.write_text(html, encoding="utf-8")
+    if as_json:
+        render.print_json({"status": "ok", "output": str(output), "bytes": len(html.encode())})
+        return
     render.out.print(f"[bold green]report:[/] {output} ({render.human_size(len(html.encode()))})")
 
 
@@ -145,9 +152,26 @@ def compare(ctx: click.Context, package_a: Path, package_b: Path, as_json: bool)
     if as_json:
         render.print_json({"status": "ok", "a": str(package_a), "b": str(package_b), "metrics": rows})
         return
-    render.out.print(render.table(f"A = {package_a}, B = {package_b}", ("metric", "A", "B", "B / A"), [
-        (r["metric"], render.fmt_num(r["a"]), render.fmt_num(r["b"]),
-         "-" if r["ratio"] is None else f"{r['ratio']:.3g}x") for r in rows]))
+    render.out.print(render.table(f"A = {package_a}, B = {package_b} (compressed sizes in {codec})",
+                                  ("metric", "A", "B", "B against A"),
+                                  [(r["metric"], *_compared(r["metric"], r["a"], r["b"])) for r in rows]))
+
+
+def _compared(metric: str, a: float | None, b: float | None) -> tuple[str, str, str]:
+    """Two values as people read them, and how B compares in the one convention modelpack prints."""
+    if metric.endswith("bytes"):
+        return render.human_size(a), render.human_size(b), render.smaller(a, b)
+    if metric.endswith(("accuracy", "top1_agreement")):
+        diff = None if a is None or b is None else b - a
+        return (f"{a:.2f}%" if a is not None else "-", f"{b:.2f}%" if b is not None else "-", render.points(diff))
+    cell = (render.fmt_num(a), render.fmt_num(b))
+    if metric.endswith("_ms"):
+        return (*cell, render.faster(a, b))
+    if metric.endswith("throughput"):
+        return (*cell, render.faster(b, a))
+    if metric.endswith("_mb"):
+        return (*cell, render.smaller(a, b))
+    return (*cell, "-")
 
 
 def _with_codec(pkg: Package, codec: str) -> Manifest:

@@ -208,6 +208,7 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
         render.out.print(render.lineage_table(result.manifest["lineage"]))
         render.out.print(render.artifacts_table(result.manifest["artifacts"]))
         render.out.print(f"[bold green]package written:[/] {result.output}")
+        render.out.print(f"[bold]{render.optimize_headline(result.manifest)}[/]")
 
 
 def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:

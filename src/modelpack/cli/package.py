@@ -138,4 +138,4 @@ def pack(ctx: click.Context, package: Path, output: Path, compression: str | Non
     else:
         render.out.print(f"[bold green]packed:[/] {output}  {render.human_size(raw)} raw -> "
                          f"{render.human_size(size)} ({compression}{', AES-256-GCM' if encrypt else ''}, "
-                         f"{result['ratio']}x)")
+                         f"{render.smaller(raw, size)})")

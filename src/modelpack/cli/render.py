@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -15,9 +16,103 @@ from rich.table import Table
 if TYPE_CHECKING:
     from ..package.manifest import StageRecord
 
-# Tables in CI logs and pipes are not cut to 80 columns: without a terminal, assume a wide one.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
+
+
+def _width(stream: Any) -> int | None:
+    """COLUMNS when set, else the terminal's width; without either (a pipe, a CI log), a wide 150."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if stream.isatty() else 150
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+
+# One convention for every comparison modelpack prints: "N× faster" or "N× slower", "N× smaller" or
+# "N× larger", and accuracy as a difference in points.
+def _compare(base: float | None, value: float | None, less: str, more: str, same: str) -> str:
+    if not base or not value:
+        return "-"
+    if abs(value / base - 1) < 0.005:
+        return same
+    return f"{base / value:.3g}× {less}" if value <= base else f"{value / base:.3g}× {more}"
+
+
+def faster(base_ms: float | None, ms: float | None) -> str:
+    """How the time `ms` compares with `base_ms`."""
+    return _compare(base_ms, ms, "faster", "slower", "same speed")
+
+
+def faster_ratio(ratio: float | None) -> str:
+    """A time over the baseline's time (what benchmark records as latency_ratio)."""
+    return "-" if not ratio else faster(1.0, ratio)
+
+
+def smaller(base: float | None, size: float | None) -> str:
+    return _compare(base, size, "smaller", "larger", "same size")
+
+
+def points(diff: float | None) -> str:
+    """An accuracy difference in percentage points, with a real minus sign."""
+    if diff is None:
+        return "-"
+    return f"{round(diff, 2) + 0.0:+.2f} pt".replace("-", "−")  # + 0.0: no "-0.00"
+
+
+def headline(parts: Iterable[str | None]) -> str:
+    return " · ".join(p for p in parts if p and p != "-")
+
+
+def _gates(checks: list[dict[str, Any]] | None) -> str | None:
+    if not checks:
+        return None
+    passed = sum(1 for c in checks if c["passed"])
+    return f"gates {passed}/{len(checks)} passed"
+
+
+def benchmark_headline(result: Mapping[str, Any]) -> str:
+    """The first measured model against the baseline: size, p50 at the first batch size, accuracy, gates."""
+    others = [t for t in result["targets"] if not t["baseline"]]
+    if not others:
+        return headline([_gates(result.get("gates"))]) or "measured the baseline only"
+    best = others[0]
+    first = best["latency"][0]
+    return headline([
+        f"{best['name']}: " + smaller(1.0, best.get("size_ratio")),
+        faster_ratio(first.get("latency_ratio")) + f" p50 @{first['batch_size']}"
+        if first.get("latency_ratio") else None,
+        points(-best["accuracy_drop"]) + " accuracy" if best.get("accuracy_drop") is not None else None,
+        _gates(result.get("gates")),
+    ])
+
+
+def optimize_headline(manifest: Mapping[str, Any]) -> str:
+    """The package against the model it came from: size, speed (when a benchmark ran), accuracy, gates."""
+    source = manifest["lineage"]["source"]
+    src = source.get("metrics", {})
+    best = manifest["artifacts"][0]
+    size = best.get("compressed_size") or best["size"]
+    parts: list[str | None] = [smaller(src.get("compressed_bytes") or source.get("size"), size)]
+    bench = next((r["metrics"]["benchmark"] for r in reversed(manifest["lineage"]["stages"])
+                  if r["name"] == "benchmark" and r.get("status", "ok") == "ok"), None)
+    if bench:
+        others = [t for t in bench["targets"] if not t["baseline"]]
+        if others and others[-1]["latency"][0].get("latency_ratio"):
+            row = others[-1]["latency"][0]
+            parts.append(faster_ratio(row["latency_ratio"]) + f" p50 @{row['batch_size']}")
+    measured = best.get("measured") or {}
+    if measured.get("accuracy_drop") is not None:
+        parts.append(points(-measured["accuracy_drop"]) + " accuracy")
+    elif measured.get("top1_agreement") is not None:
+        parts.append(f"{measured['top1_agreement']:.1f}% top-1 agreement")
+    skipped = [r["name"] for r in manifest["lineage"]["stages"] if r.get("status", "ok") != "ok"]
+    if skipped:
+        parts.append(f"skipped: {', '.join(skipped)}")
+    if bench:
+        parts.append(_gates(bench.get("gates")))
+    return headline(parts)
 
 
 def human_size(n: int | float | None) -> str:
@@ -71,7 +166,7 @@ def quality_cell(m: Mapping[str, Any]) -> str:
 def _quality(m: Mapping[str, Any]) -> str:
     if "accuracy" in m:
         drop = m.get("accuracy_drop")
-        return f"{m['accuracy']:.2f}%" + (f" ({0.0 - drop:+.2f})" if drop is not None else "")
+        return f"{m['accuracy']:.2f}%" + (f" ({points(0.0 - drop)})" if drop is not None else "")
     if "top1_agreement" in m:
         return f"agree {m['top1_agreement']:.1f}%"
     return "-"
@@ -102,7 +197,7 @@ HIGHLIGHTS: dict[str, Callable[[Any], str]] = {
     "sparsity": lambda v: f"sparsity {v:.1%}",
     "mode": lambda v: str(v),
     "method": lambda v: str(v),
-    "speedup": lambda v: f"speed x{v:.2f}",
+    "speedup": lambda v: faster(1.0, 1.0 / v) if v else "-",
     "clusters": lambda v: f"{v} clusters",
     "nodes_after": lambda v: f"{v} nodes",
 }
@@ -136,7 +231,8 @@ def lineage_table(lineage: dict[str, Any]) -> Table:
     sm = src.get("metrics", {})
     rows: list[tuple[Any, ...]] = [("source", src["format"], "-", _size(sm), _quality(sm), src["path"])]
     for rec in lineage["stages"]:
-        status = "" if rec.get("status", "ok") == "ok" else f" [{rec['status']}]"
+        # Rich would read "[skipped]" as markup and print nothing: a dropped stage must be plain to see.
+        status = "" if rec.get("status", "ok") == "ok" else f" [yellow]({escape(rec['status'])}: not in the package)[/]"
         known = defaults.get(rec["name"], {})
         params = ", ".join(f"{k}={v}" for k, v in rec["params"].items()
                            if v not in (None, [], "", False) and _differs(v, known.get(k, object())))

@@ -328,6 +328,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     if (spec.min_agreement is not None or spec.min_cosine is not None) and full_eval is None:
         raise UsageError("--min-agreement and --min-cosine compare outputs on real inputs: give --eval-data FILE.npz "
                          "(labels are not needed).")
+    _check_stage_gates(spec, labels=full_eval is not None and full_eval.labels is not None)
     eval_data = full_eval.head(spec.eval_limit) if full_eval is not None else None
     evaluation = ({"data": str(spec.eval_data), "examples": len(eval_data), "of": len(full_eval),
                    "limit": spec.eval_limit} if full_eval is not None and eval_data is not None else
@@ -462,6 +463,17 @@ def planned_compression(planned: list[PlannedStage]) -> str:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_stage_gates(spec: PipelineSpec, *, labels: bool) -> None:
+    """A benchmark stage's --fail-if over accuracy needs labelled --eval-data: say so before any stage runs."""
+    from ..bench import gates
+
+    for stage in spec.stages:
+        if stage.name == "benchmark":
+            texts = stage.params.get("fail_if") or ()
+            gates.check_measurable(gates.parse_all(list(texts)), labels=labels,
+                                   memory=bool(stage.params.get("memory", False)), where="benchmark --fail-if")
 
 
 def _check_identity(spec: PipelineSpec, source: ModelRef) -> None:

@@ -58,6 +58,9 @@ class BenchmarkStage(Stage[BenchmarkParams]):
             targets.append(Target(model.rep.value, model))
         result = benchmark(targets, ctx.signature, spec, ctx.eval_data, ctx.note)
         result["gates"] = gates.evaluate(gates.parse_all(params.fail_if), result)
+        for target in result["targets"]:  # the stage's model lives in a staging directory that is then removed
+            if not target["baseline"]:
+                target["path"] = f"the pipeline's {model.rep.value} model at this stage"
         for warning in result["warnings"]:
             ctx.note(warning)
         failed = gates.failures(result["gates"])
