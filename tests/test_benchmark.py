@@ -207,6 +207,34 @@ def test_report_is_self_contained_and_escaped(benchmarked: Path, tmp_path: Path)
     data["lineage"]["stages"][0]["params"]["note"] = "<img src=x onerror=alert(1)>"
     assert "<img" not in render(data) and "&lt;img" in render(data)
 
+    # The headline comes first, in the one convention; the source's path says what it is measured against.
+    head = html[html.index('id="headline"'):html.index("<h2>")]
+    assert re.search(r"(same size|[\d.]+× (smaller|larger)) · [\d.]+× faster p50 @1", head), head
+    # Only the parameters a stage changed from its defaults: export's default opset is not listed.
+    stage = data["lineage"]["stages"][0]
+    assert stage["name"] == "export" and stage["params"].get("opset") == 17
+    assert "opset=17" not in render(data)
+    stage["params"]["opset"] = 13
+    assert "opset=13" in render(data)
+
+
+def test_report_labels_fit_and_the_accuracy_axis_is_honest(benchmarked: Path) -> None:
+    """Every value label ends inside the chart (estimated at 7 px a character), and accuracy is drawn as dots
+    on an axis that says where it starts, not as bars whose length the zoomed axis would exaggerate."""
+    from modelpack.bench import report
+
+    html = report.render(mf.read(benchmarked / mf.MANIFEST_NAME))
+    for chart in re.findall(r"<svg.*?</svg>", html, re.S):
+        width = float(re.search(r'width="(\d+)"', chart).group(1))
+        for x, anchor, text in re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>([^<]*)</text>', chart):
+            end = float(x) + (len(text) * report.CHAR_W if anchor == "start" else len(text) * report.CHAR_W / 2
+                              if anchor == "middle" else 0)
+            assert end <= width + 1, f"label {text!r} at x={x} runs past {width}"
+    accuracy = html[html.index('id="accuracy-chart"'):]
+    accuracy = accuracy[:accuracy.index("</svg>")]
+    assert "<circle" in accuracy and f'fill="{report.ACCURACY}"' in accuracy and "<rect" not in accuracy
+    assert "the axis runs from" in accuracy
+
 
 def _colour_pixels(png: Path, colour: str, tolerance: int = 12) -> int:
     from PIL import Image
@@ -229,7 +257,7 @@ def test_report_renders_in_a_headless_browser(benchmarked: Path, tmp_path: Path)
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-500:]
     # Each chart has its own colour; each must cover a real area of the rendered page.
     for name, colour, least in (("raw size bars", report.RAW, 2000), ("compressed size bars", report.COMPRESSED, 2000),
-                                ("latency boxes", report.LATENCY, 100), ("accuracy bars", report.ACCURACY, 2000)):
+                                ("latency boxes", report.LATENCY, 100), ("accuracy dots", report.ACCURACY, 300)):
         assert _colour_pixels(shot, colour) >= least, f"{name} did not render"
 
 

@@ -14,10 +14,17 @@ from typing import Any
 
 from ..package.manifest import Manifest
 
-# One colour per chart, so a screenshot test can tell that each chart was drawn.
-RAW, COMPRESSED, LATENCY, ACCURACY = "#4c78a8", "#f58518", "#54a24b", "#e45756"
+# One colour per chart, so a screenshot test can tell that each chart was drawn. Accuracy is a neutral
+# purple: red would say "bad" about a number that may be fine.
+RAW, COMPRESSED, LATENCY, ACCURACY = "#4c78a8", "#f58518", "#54a24b", "#7b4fa6"
 WIDTH = 900
 LABEL_W = 190
+CHAR_W = 7.0  # a generous width per character at 11-12 px, to reserve room so no label is cut off
+
+
+def _room(labels: list[str]) -> float:
+    """Pixels to keep free right of a chart's plot for its longest value label."""
+    return max((len(label) for label in labels), default=0) * CHAR_W + 12
 
 
 def latest_benchmark(manifest: Manifest) -> dict[str, Any] | None:
@@ -40,7 +47,7 @@ def _steps(manifest: Manifest) -> list[tuple[str, dict[str, Any]]]:
     lineage = manifest["lineage"]
     steps = [("source", lineage["source"].get("metrics", {}) | {"size_bytes": lineage["source"].get("size")})]
     for i, rec in enumerate(lineage["stages"], 1):
-        suffix = " (skipped)" if rec.get("status") == "skipped" else ""
+        suffix = " (skipped)" if rec.get("status", "ok") != "ok" else ""
         steps.append((f"{i}. {rec['name']}{suffix}", rec["metrics"]))
     return steps
 
@@ -60,7 +67,8 @@ def size_chart(manifest: Manifest) -> str:
     if not steps:
         return "<p>No sizes were recorded.</p>"
     top = max(max(m["size_bytes"], m.get("compressed_bytes") or 0) for _, m in steps)
-    plot = WIDTH - LABEL_W - 110
+    plot = WIDTH - LABEL_W - _room([_kb(v) for _, m in steps for v in (m["size_bytes"], m.get("compressed_bytes"))
+                                    if v is not None])
     bar, gap = 14, 12
     parts, y = [], 28
     parts.append(f'<rect x="{LABEL_W}" y="6" width="12" height="12" fill="{RAW}"/>' + _text(LABEL_W + 18, 16, "raw"))
@@ -79,23 +87,44 @@ def size_chart(manifest: Manifest) -> str:
 
 
 def accuracy_chart(manifest: Manifest) -> str:
+    """A dot per step on a labelled axis. The axis is zoomed to the values, so the chart draws dots, not bars:
+    a bar's length would claim a size the zoomed axis does not have."""
     steps = [(label, m) for label, m in _steps(manifest) if m.get("accuracy") is not None]
     if not steps:
         return "<p>No accuracy was recorded: run optimize with <code>--eval-data</code> holding labels.</p>"
+    from ..summary import points
+
     low = min(m["accuracy"] for _, m in steps)
     floor = max(0.0, math.floor(low - max(1.0, (100 - low) * 0.5)))
-    plot = WIDTH - LABEL_W - 90
-    parts, y, bar = [_text(LABEL_W, 14, f"top-1 accuracy, %; the axis starts at {floor:g}%", size=11, fill="#555")], 24, 18
-    for label, m in steps:
-        acc = m["accuracy"]
-        w = max(plot * (acc - floor) / (100 - floor), 1.0) if floor < 100 else plot
-        parts.append(_text(LABEL_W - 8, y + bar - 4, label, "end"))
-        parts.append(f'<rect x="{LABEL_W}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{ACCURACY}"/>')
-        drop = m.get("accuracy_drop")
-        note = f"{acc:.2f}%" + (f" ({0.0 - drop:+.2f})" if drop is not None else "")
-        parts.append(_text(LABEL_W + w + 6, y + bar - 4, note, size=11, fill="#555"))
-        y += bar + 8
-    return _svg(y + 4, "".join(parts), "accuracy per stage")
+    notes = [f"{m['accuracy']:.2f}%" + (f" ({points(0.0 - m['accuracy_drop'])})" if m.get("accuracy_drop") is not None
+                                        else "") for _, m in steps]
+    plot = WIDTH - LABEL_W - _room(notes)
+    span = max(100 - floor, 1e-9)
+
+    def x(value: float) -> float:
+        return float(LABEL_W + plot * (value - floor) / span)
+
+    row = 24
+    bottom = 30 + len(steps) * row
+    tick = 10 ** math.floor(math.log10(span)) if span >= 1 else 0.1
+    tick = tick / 2 if span / tick < 4 else tick
+    parts = [_text(LABEL_W, 14, f"top-1 accuracy, % (the axis runs from {floor:g}% to 100%; dots, not bars)",
+                   size=11, fill="#555")]
+    value = floor
+    while value <= 100 + 1e-9:
+        parts.append(f'<line x1="{x(value):.1f}" y1="22" x2="{x(value):.1f}" y2="{bottom}" stroke="#e6e6e6"/>'
+                     + _text(x(value), bottom + 14, f"{value:g}", "middle", 11, "#555"))
+        value += tick
+    y = 30
+    for (label, m), note in zip(steps, notes):
+        mid = y + row / 2
+        parts.append(_text(LABEL_W - 8, mid + 4, label, "end"))
+        parts.append(f'<line x1="{LABEL_W}" y1="{mid}" x2="{x(m["accuracy"]):.1f}" y2="{mid}" stroke="#ccc" '
+                     'stroke-dasharray="2 3"/>')
+        parts.append(f'<circle cx="{x(m["accuracy"]):.1f}" cy="{mid}" r="8" fill="{ACCURACY}"/>')
+        parts.append(_text(x(m["accuracy"]) + 14, mid + 4, note, size=11, fill="#555"))
+        y += row
+    return _svg(bottom + 22, "".join(parts), "accuracy per stage")
 
 
 def latency_chart(bench: dict[str, Any]) -> str:
@@ -106,7 +135,7 @@ def latency_chart(bench: dict[str, Any]) -> str:
     highs = [row["p99_ms"] for _, row in rows]
     lo = 10 ** math.floor(math.log10(max(min(lows), 1e-4)))
     hi = 10 ** math.ceil(math.log10(max(max(highs), lo * 10)))
-    plot = WIDTH - LABEL_W - 190
+    plot = WIDTH - LABEL_W - _room([f"p50 {row['p50_ms']:.3g} · p99 {row['p99_ms']:.3g} ms" for _, row in rows])
 
     def x(v: float) -> float:
         return LABEL_W + plot * (math.log10(max(v, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
@@ -149,6 +178,10 @@ def _fmt(v: Any) -> str:
 
 
 def lineage_table(manifest: Manifest) -> str:
+    """Each step; of its parameters, only those that differ from the stage's defaults (the ones it used)."""
+    from ..summary import changed_params, stage_defaults
+
+    defaults = stage_defaults(dict(manifest["lineage"]))
     src = manifest["lineage"]["source"]
     sm = src.get("metrics", {})
     rows = [("source", src["format"], "-", _kb(src["size"]) if src.get("size") else "-",
@@ -156,7 +189,7 @@ def lineage_table(manifest: Manifest) -> str:
              src["path"])]
     for rec in manifest["lineage"]["stages"]:
         m = rec["metrics"]
-        params = ", ".join(f"{k}={v}" for k, v in rec["params"].items() if v not in (None, [], "", False))
+        params = ", ".join(f"{k}={v}" for k, v in changed_params(rec, defaults).items())
         rows.append((rec["name"] + ("" if rec.get("status", "ok") == "ok" else f" ({rec['status']})"),
                      f"{rec.get('input_format', '?')} → {rec.get('output_format', '?')}", f"{rec['duration_s']:.2f} s",
                      _kb(m["size_bytes"]) if m.get("size_bytes") else "-",
@@ -165,9 +198,11 @@ def lineage_table(manifest: Manifest) -> str:
 
 
 def bench_tables(bench: dict[str, Any]) -> str:
+    from ..summary import faster_ratio
+
     lat = [(t["name"], row["batch_size"], _fmt(row["p50_ms"]), _fmt(row["p90_ms"]), _fmt(row["p99_ms"]),
             f"{row['mean_ms']:.4g} ± {row['std_ms']:.2g}", f"{row['throughput']:.0f}",
-            "-" if row.get("latency_ratio") is None else f"{row['latency_ratio']:.3g}x",
+            "baseline" if t["baseline"] else faster_ratio(row.get("latency_ratio")),
             f"{row['round_spread'] * 100:.1f}%" + (" noisy" if row["noisy"] else ""))
            for t in bench["targets"] for row in t["latency"]]
     models = [(t["name"], t["runtime"], t["path"], _fmt(t["load_ms"]), _fmt(t.get("peak_rss_mb")),
@@ -191,11 +226,15 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bot
 .meta{color:#666} table{border-collapse:collapse;margin:8px 0 16px;font-size:12.5px}
 th,td{border:1px solid #e3e3e3;padding:3px 8px;text-align:left} th{background:#f6f6f6}
 .warn{color:#a15c00} code{background:#f3f3f3;padding:0 3px}
+.headline{font-size:17px;font-weight:600;margin:8px 0 4px}
 """
 
 
 def render(manifest: Manifest) -> str:
+    from ..summary import optimize_headline
+
     bench = latest_benchmark(manifest)
+    headline = optimize_headline(dict(manifest)) or "no measurements recorded"
     archive = manifest.get("archive", {})
     latency = (latency_chart(bench) + bench_tables(bench)) if bench else (
         "<p>No benchmark recorded yet: run <code>modelpack benchmark PKG</code>, then the report again.</p>")
@@ -211,6 +250,8 @@ def render(manifest: Manifest) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>modelpack report: {escape(manifest['name'])}</title>
 <style>{CSS}</style></head><body>
 <h1>{escape(manifest['name'])} <span class="meta">version {escape(manifest['version'])}</span></h1>
+<p class="headline" id="headline">{escape(headline)} <span class="meta">(against {escape(
+    str(manifest['lineage']['source']['path']))})</span></p>
 <p class="meta">Built {escape(manifest['created_at'])} by modelpack {escape(manifest['created_by']['modelpack'])}.
 Artifacts: {escape(', '.join(a['format'] for a in manifest['artifacts']))}.
 Archive: {escape(str(archive.get('compression', 'deflate')))}{

@@ -13,6 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import summary
+
+# The commands' vocabulary lives in modelpack.summary (the report speaks it too); here under the same names.
+faster, faster_ratio, smaller, points = summary.faster, summary.faster_ratio, summary.smaller, summary.points
+benchmark_headline, optimize_headline = summary.benchmark_headline, summary.optimize_headline
+changed_params, stage_defaults = summary.changed_params, summary.stage_defaults
+
 if TYPE_CHECKING:
     from ..package.manifest import StageRecord
 
@@ -28,91 +35,6 @@ def _width(stream: Any) -> int | None:
 
 out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
-
-
-# One convention for every comparison modelpack prints: "N× faster" or "N× slower", "N× smaller" or
-# "N× larger", and accuracy as a difference in points.
-def _compare(base: float | None, value: float | None, less: str, more: str, same: str) -> str:
-    if not base or not value:
-        return "-"
-    if abs(value / base - 1) < 0.005:
-        return same
-    return f"{base / value:.3g}× {less}" if value <= base else f"{value / base:.3g}× {more}"
-
-
-def faster(base_ms: float | None, ms: float | None) -> str:
-    """How the time `ms` compares with `base_ms`."""
-    return _compare(base_ms, ms, "faster", "slower", "same speed")
-
-
-def faster_ratio(ratio: float | None) -> str:
-    """A time over the baseline's time (what benchmark records as latency_ratio)."""
-    return "-" if not ratio else faster(1.0, ratio)
-
-
-def smaller(base: float | None, size: float | None) -> str:
-    return _compare(base, size, "smaller", "larger", "same size")
-
-
-def points(diff: float | None) -> str:
-    """An accuracy difference in percentage points, with a real minus sign."""
-    if diff is None:
-        return "-"
-    return f"{round(diff, 2) + 0.0:+.2f} pt".replace("-", "−")  # + 0.0: no "-0.00"
-
-
-def headline(parts: Iterable[str | None]) -> str:
-    return " · ".join(p for p in parts if p and p != "-")
-
-
-def _gates(checks: list[dict[str, Any]] | None) -> str | None:
-    if not checks:
-        return None
-    passed = sum(1 for c in checks if c["passed"])
-    return f"gates {passed}/{len(checks)} passed"
-
-
-def benchmark_headline(result: Mapping[str, Any]) -> str:
-    """The first measured model against the baseline: size, p50 at the first batch size, accuracy, gates."""
-    others = [t for t in result["targets"] if not t["baseline"]]
-    if not others:
-        return headline([_gates(result.get("gates"))]) or "measured the baseline only"
-    best = others[0]
-    first = best["latency"][0]
-    return headline([
-        f"{best['name']}: " + smaller(1.0, best.get("size_ratio")),
-        faster_ratio(first.get("latency_ratio")) + f" p50 @{first['batch_size']}"
-        if first.get("latency_ratio") else None,
-        points(-best["accuracy_drop"]) + " accuracy" if best.get("accuracy_drop") is not None else None,
-        _gates(result.get("gates")),
-    ])
-
-
-def optimize_headline(manifest: Mapping[str, Any]) -> str:
-    """The package against the model it came from: size, speed (when a benchmark ran), accuracy, gates."""
-    source = manifest["lineage"]["source"]
-    src = source.get("metrics", {})
-    best = manifest["artifacts"][0]
-    size = best.get("compressed_size") or best["size"]
-    parts: list[str | None] = [smaller(src.get("compressed_bytes") or source.get("size"), size)]
-    bench = next((r["metrics"]["benchmark"] for r in reversed(manifest["lineage"]["stages"])
-                  if r["name"] == "benchmark" and r.get("status", "ok") == "ok"), None)
-    if bench:
-        others = [t for t in bench["targets"] if not t["baseline"]]
-        if others and others[-1]["latency"][0].get("latency_ratio"):
-            row = others[-1]["latency"][0]
-            parts.append(faster_ratio(row["latency_ratio"]) + f" p50 @{row['batch_size']}")
-    measured = best.get("measured") or {}
-    if measured.get("accuracy_drop") is not None:
-        parts.append(points(-measured["accuracy_drop"]) + " accuracy")
-    elif measured.get("top1_agreement") is not None:
-        parts.append(f"{measured['top1_agreement']:.1f}% top-1 agreement")
-    skipped = [r["name"] for r in manifest["lineage"]["stages"] if r.get("status", "ok") != "ok"]
-    if skipped:
-        parts.append(f"skipped: {', '.join(skipped)}")
-    if bench:
-        parts.append(_gates(bench.get("gates")))
-    return headline(parts)
 
 
 def human_size(n: int | float | None) -> str:
@@ -211,20 +133,6 @@ def _highlights(name: str, metrics: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def stage_defaults(lineage: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Default parameters of the stages in a lineage, so tables show only what the user changed."""
-    from ..errors import UsageError
-    from ..stages import registry
-
-    found = {}
-    for name in {rec["name"] for rec in lineage["stages"]}:
-        try:
-            found[name] = registry.get(name).defaults()
-        except UsageError:  # a plugin stage that is not installed here
-            continue
-    return found
-
-
 def lineage_table(lineage: dict[str, Any]) -> Table:
     defaults = stage_defaults(lineage)
     src = lineage["source"]
@@ -233,19 +141,11 @@ def lineage_table(lineage: dict[str, Any]) -> Table:
     for rec in lineage["stages"]:
         # Rich would read "[skipped]" as markup and print nothing: a dropped stage must be plain to see.
         status = "" if rec.get("status", "ok") == "ok" else f" [yellow]({escape(rec['status'])}: not in the package)[/]"
-        known = defaults.get(rec["name"], {})
-        params = ", ".join(f"{k}={v}" for k, v in rec["params"].items()
-                           if v not in (None, [], "", False) and _differs(v, known.get(k, object())))
+        params = ", ".join(f"{k}={v}" for k, v in changed_params(rec, defaults).items())
         details = "; ".join(p for p in (_highlights(rec["name"], rec["metrics"]), params) if p)
         rows.append((rec["name"] + status, f"{rec.get('input_format', '?')} -> {rec.get('output_format', '?')}",
                      f"{rec['duration_s']:.2f}s", _size(rec["metrics"]), _quality(rec["metrics"]), details))
     return table("Lineage", ("step", "formats", "time", "size -> compressed", "accuracy (drop)", "details"), rows)
-
-
-def _differs(value: Any, default: Any) -> bool:
-    if isinstance(default, tuple):
-        default = list(default)
-    return bool(value != default)
 
 
 class RichReporter:

@@ -1,0 +1,126 @@
+"""What a package's numbers say, in words, the same way everywhere (the CLI, the report, the API's users).
+
+One convention for every comparison: "N× faster" or "N× slower", "N× smaller" or "N× larger", and accuracy
+as a difference in points. A headline puts a package's main numbers on one line. A stage's parameters are
+shown only where they differ from the stage's defaults, so no table lists settings a stage did not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def _compare(base: float | None, value: float | None, less: str, more: str, same: str) -> str:
+    if not base or not value:
+        return "-"
+    if abs(value / base - 1) < 0.005:
+        return same
+    return f"{base / value:.3g}× {less}" if value <= base else f"{value / base:.3g}× {more}"
+
+
+def faster(base_ms: float | None, ms: float | None) -> str:
+    """How the time `ms` compares with `base_ms`."""
+    return _compare(base_ms, ms, "faster", "slower", "same speed")
+
+
+def faster_ratio(ratio: float | None) -> str:
+    """A time over the baseline's time (what benchmark records as latency_ratio)."""
+    return "-" if not ratio else faster(1.0, ratio)
+
+
+def smaller(base: float | None, size: float | None) -> str:
+    return _compare(base, size, "smaller", "larger", "same size")
+
+
+def points(diff: float | None) -> str:
+    """An accuracy difference in percentage points, with a real minus sign."""
+    if diff is None:
+        return "-"
+    return f"{round(diff, 2) + 0.0:+.2f} pt".replace("-", "−")  # + 0.0: no "-0.00"
+
+
+def headline(parts: Iterable[str | None]) -> str:
+    return " · ".join(p for p in parts if p and p != "-")
+
+
+def _gates(checks: list[dict[str, Any]] | None) -> str | None:
+    if not checks:
+        return None
+    passed = sum(1 for c in checks if c["passed"])
+    return f"gates {passed}/{len(checks)} passed"
+
+
+def benchmark_headline(result: Mapping[str, Any]) -> str:
+    """The first measured model against the baseline: size, p50 at the first batch size, accuracy, gates."""
+    others = [t for t in result["targets"] if not t["baseline"]]
+    if not others:
+        return headline([_gates(result.get("gates"))]) or "measured the baseline only"
+    best = others[0]
+    first = best["latency"][0]
+    return headline([
+        f"{best['name']}: " + smaller(1.0, best.get("size_ratio")),
+        faster_ratio(first.get("latency_ratio")) + f" p50 @{first['batch_size']}"
+        if first.get("latency_ratio") else None,
+        points(-best["accuracy_drop"]) + " accuracy" if best.get("accuracy_drop") is not None else None,
+        _gates(result.get("gates")),
+    ])
+
+
+def optimize_headline(manifest: Mapping[str, Any]) -> str:
+    """The package against the model it came from: size, speed (when a benchmark ran), accuracy, gates."""
+    source = manifest["lineage"]["source"]
+    src = source.get("metrics", {})
+    best = manifest["artifacts"][0]
+    size = best.get("compressed_size") or best["size"]
+    parts: list[str | None] = [smaller(src.get("compressed_bytes") or source.get("size"), size)]
+    bench = manifest.get("benchmark") or next((r["metrics"]["benchmark"] for r in reversed(manifest["lineage"]["stages"])
+                                               if r["name"] == "benchmark" and r.get("status", "ok") == "ok"), None)
+    if bench:
+        others = [t for t in bench["targets"] if not t["baseline"]]
+        if others and others[-1]["latency"][0].get("latency_ratio"):
+            row = others[-1]["latency"][0]
+            parts.append(faster_ratio(row["latency_ratio"]) + f" p50 @{row['batch_size']}")
+    measured = best.get("measured") or {}
+    if measured.get("accuracy_drop") is not None:
+        parts.append(points(-measured["accuracy_drop"]) + " accuracy")
+    elif measured.get("top1_agreement") is not None:
+        parts.append(f"{measured['top1_agreement']:.1f}% top-1 agreement")
+    skipped = [r["name"] for r in manifest["lineage"]["stages"] if r.get("status", "ok") != "ok"]
+    if skipped:
+        parts.append(f"skipped: {', '.join(skipped)}")
+    if bench:
+        parts.append(_gates(bench.get("gates")))
+    return headline(parts)
+
+
+
+def stage_defaults(lineage: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Default parameters of the stages in a lineage, so tables show only what the user changed."""
+    from .errors import UsageError
+    from .stages import registry
+
+    found = {}
+    for name in {rec["name"] for rec in lineage["stages"]}:
+        try:
+            found[name] = registry.get(name).defaults()
+        except UsageError:  # a plugin stage that is not installed here
+            continue
+    return found
+
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(default, tuple):
+        default = list(default)
+    return bool(value != default)
+
+
+
+def changed_params(record: Mapping[str, Any], defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A lineage record's parameters that are set and differ from its stage's defaults."""
+    if defaults is None:
+        defaults = stage_defaults({"stages": [record]})
+    known = defaults.get(record["name"], {})
+    return {k: v for k, v in record["params"].items()
+            if v not in (None, [], "", False) and _differs(v, known.get(k, object()))}
