@@ -442,7 +442,9 @@ def test_soak_thousands_of_requests_no_5xx(socket_server) -> None:
 
 def test_sigterm_drains_accepted_requests(digits_package: Path) -> None:
     # A long batch window holds the requests in the batcher (12 rows < --max-batch-size 32) until SIGTERM.
-    server = Process(digits_package, "--batch-timeout-ms", "5000")
+    # SIGTERM must run them at once: were the batcher to keep waiting for its 10 s window, the 3 s grace
+    # period would end first and the requests would be cut off.
+    server = Process(digits_package, "--batch-timeout-ms", "10000", "--graceful-timeout-s", "3")
     results: list[int] = []
 
     def call() -> None:

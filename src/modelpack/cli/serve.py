@@ -42,6 +42,8 @@ from . import render
               help="Time a client has to send a request's headers (also how long a new connection may idle).")
 @click.option("--body-timeout-s", type=click.FloatRange(0.001), default=30.0, show_default=True,
               help="Time a client has to send a request's body after its headers; past it, 408 and close.")
+@click.option("--graceful-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="On SIGTERM, how long requests in flight may take to finish (queued batches run at once).")
 @click.option("--api-key", envvar="MODELPACK_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but health. Prefer the environment "
                    "variable: a command line is visible to other users.")

@@ -51,6 +51,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpack-model")
         self.in_flight = 0
+        self.draining = False
 
     @property
     def depth(self) -> int:
@@ -60,8 +61,15 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    def drain(self) -> None:
+        """The server is stopping: run what is queued now, without waiting --batch-timeout-ms for fuller batches."""
+        self.draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     async def stop(self) -> None:
         """Finish every queued request, then stop."""
+        self.drain()
         while self._pending or self.in_flight:
             await asyncio.sleep(0.005)
         if self._task is not None:
@@ -132,9 +140,10 @@ class Batcher:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.timeout_s > 0 and sum(i.rows for i in self._pending) < self.max_batch_size:
+            if self.timeout_s > 0 and not self.draining and sum(i.rows for i in self._pending) < self.max_batch_size:
                 deadline = time.perf_counter() + self.timeout_s
-                while time.perf_counter() < deadline and sum(i.rows for i in self._pending) < self.max_batch_size:
+                while (time.perf_counter() < deadline and not self.draining
+                       and sum(i.rows for i in self._pending) < self.max_batch_size):
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - time.perf_counter())

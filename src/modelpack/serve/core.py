@@ -54,6 +54,12 @@ class Core:
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
         self._watch_sighup()
 
+    def begin_drain(self) -> None:
+        """SIGTERM: answer not-ready from now on, and run queued batches at once instead of waiting to fill them."""
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.drain()
+
     async def shutdown(self) -> None:
         self.ready = False
         if self.batcher is not None:

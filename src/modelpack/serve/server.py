@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -60,7 +61,8 @@ def run(config: ServeConfig) -> int:
             return 0
         from .app import build_app
 
-        server = uvicorn.Server(uvicorn.Config(build_app(config), **options))
+        app = build_app(config)
+        server = _DrainingServer(uvicorn.Config(app, **options), app)
         if registration is not None:
             _register_when(registration, config, lambda: server.started and _bound_port(server))
         server.run()
@@ -68,6 +70,30 @@ def run(config: ServeConfig) -> int:
     finally:
         if registration is not None:
             registration.close()
+
+
+def _draining_server() -> type:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM or Ctrl-C, tell the app before uvicorn starts waiting for connections to finish."""
+
+        def __init__(self, config: Any, app: Any) -> None:
+            super().__init__(config)
+            self._app = app
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            try:  # a signal handler may interrupt the loop anywhere: hand the work to the loop itself
+                asyncio.get_running_loop().call_soon_threadsafe(self._app.core.begin_drain)
+            except RuntimeError:  # no loop running yet (still starting): nothing is queued
+                pass
+
+    return DrainingServer
+
+
+def _DrainingServer(config: Any, app: Any) -> Any:  # noqa: N802 (a class made on first use: uvicorn is lazy)
+    return _draining_server()(config, app)
 
 
 def _registration(config: ServeConfig) -> Any:
