@@ -262,3 +262,21 @@ def test_output_is_atomic_and_guarded(digits_package: Path, tmp_path: Path) -> N
     assert yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["replicas"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["k8s"]  # no staging directories left behind
     assert run_cli("deploy", digits_package, "--target", "k8s", "-o", tmp_path / "x", "--build").exit_code == 2
+
+
+def test_image_pins_only_what_modelpack_needs(tmp_path: Path, monkeypatch) -> None:
+    """The wheels are pinned to the versions installed here, for modelpack's own dependency closure only. A
+    second copy of a package elsewhere on sys.path (setuptools vendors its own `packaging`) is left unpinned
+    rather than pinned twice, which pip cannot resolve."""
+    from importlib import metadata
+
+    from modelpack.deploy.wheels import _constraints
+
+    other = tmp_path / "site" / "packaging-1.0.dist-info"
+    other.mkdir(parents=True)
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: packaging\nVersion: 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    pins = dict(line.split("==") for line in _constraints("serve").split())
+    assert pins["numpy"] == metadata.version("numpy") and pins["uvicorn"] == metadata.version("uvicorn")
+    assert "packaging" not in pins  # two versions visible: not pinned
+    assert "pytest" not in pins and "tensorflow" not in pins  # installed here, not needed by the image

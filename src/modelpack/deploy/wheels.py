@@ -73,14 +73,42 @@ def _b64_sha256(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def _constraints() -> str:
-    """`name==version` for everything installed here except modelpack: the image gets what was tested here."""
-    pins = set()
+def _constraints(extras: str) -> str:
+    """`name==version` for each package modelpack with `extras` needs, as installed here: the image gets what
+    was tested here. Only that closure is pinned, and only names with one installed version: whatever else
+    a process has on sys.path (a plugin, a test's site directory) stays out of the image's resolution."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    versions: dict[str, set[str]] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if name and name.lower() not in (DIST, "modelpack") and dist.version:
-            pins.add(f"{name}=={dist.version}")
-    return "\n".join(sorted(pins, key=str.lower)) + "\n"
+        if name:
+            versions.setdefault(canonicalize_name(name), set()).add(dist.version)
+    wanted = {canonicalize_name(DIST): set(extras.split(","))}
+    queue = [canonicalize_name(DIST)]
+    pins: set[str] = set()
+    while queue:
+        name = queue.pop()
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": extra})
+                                                  for extra in wanted[name] | {""}):
+                continue
+            dep = canonicalize_name(req.name)
+            new_extras = set(req.extras) - wanted.get(dep, set())
+            if dep not in wanted or new_extras:
+                wanted[dep] = wanted.get(dep, set()) | set(req.extras)
+                queue.append(dep)
+    for name in wanted:
+        found = versions.get(name, set())
+        if name != canonicalize_name(DIST) and len(found) == 1:
+            pins.add(f"{name}=={next(iter(found))}")
+    return "\n".join(sorted(pins)) + "\n"
 
 
 def bundle(dest: Path, extras: str, platform: str) -> list[str]:
@@ -93,7 +121,7 @@ def bundle(dest: Path, extras: str, platform: str) -> list[str]:
         raise UsageError(f"--platform '{platform}': use one of {', '.join(PLATFORMS)}.")
     staging = dest.parent / f".{dest.name}.own"
     wheel = own_wheel(staging)
-    constraints = _constraints()
+    constraints = _constraints(extras)
     key = hashlib.sha256(json.dumps([wheel.read_bytes().hex(), extras, platform, constraints]).encode()).hexdigest()
     cached = _cache_root() / key[:24]
     if not (cached / "complete").is_file():
@@ -124,13 +152,17 @@ def _download(wheel: Path, extras: str, platform: str, constraints: str, cached:
         pins.write_text(constraints, encoding="utf-8")
         # A direct reference to our own wheel: no index is ever asked for a package called modelpack.
         requirement = f"{DIST}[{extras}] @ {wheel.absolute().as_uri()}"
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
                    "--dest", str(staging), "--only-binary=:all:", *_platform_args(PLATFORMS[platform]),
                    "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
                    "--constraint", str(pins), requirement]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
-            reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            text = (proc.stdout + "\n" + proc.stderr).splitlines()
+            lines = [ln.strip() for ln in text if ln.strip() and not ln.startswith(("WARNING: Location", "INFO:"))]
+            cause = next((i for i, ln in enumerate(lines) if ln.startswith("The conflict is caused by")), None)
+            picked = lines[cause:cause + 4] if cause is not None else [ln for ln in lines if "ERROR" in ln][-2:]
+            reason = " ".join(picked)[:600] or "no output"
             raise StageFailed("deploy", f"downloading the image's wheels failed ({reason}); it needs your package "
                                         "index once (later runs use the cache), or pass --requirement.")
         (staging / wheel.name).unlink(missing_ok=True)
