@@ -97,7 +97,7 @@ def benchmark(target: PathArg, *, baseline: PathArg | None = None, eval_data: Pa
 
 
 @contextmanager
-def open(path: PathArg, *, key_file: PathArg | None = None) -> Iterator[Package]:  # noqa: A001 (as in modelpack.open)
+def open(path: PathArg, *, key_file: PathArg | None = None) -> Iterator[Package]:
     """Open a package directory, `.mpk` or encrypted `.mpk` (key from `key_file`, else MODELPACK_KEY).
 
     The package gives its `manifest`, `name`, `version`, `signature` and `artifacts`; `verify(pubkey=...)`;

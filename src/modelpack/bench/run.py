@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..formats import ModelRef, detect
 from ..package import is_package, open_any
@@ -42,8 +42,15 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None) -> BenchmarkRecord:
     """Measure, evaluate the gates (result["gates"]), and record into a package directory's manifest."""
     gates = gates_mod.parse_all(request.fail_if)
-    labelled = request.eval_data is not None and _has_labels(request.eval_data)
-    gates_mod.check_measurable(gates, labels=labelled, memory=request.spec.memory)
+    # No eval data at all: refuse an accuracy gate before anything is opened; labels are checked once loaded.
+    gates_mod.check_measurable(gates, labels=request.eval_data is not None, memory=request.spec.memory)
+
+    def eval_data(signature: Any) -> Dataset | None:
+        data = load_dataset(request.eval_data, signature) if request.eval_data else None
+        gates_mod.check_measurable(gates, labels=data is not None and data.labels is not None,
+                                   memory=request.spec.memory)
+        return data
+
     baseline = detect(request.baseline) if request.baseline is not None else None
     if is_package(request.path):
         with open_any(request.path) as pkg:
@@ -51,8 +58,7 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
             spec = request.spec
             if spec.compression == "deflate":
                 spec = replace(spec, compression=pkg.manifest.get("archive", {}).get("compression", "deflate"))
-            data = load_dataset(request.eval_data, pkg.signature) if request.eval_data else None
-            result = benchmark(targets, pkg.signature, spec, data, progress)
+            result = benchmark(targets, pkg.signature, spec, eval_data(pkg.signature), progress)
             result["notes"] = notes
             result["gates"] = gates_mod.evaluate(gates, result)
             result["recorded"] = False
@@ -70,21 +76,10 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
         raise UsageError("--runtime picks artifacts of a package; a model file has one runtime.")
     model = detect(request.path)
     signature = _signature(model if baseline is None else baseline, request.spec.safe)
-    data = load_dataset(request.eval_data, signature) if request.eval_data else None
-    result = benchmark(model_targets(model, baseline), signature, request.spec, data, progress)
+    result = benchmark(model_targets(model, baseline), signature, request.spec, eval_data(signature), progress)
     result["notes"], result["recorded"] = [], False
     result["gates"] = gates_mod.evaluate(gates, result)
     return result
-
-
-def _has_labels(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return "y.npy" in zf.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return True  # unreadable: load_dataset says why, with the file's name
 
 
 def _signature(ref: ModelRef, safe: bool) -> Any:

@@ -62,7 +62,7 @@ def run(config: ServeConfig) -> int:
         from .app import build_app
 
         app = build_app(config)
-        server = _DrainingServer(uvicorn.Config(app, **options), app)
+        server = _draining_server(uvicorn.Config(app, **options), app)
         if registration is not None:
             _register_when(registration, config, lambda: server.started and _bound_port(server))
         server.run()
@@ -72,7 +72,8 @@ def run(config: ServeConfig) -> int:
             registration.close()
 
 
-def _draining_server() -> type:
+def _draining_server(config: Any, app: Any) -> Any:
+    """A uvicorn server that tells the app about SIGTERM (the class is made here: uvicorn is imported lazily)."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -89,11 +90,7 @@ def _draining_server() -> type:
             except RuntimeError:  # no loop running yet (still starting): nothing is queued
                 pass
 
-    return DrainingServer
-
-
-def _DrainingServer(config: Any, app: Any) -> Any:  # noqa: N802 (a class made on first use: uvicorn is lazy)
-    return _draining_server()(config, app)
+    return DrainingServer(config, app)
 
 
 def _registration(config: ServeConfig) -> Any:
