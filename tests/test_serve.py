@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -679,3 +680,52 @@ def test_stalled_uploads_hold_bounded_memory_and_are_closed(digits_package: Path
         for sock in stalled:
             sock.close()
         server.stop()
+
+
+def _read_response(sock, head_only: bool = False) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response from a keep-alive socket: (status line and headers, body by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0 if head_only else int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    assert len(rest) == length, "bytes past the response: a pipelined answer arrived before it was read"
+    return head, rest
+
+
+def test_each_answer_is_one_write_and_pipelining_head_and_100_continue_work(socket_server) -> None:
+    import socket as socketlib
+
+    body = json.dumps(v2_json(X[:1])).encode()
+    infer = (b"POST /v2/models/model/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with socketlib.create_connection(("127.0.0.1", socket_server.port), timeout=30) as sock:
+        # The status line, headers and body leave the server in one write, so the first read after the
+        # socket turns readable holds all of it. (Two writes would often show the headers alone.)
+        for _ in range(40):
+            sock.sendall(infer)
+            first = sock.recv(65536)
+            head, _, rest = first.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), first[:200]
+            assert len(rest) == int(re.search(rb"content-length: (\d+)", head, re.I).group(1)), first
+        # Pipelined requests, a HEAD among them, are answered in order, the HEAD without a body.
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+                     b"HEAD /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n" + infer)
+        live_head, live = _read_response(sock)
+        ready_head, _ = _read_response(sock, head_only=True)
+        infer_head, answer = _read_response(sock)
+        assert live_head.startswith(b"HTTP/1.1 200") and json.loads(live) == {"live": True}
+        assert ready_head.startswith(b"HTTP/1.1 200") and re.search(rb"content-length: \d+", ready_head, re.I)
+        assert infer_head.startswith(b"HTTP/1.1 200") and len(json.loads(answer)["outputs"]) == 1
+        # A client that waits for 100 Continue gets it before sending its body, then the answer.
+        sock.sendall(infer.replace(b"host: x\r\n", b"host: x\r\nexpect: 100-continue\r\n").split(b"\r\n\r\n")[0]
+                     + b"\r\n\r\n")
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        final_head, answer = _read_response(sock)
+        assert final_head.startswith(b"HTTP/1.1 200") and len(json.loads(answer)["outputs"]) == 1

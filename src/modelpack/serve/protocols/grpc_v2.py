@@ -138,7 +138,6 @@ def _path(name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-_V2_OF = {dtype: v2 for v2, dtype in V2_TO_NUMPY.items()}  # by dtype, without numpy's slow dtype.name
 _LITTLE = {v2: dtype.newbyteorder("<") for v2, dtype in V2_TO_NUMPY.items()}
 
 
@@ -289,7 +288,7 @@ class GrpcV2:
             array = outputs[name]
             if array.dtype.byteorder == ">":  # the protocol's raw contents are little-endian
                 array = array.astype(array.dtype.newbyteorder("<"))
-            response.outputs.add(name=name, datatype=_V2_OF.get(array.dtype) or v2_datatype(array.dtype.name),
+            response.outputs.add(name=name, datatype=v2_datatype(array.dtype),
                                  shape=array.shape)
             response.raw_output_contents.append(array.tobytes())
         return response
