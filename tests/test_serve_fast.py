@@ -108,3 +108,20 @@ def test_an_oversized_batch_is_refused_by_its_shape_before_its_data_is_read(mlp_
         # A single example without its batch dimension is not mistaken for a batch of 16 (over the limit of 8).
         one = client.post("/predict", json={"input_data": [0.5] * 16})
         assert one.status_code == 200 and np.asarray(one.json()["prediction"]).shape == (1, 4)
+
+
+def test_a_tiny_model_may_take_one_thread_and_answers_the_same(mlp_package: Path) -> None:
+    from modelpack.package import open_any
+    from modelpack.runtimes import OnnxRunner
+    from modelpack.serve.model import ServedModel
+
+    feeds = {"features": X}
+    with open_any(mlp_package) as pkg:
+        model = ServedModel.load(pkg, None, max_batch_size=8)
+        chosen = ServedModel.load(pkg, None, max_batch_size=8, threads=2)
+    before = model.runner.run(feeds)["logits"]
+    switched = model.prefer_one_thread()
+    assert isinstance(model.runner, OnnxRunner) and model.runner.threads == (1 if switched else None)
+    np.testing.assert_allclose(model.runner.run(feeds)["logits"], before, rtol=1e-6, atol=1e-6)
+    # A thread count the user chose is never overridden.
+    assert chosen.prefer_one_thread() is False and chosen.runner.threads == 2

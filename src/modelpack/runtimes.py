@@ -31,6 +31,10 @@ class OnnxRunner:
     def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        # Kept to open the model again with other options (see ServedModel.prefer_one_thread); a large model
+        # held in memory is not kept twice.
+        self.source: Path | bytes | None = model if not isinstance(model, bytes) or len(model) <= 64 << 20 else None
+        self.threads = threads
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -78,6 +78,34 @@ class ServedModel:
                     timings.append((time.perf_counter() - start) * 1e3)
         return float(np.median(timings))
 
+    def prefer_one_thread(self, rounds: int = 50) -> bool:
+        """Switch to a one-thread onnxruntime session when it runs this model faster; True if it switched.
+
+        For a model that takes microseconds, the intra-op pool's wake-ups and spinning cost more than the
+        parallel work wins, and the spinning takes CPU from the server's own threads (gRPC's pollers above all).
+        Both sessions are timed here, at batch 1 and at the largest batch, rather than guessed from the size."""
+        from ..runtimes import OnnxRunner
+
+        runner = self.runner
+        if not isinstance(runner, OnnxRunner) or runner.threads is not None or runner.source is None:
+            return False
+        single = OnnxRunner(runner.source, self.signature, threads=1)
+        total = {id(runner): 0.0, id(single): 0.0}
+        for batch in sorted({1, self.max_batch_size}):
+            feeds = random_inputs(self.signature, batch=batch)
+            for candidate in (runner, single):
+                candidate.run(feeds)  # its first call allocates
+                timings = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    candidate.run(feeds)
+                    timings.append(time.perf_counter() - start)
+                total[id(candidate)] += float(np.median(timings))
+        if total[id(single)] < total[id(runner)]:
+            self.runner = single
+            return True
+        return False
+
     def check_version(self, version: str | None) -> None:
         if version is not None and version != self.version:
             from ..errors import NotFound
