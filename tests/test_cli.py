@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -55,6 +58,31 @@ def test_stages_lists_builtin_export_with_options() -> None:
     assert {"--format", "--opset"} <= flags
     text = run_cli("stages").output
     assert "export" in text and "--format" in text and "[default: 17]" in text
+    # Defaults read as a user would type them, never as Python reprs ("('onnx',)"): a third-party stage
+    # with a repeatable option and a default of several values.
+    assert "('" not in text and "',)" not in text
+
+
+def test_stages_shows_a_repeatable_default_as_typed(tmp_path: Path) -> None:
+    plugin = tmp_path / "plugin"
+    (plugin / "twostage").mkdir(parents=True)
+    (plugin / "twostage" / "__init__.py").write_text(textwrap.dedent("""
+        from modelpack.stages import Option, Stage
+
+        class TwoStage(Stage):
+            name = "twostage"
+            help = "A stage with a repeatable option."
+            options = (Option("level", multiple=True, default=("low", "high"), help="Levels."),)
+    """))
+    dist = plugin / "twostage-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: twostage\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[modelpack.stages]\ntwostage = twostage:TwoStage\n")
+    code = "import sys; from modelpack.cli import main; sys.argv = ['modelpack', 'stages']; main()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(plugin), "COLUMNS": "200"})
+    line = next(line for line in proc.stdout.splitlines() if "--level" in line)
+    assert "[default: low, high]" in line and "('" not in line, proc.stdout + proc.stderr
 
 
 def test_missing_input_file(tmp_path: Path) -> None:

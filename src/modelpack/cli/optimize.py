@@ -278,6 +278,8 @@ def stages(ctx: click.Context, as_json: bool) -> None:
         render.out.print(f"[bold]{item['name']}[/]  {item['help']}  [dim](works on {', '.join(item['accepts'])}; "
                          f"from {item['from']})[/]")
         for o in item["options"]:
-            default = "" if o["default"] in (None, (), []) else escape(f" [default: {o['default']}]")
+            value = o["default"]
+            shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            default = "" if value in (None, (), []) else escape(f" [default: {shown}]")
             render.out.print(f"    {o['flag']} {o['type'].upper()}{' (repeatable)' if o['multiple'] else ''}"
                              f"  {o['help']}{default}")
