@@ -332,7 +332,30 @@ def test_binding_all_interfaces_without_a_key_warns(digits_package: Path) -> Non
     server.url = f"http://127.0.0.1:{server.port}"
     server.wait_ready()
     _, err = server.stop()
-    assert "warning: binding 0.0.0.0 without an API key" in err
+    assert "WARNING" in err and "binding 0.0.0.0 without an API key" in err
+
+
+def test_json_log_lines_and_quiet(digits_package: Path) -> None:
+    server = Process(digits_package, "--json", "--access-log")
+    try:
+        assert httpx.post(f"{server.url}/v2/models/model/infer", json=v2_json(X[:1])).status_code == 200
+        assert httpx.get(f"{server.url}/v2/models/nope").status_code == 404
+        wait_until(lambda: server.logged('"status": 404'), 30, "the access line of the 404")
+    finally:
+        _, err = server.stop()
+    entries = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any(e["logger"] == "modelpack.serve" and "ready" in e["message"] for e in entries)
+    access = [e for e in entries if e["logger"] == "uvicorn.access"]
+    assert {(e["method"], e["path"], e["status"]) for e in access} >= {
+        ("POST", "/v2/models/model/infer", 200), ("GET", "/v2/models/nope", 404)}
+    # -q (anywhere on the line) keeps warnings and errors only.
+    quiet = Process(digits_package, "-q", "--host", "0.0.0.0", wait=False)
+    quiet.url = f"http://127.0.0.1:{quiet.port}"
+    quiet.wait_ready()
+    _, err = quiet.stop()
+    assert "binding 0.0.0.0 without an API key" in err
+    assert "INFO" not in err and "ready" not in err, err
 
 
 def test_tls(digits_package: Path, tmp_path: Path) -> None:

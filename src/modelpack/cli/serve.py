@@ -53,6 +53,9 @@ from . import render
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this cert.")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, path_type=Path), help="The certificate's key.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--json", "log_json", is_flag=True,
+              help="Log JSON lines on stderr (time, level, logger, message; access lines add method, path and "
+                   "status), for log collectors. -q logs warnings and errors only.")
 @click.option("--register", metavar="zk://HOST:PORT/PATH",
               help="Register in ZooKeeper once ready (an ephemeral entry, removed on stop or crash).")
 @click.option("--register-required", is_flag=True,
@@ -94,17 +97,17 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             raise IntegrityError(f"refusing to serve: {exc}") from exc
         pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
         where = package if pkg.encrypted else pkg.root  # an encrypted .mpk is decrypted by each worker, in memory
-        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, **options), get_path)
+        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, quiet=render.out.quiet, **options), get_path)
 
 
 def _serve(config: Any, get_path: str | None) -> None:
     if get_path is not None:
         _one_request(config, get_path)
         return
-    if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
-        render.err.print(f"[yellow]warning:[/] binding {config.host} without an API key: anyone who can reach "
-                         "this port can use the model. Set MODELPACK_API_KEY or --api-keys-file.")
     from ..serve import server
+
+    if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
+        server.warn_unprotected(config)
 
     try:
         code = server.run(config)

@@ -40,6 +40,8 @@ class ServeConfig:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     access_log: bool = False
+    log_json: bool = False  # the log as JSON lines
+    quiet: bool = False  # log warnings and errors only
     graceful_timeout_s: float = 30.0
     register: str | None = None  # zk://HOST:PORT/PATH
     register_required: bool = False

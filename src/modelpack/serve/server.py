@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .config import ENV, ServeConfig
-
-
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-    logger = logging.getLogger("modelpack")
-    if not logger.handlers:
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+from .logs import log_config
 
 
 def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "host": config.host, "port": config.port, "lifespan": "on", "access_log": config.access_log,
-        "log_level": "info", "timeout_graceful_shutdown": config.graceful_timeout_s,
+        "log_config": log_config(config.log_json, config.quiet), "log_level": "warning" if config.quiet else "info",
+        "timeout_graceful_shutdown": config.graceful_timeout_s,
         "server_header": False, "limit_concurrency": config.max_connections,
     }
     from .guard import configure
@@ -48,8 +41,8 @@ def run(config: ServeConfig) -> int:
     """
     import uvicorn
 
-    configure_logging()
     options = uvicorn_options(config)
+    logging.config.dictConfig(options["log_config"])  # now, for what is logged before uvicorn starts
     registration = _registration(config)
     try:
         if config.workers > 1:
@@ -70,6 +63,14 @@ def run(config: ServeConfig) -> int:
     finally:
         if registration is not None:
             registration.close()
+
+
+def warn_unprotected(config: ServeConfig) -> None:
+    """A warning in the server's log (so in JSON with --json), even with -q."""
+    logging.config.dictConfig(log_config(config.log_json, config.quiet))
+    logging.getLogger("modelpack.serve").warning(
+        "binding %s without an API key: anyone who can reach this port can use the model. Set MODELPACK_API_KEY "
+        "or --api-keys-file.", config.host)
 
 
 def _draining_server(config: Any, app: Any) -> Any:
