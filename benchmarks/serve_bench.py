@@ -4,7 +4,7 @@
 
 Needs wrk and h2load (Debian: apt-get install wrk nghttp2-client), C load generators, so the
 client is not the bottleneck. MLServer is installed into its own venv under benchmarks/.peers on
-first use (from PyPI); KServe comes with the dev dependencies. Each configuration runs `--rounds` times, interleaved with the others, and
+first use (from PyPI); KServe comes with the dev dependencies. Each configuration runs `--rounds` times, interleaved with the others (in a rotated order each round), and
 the median round is reported; ratios are between medians of the same run.
 
 1. A tiny MLP (64-256-256-10), batch-1 JSON, 16 keep-alive connections:
@@ -313,6 +313,13 @@ def h2load(port: int, body: bytes, connections: int, duration: float, headers: d
             "done": int(done.group(1)), "failed": int(done.group(3)) + int(done.group(4))}
 
 
+def rotated(configs: dict, r: int) -> list:
+    """The configurations in a different order each round, so that a machine that speeds up or slows down
+    during the run does not favour whichever server always goes first."""
+    items = list(configs.items())
+    return items[r % len(items):] + items[:r % len(items)] if items else []
+
+
 def median_round(rounds: list[dict]) -> dict:
     mid = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
     return {**mid, "rps_rounds": [round(r["rps"]) for r in rounds]}
@@ -383,7 +390,7 @@ def main() -> int:
         configs = configs if "http" in sections else {}
         rounds: dict[str, list[dict]] = {label: [] for label in configs}
         for r in range(args.rounds):
-            for label, (kind, path, body, headers) in configs.items():
+            for label, (kind, path, body, headers) in rotated(configs, r):
                 port = free_port()
                 server = start(kind, port)
                 try:
@@ -408,7 +415,7 @@ def main() -> int:
         grpc_configs = grpc_configs if "grpc" in sections else {}
         grounds: dict[str, list[dict]] = {label: [] for label in grpc_configs}
         for r in range(args.rounds):
-            for label, (kind, model_name, headers) in grpc_configs.items():
+            for label, (kind, model_name, headers) in rotated(grpc_configs, r):
                 port, grpc_port = free_port(), free_port()
                 server = start(kind, port, grpc_port)
                 try:
