@@ -106,9 +106,6 @@ def _serve(config: Any, get_path: str | None) -> None:
         return
     from ..serve import server
 
-    if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
-        server.warn_unprotected(config)
-
     try:
         code = server.run(config)
     except KeyboardInterrupt:

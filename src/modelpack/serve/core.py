@@ -45,12 +45,12 @@ class Core:
         model = self.model
         self.metrics = Metrics(model.name, model.version)
         self.metrics.load_seconds = model.load_seconds
-        single_ms = model.warm_up()
-        if single_ms < INLINE_BELOW_MS and self.config.threads is None and model.prefer_one_thread():
+        inline = model.warm_up() < INLINE_BELOW_MS  # batch-1 latency in ms
+        if inline and self.config.threads is None and model.prefer_one_thread():
             log.info("one intra-op thread: it runs this model faster than a thread pool (--threads overrides)")
         self.batcher = Batcher(model.runner.run, max_batch_size=self.config.max_batch_size,
                                timeout_ms=self.config.batch_timeout_ms, max_queue=self.config.max_queue,
-                               on_batch=self.metrics.batch.observe, inline=single_ms < INLINE_BELOW_MS,
+                               on_batch=self.metrics.batch.observe, inline=inline,
                                mergeable=model.signature.simple_batch)
         self.batcher.start()
         self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0

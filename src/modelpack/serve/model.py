@@ -78,7 +78,7 @@ class ServedModel:
                     timings.append((time.perf_counter() - start) * 1e3)
         return float(np.median(timings))
 
-    def prefer_one_thread(self, rounds: int = 50) -> bool:
+    def prefer_one_thread(self, rounds: int = 20) -> bool:
         """Switch to a one-thread onnxruntime session when it runs this model faster; True if it switched.
 
         For a model that takes microseconds, the intra-op pool's wake-ups and spinning cost more than the

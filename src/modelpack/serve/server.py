@@ -43,6 +43,10 @@ def run(config: ServeConfig) -> int:
 
     options = uvicorn_options(config)
     logging.config.dictConfig(options["log_config"])  # now, for what is logged before uvicorn starts
+    if config.host in ("0.0.0.0", "::") and not (config.api_key or config.api_keys_file):
+        logging.getLogger("modelpack.serve").warning(
+            "binding %s without an API key: anyone who can reach this port can use the model. Set "
+            "MODELPACK_API_KEY or --api-keys-file.", config.host)
     registration = _registration(config)
     try:
         if config.workers > 1:
@@ -63,14 +67,6 @@ def run(config: ServeConfig) -> int:
     finally:
         if registration is not None:
             registration.close()
-
-
-def warn_unprotected(config: ServeConfig) -> None:
-    """A warning in the server's log (so in JSON with --json), even with -q."""
-    logging.config.dictConfig(log_config(config.log_json, config.quiet))
-    logging.getLogger("modelpack.serve").warning(
-        "binding %s without an API key: anyone who can reach this port can use the model. Set MODELPACK_API_KEY "
-        "or --api-keys-file.", config.host)
 
 
 def _draining_server(config: Any, app: Any) -> Any:
