@@ -198,6 +198,56 @@ def test_credentials_from_docker_config_and_environment(tmp_path: Path, signed, 
         server.stop()
 
 
+def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch) -> None:
+    """The registry challenges with Bearer and checks the signed tokens a token service grants: we fetch one
+    token for everything a push needs, and say which failure is which."""
+    pkg, public = signed
+    (tmp_path / "reg").mkdir()
+    tokens = oci_registry.TokenService(tmp_path / "reg", {"ci": ("s3cret", {"models/mlp": {"pull", "push"}}),
+                                                          "reader": ("r3ad", {"models/mlp": {"pull"}})},
+                                       anonymous={"models/mlp": {"pull"}}).start()
+    server = oci_registry.Registry(tmp_path / "reg", tokens=tokens)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nothing"))
+
+    def login(user: str | None, password: str = "") -> None:
+        for name, value in (("MODELPACK_REGISTRY_USERNAME", user), ("MODELPACK_REGISTRY_PASSWORD", password)):
+            if value:
+                monkeypatch.setenv(name, value)
+            else:
+                monkeypatch.delenv(name, raising=False)
+
+    try:
+        server.start()
+        ref = f"oci://{server.address}/models/mlp:1"
+        login(None)
+        anonymous = run_cli("push", pkg, ref)
+        assert anonymous.exit_code == 2 and "docker login" in anonymous.output
+        login("reader", "r3ad")
+        reader = run_cli("push", pkg, ref)
+        assert reader.exit_code == 2 and "user 'reader' may not push to this repository" in reader.output
+        login("ci", "wrong")
+        wrong = run_cli("push", pkg, ref)
+        assert wrong.exit_code == 2 and "the token service refused (401)" in wrong.output
+
+        tokens.requests.clear()
+        login("ci", "s3cret")
+        pushed = run_cli("push", pkg, ref)
+        assert pushed.exit_code == 0, pushed.output
+        assert tokens.requests == [("ci", ["repository:models/mlp:pull,push"])]  # one token for the whole push
+
+        login(None)  # this repository is public to read
+        anon_pull = run_cli("pull", ref, "-o", tmp_path / "anon")
+        assert anon_pull.exit_code == 0, anon_pull.output
+        login("reader", "r3ad")
+        pulled = run_cli("pull", ref, "-o", tmp_path / "pulled", "--pubkey", public)
+        assert pulled.exit_code == 0, pulled.output
+        assert files_of(tmp_path / "pulled") == files_of(pkg)
+        assert tokens.requests[-1] == ("reader", ["repository:models/mlp:pull"])
+    finally:
+        server.stop()
+        tokens.stop()
+
+
 @pytest.mark.slow
 def test_modelpack_client_pulls_what_we_push_and_we_pull_what_it_pushes(registry, signed, client_site: Path,
                                                                          tmp_path: Path) -> None:

@@ -196,6 +196,11 @@ class Registry:
         except (ValueError, AttributeError):
             detail = ""
         where = f"{self.ref.registry}/{self.ref.repository}"
+        if exc.code == 401 and self._creds and self._auth and self._auth.startswith("Bearer "):
+            # The token service accepted the credentials but granted less than this request needs.
+            wanted = "push to" if self.scope.endswith("push") else "pull from"
+            return UsageError(f"{where}: user '{self._creds[0]}' may not {wanted} this repository ({detail or 'denied'});"
+                              " ask for access, or use other credentials.")
         if exc.code == 401:
             return UsageError(f"{where}: not authorized ({detail or 'no credentials'}); log in with docker login, or "
                               "set MODELPACK_REGISTRY_USERNAME and MODELPACK_REGISTRY_PASSWORD.")
@@ -219,7 +224,11 @@ class Registry:
         if scheme.lower() != "bearer" or "realm" not in fields:
             raise RegistryError(f"{self.ref.registry} asks for an authentication it does not describe "
                                           f"({challenge[:100]!r}).")
-        query = {"service": fields.get("service", ""), "scope": fields.get("scope") or self.scope}
+        # Ask at once for everything this operation needs on our repository (a push's first HEAD is challenged
+        # for pull only), so a push takes one token, not two; other scopes the registry names are kept.
+        ours = f"repository:{self.ref.repository}:"
+        scopes = [s for s in fields.get("scope", "").split(" ") if s and not s.startswith(ours)] + [self.scope]
+        query = [("service", fields.get("service", ""))] + [("scope", s) for s in scopes]
         req = urllib.request.Request(f"{fields['realm']}?{urllib.parse.urlencode(query)}")
         if basic:
             req.add_header("Authorization", basic)
