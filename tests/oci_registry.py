@@ -43,17 +43,19 @@ class TokenService:
     signed by a leaf certificate under the CA the registry trusts) granting what the grants allow.
 
     `users` maps a user to (password, {repository: actions}); `anonymous` is what no credentials get.
-    Wrong credentials get 401. `requests` records (user or None, the scopes asked) for each token issued.
+    Wrong credentials get 401. `refresh_tokens` maps OAuth2 refresh tokens (what `docker login` keeps as an
+    `identitytoken`) to users, for `POST /token` with `grant_type=refresh_token`. `requests` records
+    (user or None, the scopes asked) for each token issued.
     """
 
     def __init__(self, workdir: Path, users: dict[str, tuple[str, dict[str, set[str]]]],
-                 anonymous: dict[str, set[str]] | None = None) -> None:
+                 anonymous: dict[str, set[str]] | None = None, refresh_tokens: dict[str, str] | None = None) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.x509.oid import NameOID
 
-        self.users, self.anonymous = users, anonymous or {}
+        self.users, self.anonymous, self.refresh_tokens = users, anonymous or {}, refresh_tokens or {}
         self.requests: list[tuple[str | None, list[str]]] = []
         now = datetime.datetime.now(datetime.UTC)
 
@@ -115,8 +117,22 @@ class TokenService:
                     user, _, password = base64.b64decode(header[6:]).decode().partition(":")
                     if service.users.get(user, ("",))[0] != password or not password:
                         return self._answer(401, {"details": "wrong user name or password"})
-                if url.path != "/token" or query.get("service") != [SERVICE]:
-                    return self._answer(400, {"details": "expected GET /token?service=" + SERVICE})
+                self._grant(url.path, query, user)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                if (self.headers.get("Content-Type") != "application/x-www-form-urlencoded"
+                        or form.get("grant_type") != ["refresh_token"] or not form.get("client_id")):
+                    return self._answer(400, {"error": "unsupported_grant_type"})
+                user = service.refresh_tokens.get(form.get("refresh_token", [""])[0])
+                if user is None:
+                    return self._answer(401, {"error": "invalid_grant"})
+                self._grant(urllib.parse.urlsplit(self.path).path, form, user)
+
+            def _grant(self, path: str, query: dict[str, list[str]], user: str | None) -> None:
+                if path != "/token" or query.get("service") != [SERVICE]:
+                    return self._answer(400, {"details": "expected /token with service=" + SERVICE})
                 scopes = [s for value in query.get("scope", []) for s in value.split(" ") if s]
                 service.requests.append((user, scopes))
                 token = service.token(user, scopes, SERVICE)

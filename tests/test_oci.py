@@ -205,7 +205,7 @@ def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch)
     (tmp_path / "reg").mkdir()
     tokens = oci_registry.TokenService(tmp_path / "reg", {"ci": ("s3cret", {"models/mlp": {"pull", "push"}}),
                                                           "reader": ("r3ad", {"models/mlp": {"pull"}})},
-                                       anonymous={"models/mlp": {"pull"}}).start()
+                                       anonymous={"models/mlp": {"pull"}}, refresh_tokens={"rt-123": "ci"}).start()
     server = oci_registry.Registry(tmp_path / "reg", tokens=tokens)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nothing"))
 
@@ -243,6 +243,37 @@ def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch)
         assert pulled.exit_code == 0, pulled.output
         assert files_of(tmp_path / "pulled") == files_of(pkg)
         assert tokens.requests[-1] == ("reader", ["repository:models/mlp:pull"])
+
+        # `docker login` to some registries (Azure's) keeps an OAuth2 refresh token, not the password.
+        login(None)
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        placeholder = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+        config = {"auths": {server.address: {"auth": placeholder, "identitytoken": "rt-123"}}}
+        (docker / "config.json").write_text(json.dumps(config))
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+        tokens.requests.clear()
+        again = run_cli("push", pkg, f"oci://{server.address}/models/mlp:2")
+        assert again.exit_code == 0, again.output
+        assert tokens.requests == [("ci", ["repository:models/mlp:pull,push"])]
+        config["auths"][server.address]["identitytoken"] = "revoked"
+        (docker / "config.json").write_text(json.dumps(config))
+        revoked = run_cli("push", pkg, f"oci://{server.address}/models/mlp:3")
+        assert revoked.exit_code == 2 and "the token service refused (401)" in revoked.output
+
+        # A credential helper (docker-credential-NAME get: the registry on stdin, JSON on stdout) says
+        # "<token>" for an identity token.
+        helper = tmp_path / "bin" / "docker-credential-mptest"
+        helper.parent.mkdir()
+        helper.write_text("#!/bin/sh\nread registry\n[ \"$registry\" = \"$EXPECTED\" ] || exit 1\n"
+                          'echo \'{"ServerURL": "x", "Username": "<token>", "Secret": "rt-123"}\'\n')
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("EXPECTED", server.address)
+        (docker / "config.json").write_text(json.dumps({"credHelpers": {server.address: "mptest"}}))
+        helped = run_cli("push", pkg, f"oci://{server.address}/models/mlp:4")
+        assert helped.exit_code == 0, helped.output
+        assert tokens.requests[-1] == ("ci", ["repository:models/mlp:pull,push"])
     finally:
         server.stop()
         tokens.stop()

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ..errors import InputError, IntegrityError, RegistryError, UsageError
 
@@ -83,12 +83,24 @@ def sha256_digest(data: bytes) -> str:
 # --- credentials ----------------------------------------------------------------------------------------------
 
 
-def credentials(registry: str) -> tuple[str, str] | None:
-    """Username and password for `registry`: MODELPACK_REGISTRY_USERNAME/_PASSWORD, else the docker config
-    (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): `auths`, `credHelpers`, `credsStore`."""
+class Login(NamedTuple):
+    """A user name and password, or (`identity`) an OAuth2 refresh token that `docker login` kept instead."""
+
+    user: str
+    secret: str
+    identity: bool = False
+
+
+_TOKEN_USER = "<token>"  # a credential helper's user name for an identity token
+
+
+def credentials(registry: str) -> Login | None:
+    """The login for `registry`: MODELPACK_REGISTRY_USERNAME/_PASSWORD, else the docker config
+    (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): `auths` (with `identitytoken`), `credHelpers`,
+    `credsStore`."""
     user, password = os.environ.get("MODELPACK_REGISTRY_USERNAME"), os.environ.get("MODELPACK_REGISTRY_PASSWORD")
     if user and password:
-        return user, password
+        return Login(user, password)
     config_path = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -104,17 +116,19 @@ def credentials(registry: str) -> tuple[str, str] | None:
     for name in names:
         entry = config.get("auths", {}).get(name)
         if isinstance(entry, dict):
+            if entry.get("identitytoken"):  # e.g. Azure: `auth` then holds a placeholder user and no password
+                return Login(_TOKEN_USER, str(entry["identitytoken"]), identity=True)
             if entry.get("auth"):
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                return user, password
+                return Login(user, password)
             if entry.get("username") and entry.get("password"):
-                return str(entry["username"]), str(entry["password"])
+                return Login(str(entry["username"]), str(entry["password"]))
     if helper:
         return _from_helper(str(helper), registry)
     return None
 
 
-def _from_helper(helper: str, registry: str) -> tuple[str, str] | None:
+def _from_helper(helper: str, registry: str) -> Login | None:
     program = shutil.which(f"docker-credential-{helper}")
     if program is None:
         raise UsageError(f"the docker config names the credential helper '{helper}', but docker-credential-{helper} "
@@ -123,7 +137,8 @@ def _from_helper(helper: str, registry: str) -> tuple[str, str] | None:
     if proc.returncode != 0:
         return None  # the helper has nothing for this registry
     data = json.loads(proc.stdout)
-    return str(data.get("Username", "")), str(data.get("Secret", ""))
+    user = str(data.get("Username", ""))
+    return Login(user, str(data.get("Secret", "")), identity=user == _TOKEN_USER)
 
 
 # --- HTTP -----------------------------------------------------------------------------------------------------
@@ -199,7 +214,8 @@ class Registry:
         if exc.code == 401 and self._creds and self._auth and self._auth.startswith("Bearer "):
             # The token service accepted the credentials but granted less than this request needs.
             wanted = "push to" if self.scope.endswith("push") else "pull from"
-            return UsageError(f"{where}: user '{self._creds[0]}' may not {wanted} this repository ({detail or 'denied'});"
+            who = "this identity token" if self._creds.identity else f"user '{self._creds.user}'"
+            return UsageError(f"{where}: {who} may not {wanted} this repository ({detail or 'denied'});"
                               " ask for access, or use other credentials.")
         if exc.code == 401:
             return UsageError(f"{where}: not authorized ({detail or 'no credentials'}); log in with docker login, or "
@@ -213,9 +229,13 @@ class Registry:
     def _authenticate(self, challenge: str) -> None:
         scheme, _, params = challenge.partition(" ")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
-        basic = (f"Basic {base64.b64encode(f'{self._creds[0]}:{self._creds[1]}'.encode()).decode()}"
-                 if self._creds else None)
+        login = self._creds
+        basic = (f"Basic {base64.b64encode(f'{login.user}:{login.secret}'.encode()).decode()}"
+                 if login and not login.identity else None)
         if scheme.lower() == "basic":
+            if login and login.identity:
+                raise UsageError(f"{self.ref.registry} asks for a password, but the docker config holds an identity "
+                                 "token for it; set MODELPACK_REGISTRY_USERNAME and MODELPACK_REGISTRY_PASSWORD.")
             if basic is None:
                 raise UsageError(f"{self.ref.registry} asks for a login; run docker login {self.ref.registry}, or set "
                                  "MODELPACK_REGISTRY_USERNAME and MODELPACK_REGISTRY_PASSWORD.")
@@ -228,10 +248,17 @@ class Registry:
         # for pull only), so a push takes one token, not two; other scopes the registry names are kept.
         ours = f"repository:{self.ref.repository}:"
         scopes = [s for s in fields.get("scope", "").split(" ") if s and not s.startswith(ours)] + [self.scope]
-        query = [("service", fields.get("service", ""))] + [("scope", s) for s in scopes]
-        req = urllib.request.Request(f"{fields['realm']}?{urllib.parse.urlencode(query)}")
-        if basic:
-            req.add_header("Authorization", basic)
+        service = fields.get("service", "")
+        if login and login.identity:  # OAuth2: trade the refresh token for an access token
+            form = {"grant_type": "refresh_token", "refresh_token": login.secret, "service": service,
+                    "scope": " ".join(scopes), "client_id": "modelpack"}
+            req = urllib.request.Request(fields["realm"], data=urllib.parse.urlencode(form).encode(), method="POST",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+        else:
+            query = [("service", service)] + [("scope", s) for s in scopes]
+            req = urllib.request.Request(f"{fields['realm']}?{urllib.parse.urlencode(query)}")
+            if basic:
+                req.add_header("Authorization", basic)
         try:
             with _OPENER.open(req, timeout=60) as response:
                 token = json.loads(response.read(1 << 20))
