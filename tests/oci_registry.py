@@ -157,6 +157,7 @@ class TokenService:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server = None
 
 
 class Registry:

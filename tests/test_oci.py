@@ -274,6 +274,11 @@ def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch)
         helped = run_cli("push", pkg, f"oci://{server.address}/models/mlp:4")
         assert helped.exit_code == 0, helped.output
         assert tokens.requests[-1] == ("ci", ["repository:models/mlp:pull,push"])
+
+        tokens.stop()  # the registry still names the token service, which no longer answers
+        down = run_cli("pull", ref, "-o", tmp_path / "down")
+        assert down.exit_code == 1 and "cannot get a token from http://127.0.0.1:" in down.output, down.output
+        assert not (tmp_path / "down").exists()
     finally:
         server.stop()
         tokens.stop()

@@ -263,9 +263,19 @@ class Registry:
             with _OPENER.open(req, timeout=60) as response:
                 token = json.loads(response.read(1 << 20))
         except urllib.error.HTTPError as exc:
-            raise UsageError(f"{self.ref.registry}: the token service refused ({exc.code}); check the credentials "
-                             "(docker login, or MODELPACK_REGISTRY_USERNAME and _PASSWORD).") from None
-        self._auth = f"Bearer {token.get('token') or token.get('access_token')}"
+            if exc.code in (400, 401, 403):
+                raise UsageError(f"{self.ref.registry}: the token service refused ({exc.code}); check the credentials "
+                                 "(docker login, or MODELPACK_REGISTRY_USERNAME and _PASSWORD).") from None
+            raise RegistryError(f"{self.ref.registry}: the token service {fields['realm']} failed ({exc.code} "
+                                f"{exc.reason}); try again later.") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            token = {"error": str(getattr(exc, "reason", exc))[:200]}
+        value = token.get("token") or token.get("access_token") if isinstance(token, dict) else None
+        if not isinstance(value, str) or not value:
+            why = token.get("error", "no token in its answer") if isinstance(token, dict) else "no token in its answer"
+            raise RegistryError(f"{self.ref.registry}: cannot get a token from {fields['realm']} ({why}); check that "
+                                "the registry's token service is reachable.")
+        self._auth = f"Bearer {value}"
 
     # --- blobs and manifests ---
 
