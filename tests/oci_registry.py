@@ -11,6 +11,8 @@ import base64
 import datetime
 import json
 import shutil
+import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -214,3 +216,44 @@ class Registry:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a registry, for reads (GET and HEAD): it passes every request through, except
+    that the answer to a request whose request line contains `cut` loses its connection `keep` bytes into
+    the body, as a dropped network does."""
+
+    def __init__(self, upstream: str, cut: str, keep: int = 100) -> None:
+        host, port = upstream.rsplit(":", 1)
+        target = (host, int(port))
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = self.request.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                cutting = cut.encode() in head.split(b"\r\n", 1)[0]
+                with socket.create_connection(target, timeout=30) as up:
+                    up.sendall(head)
+                    answer = b""
+                    while data := up.recv(65536):
+                        answer += data
+                        end = answer.find(b"\r\n\r\n")
+                        if cutting and end >= 0 and len(answer) > end + 4 + keep:
+                            self.request.sendall(answer[:end + 4 + keep])
+                            return  # closing here drops the rest of the body
+                        if not cutting:
+                            self.request.sendall(answer)
+                            answer = b""
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -143,6 +143,29 @@ def test_pull_checks_every_digest_and_leaves_nothing(registry, signed, tmp_path:
     assert result.exit_code == 2 and "not found" in result.output
 
 
+def test_a_download_that_breaks_off_is_a_one_line_error_and_leaves_nothing(registry, signed, tmp_path: Path) -> None:
+    pkg, _ = signed
+    assert run_cli("push", pkg, f"oci://{registry.address}/models/flaky:1").exit_code == 0
+    manifest = json.loads(get(f"http://{registry.address}/v2/models/flaky/manifests/1"))
+    (weights,) = [layer for layer in manifest["layers"] if layer["annotations"]["org.cncf.model.filepath"]
+                  == "model.onnx"]
+    proxy = oci_registry.CuttingProxy(registry.address, cut=weights["digest"], keep=100)
+    try:
+        out = tmp_path / "out"
+        result = run_cli("pull", f"oci://{proxy.address}/models/flaky:1", "-o", out)
+        assert result.exit_code == 1, result.output
+        assert f"the download of blob {weights['digest']} broke off after 100 of {weights['size']} bytes" \
+            in result.output and "try again" in result.output
+        assert not out.exists() and os.listdir(tmp_path) == []
+        whole = oci_registry.CuttingProxy(registry.address, cut="nothing to cut")  # the proxy itself is sound
+        try:
+            assert run_cli("pull", f"oci://{whole.address}/models/flaky:1", "-o", out).exit_code == 0
+        finally:
+            whole.stop()
+    finally:
+        proxy.stop()
+
+
 def test_bad_references_and_artifacts_are_one_line_errors(registry, mlp_package: Path, tmp_path: Path) -> None:
     for ref in ("registry.example.com", "oci://host/UPPER:1", "oci://host/repo:bad tag", "oci://host/r@sha256:12"):
         result = run_cli("push", mlp_package, ref)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -319,12 +320,21 @@ class Registry:
         h = hashlib.sha256()
         got = 0
         with self.request("GET", self.url(f"blobs/{digest}")) as response:
-            while chunk := response.read(min(1 << 20, size - got + 1)):
+            while True:
+                try:
+                    chunk = response.read(min(1 << 20, size - got + 1))
+                except (OSError, http.client.HTTPException):
+                    chunk = b""
+                if not chunk:
+                    if got < size:  # the connection closed (or failed) early
+                        raise RegistryError(f"{self.ref}: the download of blob {digest} broke off after {got} of "
+                                            f"{size} bytes; try again.")
+                    break
                 got += len(chunk)
                 if got > size:
                     raise IntegrityError(f"{self.ref}: blob {digest} is larger than the {size} bytes its descriptor says.")
                 h.update(chunk)
                 out.write(chunk)
-        if got != size or f"sha256:{h.hexdigest()}" != digest:
+        if f"sha256:{h.hexdigest()}" != digest:
             raise IntegrityError(f"{self.ref}: blob {digest} arrived as {got} bytes with digest sha256:{h.hexdigest()}; "
                              "refusing it.")
