@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import re
 import shutil
 import socket
 import socketserver
@@ -221,11 +222,17 @@ class Registry:
 class CuttingProxy:
     """A TCP proxy in front of a registry, for reads (GET and HEAD): it passes every request through, except
     that the answer to a request whose request line contains `cut` loses its connection `keep` bytes into
-    the body, as a dropped network does."""
+    the body, as a dropped network does; only the first `times` such answers when `times` is given.
+    `heads` keeps each request's head (request line and headers) in order. With `strip_range` the registry
+    never sees a Range header, as behind a proxy that drops it."""
 
-    def __init__(self, upstream: str, cut: str, keep: int = 100) -> None:
+    def __init__(self, upstream: str, cut: str, keep: int = 100, times: int | None = None,
+                 strip_range: bool = False) -> None:
         host, port = upstream.rsplit(":", 1)
         target = (host, int(port))
+        self.heads: list[str] = []
+        lock = threading.Lock()
+        proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
@@ -235,7 +242,12 @@ class CuttingProxy:
                     if not data:
                         return
                     head += data
-                cutting = cut.encode() in head.split(b"\r\n", 1)[0]
+                with lock:
+                    proxy.heads.append(head.decode("latin-1"))
+                    cutting = cut.encode() in head.split(b"\r\n", 1)[0] and (
+                        times is None or sum(cut in h.split("\r\n", 1)[0] for h in proxy.heads) <= times)
+                if strip_range:
+                    head = re.sub(rb"(?im)^range:[^\r\n]*\r\n", b"", head)
                 with socket.create_connection(target, timeout=30) as up:
                     up.sendall(head)
                     answer = b""

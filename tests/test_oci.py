@@ -143,27 +143,45 @@ def test_pull_checks_every_digest_and_leaves_nothing(registry, signed, tmp_path:
     assert result.exit_code == 2 and "not found" in result.output
 
 
-def test_a_download_that_breaks_off_is_a_one_line_error_and_leaves_nothing(registry, signed, tmp_path: Path) -> None:
-    pkg, _ = signed
+def test_a_download_that_breaks_off_resumes_and_else_fails_cleanly(registry, signed, tmp_path: Path) -> None:
+    pkg, public = signed
     assert run_cli("push", pkg, f"oci://{registry.address}/models/flaky:1").exit_code == 0
     manifest = json.loads(get(f"http://{registry.address}/v2/models/flaky/manifests/1"))
     (weights,) = [layer for layer in manifest["layers"] if layer["annotations"]["org.cncf.model.filepath"]
                   == "model.onnx"]
-    proxy = oci_registry.CuttingProxy(registry.address, cut=weights["digest"], keep=100)
+    blob = f"blobs/{weights['digest']}"
+
+    # Cut once, 100 bytes into the body: the pull resumes with a range request and succeeds.
+    flaky = oci_registry.CuttingProxy(registry.address, cut=blob, keep=100, times=1)
+    try:
+        pulled = run_cli("pull", f"oci://{flaky.address}/models/flaky:1", "-o", tmp_path / "ok", "--pubkey", public)
+        assert pulled.exit_code == 0, pulled.output
+        assert files_of(tmp_path / "ok") == files_of(pkg)
+        ranges = [h for h in flaky.heads if blob in h.split("\r\n", 1)[0]]
+        assert len(ranges) == 2 and "range: bytes=100-" in ranges[1].lower()
+    finally:
+        flaky.stop()
+    # A registry that ignores the range sends the whole blob again: the download starts over.
+    whole = oci_registry.CuttingProxy(registry.address, cut=blob, keep=100, times=1, strip_range=True)
+    try:
+        again = run_cli("pull", f"oci://{whole.address}/models/flaky:1", "-o", tmp_path / "again")
+        assert again.exit_code == 0, again.output
+        assert files_of(tmp_path / "again") == files_of(pkg)
+    finally:
+        whole.stop()
+
+    # Cut every time (each resume gains 100 bytes): after three resumes, a one-line error naming the blob and
+    # how far it got, and nothing left behind.
+    dead = oci_registry.CuttingProxy(registry.address, cut=blob, keep=100)
     try:
         out = tmp_path / "out"
-        result = run_cli("pull", f"oci://{proxy.address}/models/flaky:1", "-o", out)
+        result = run_cli("pull", f"oci://{dead.address}/models/flaky:1", "-o", out)
         assert result.exit_code == 1, result.output
-        assert f"the download of blob {weights['digest']} broke off after 100 of {weights['size']} bytes" \
-            in result.output and "try again" in result.output
-        assert not out.exists() and os.listdir(tmp_path) == []
-        whole = oci_registry.CuttingProxy(registry.address, cut="nothing to cut")  # the proxy itself is sound
-        try:
-            assert run_cli("pull", f"oci://{whole.address}/models/flaky:1", "-o", out).exit_code == 0
-        finally:
-            whole.stop()
+        assert f"the download of blob {weights['digest']} broke off after 400 of {weights['size']} bytes, 3 times" \
+               " resumed; try again later" in result.output
+        assert not out.exists() and sorted(os.listdir(tmp_path)) == ["again", "ok"]
     finally:
-        proxy.stop()
+        dead.stop()
 
 
 def test_bad_references_and_artifacts_are_one_line_errors(registry, mlp_package: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +28,7 @@ from typing import IO, Any, NamedTuple
 from ..errors import InputError, IntegrityError, RegistryError, UsageError
 
 MAX_MANIFEST = 4 * 1024 * 1024  # what the distribution spec asks clients to accept
+RESUMES = 3  # a blob download that breaks off resumes from where it stopped, at most this many times
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -316,25 +318,40 @@ class Registry:
         return data, digest
 
     def download_blob(self, digest: str, size: int, out: IO[bytes]) -> None:
-        """Stream a blob into `out`, never more than `size` bytes, and check its sha256."""
+        """Stream a blob into `out` (seekable), never more than `size` bytes, and check its sha256. A download
+        that breaks off resumes where it stopped (an HTTP range request), up to RESUMES times."""
         h = hashlib.sha256()
-        got = 0
-        with self.request("GET", self.url(f"blobs/{digest}")) as response:
-            while True:
-                try:
-                    chunk = response.read(min(1 << 20, size - got + 1))
-                except (OSError, http.client.HTTPException):
-                    chunk = b""
-                if not chunk:
-                    if got < size:  # the connection closed (or failed) early
-                        raise RegistryError(f"{self.ref}: the download of blob {digest} broke off after {got} of "
-                                            f"{size} bytes; try again.")
-                    break
-                got += len(chunk)
-                if got > size:
-                    raise IntegrityError(f"{self.ref}: blob {digest} is larger than the {size} bytes its descriptor says.")
-                h.update(chunk)
-                out.write(chunk)
+        start, got = out.tell(), 0
+        for attempt in range(RESUMES + 1):
+            if attempt:
+                time.sleep(0.25 * 2 ** (attempt - 1))
+            headers = {"Range": f"bytes={got}-"} if got else None
+            with self.request("GET", self.url(f"blobs/{digest}"), headers=headers, ok=(200, 206)) as response:
+                if got and response.status != 206:  # the registry sends the whole blob again: start over
+                    out.seek(start)
+                    out.truncate()
+                    h, got = hashlib.sha256(), 0
+                got = self._stream(response, digest, size, got, h, out)
+            if got == size:
+                break
+        else:
+            raise RegistryError(f"{self.ref}: the download of blob {digest} broke off after {got} of {size} bytes, "
+                                f"{RESUMES} times resumed; try again later.")
         if f"sha256:{h.hexdigest()}" != digest:
             raise IntegrityError(f"{self.ref}: blob {digest} arrived as {got} bytes with digest sha256:{h.hexdigest()}; "
                              "refusing it.")
+
+    def _stream(self, response: Any, digest: str, size: int, got: int, h: Any, out: IO[bytes]) -> int:
+        """Copy the response's body until it ends or breaks off; return the blob's bytes received so far."""
+        while True:
+            try:
+                chunk = response.read(min(1 << 20, size - got + 1))
+            except (OSError, http.client.HTTPException):
+                return got
+            if not chunk:
+                return got
+            got += len(chunk)
+            if got > size:
+                raise IntegrityError(f"{self.ref}: blob {digest} is larger than the {size} bytes its descriptor says.")
+            h.update(chunk)
+            out.write(chunk)
