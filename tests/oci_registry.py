@@ -231,6 +231,7 @@ class CuttingProxy:
         host, port = upstream.rsplit(":", 1)
         target = (host, int(port))
         self.heads: list[str] = []
+        self.cuts = 0  # requests that matched `cut`
         lock = threading.Lock()
         proxy = self
 
@@ -242,10 +243,12 @@ class CuttingProxy:
                     if not data:
                         return
                     head += data
+                cutting = cut.encode() in head.split(b"\r\n", 1)[0]
                 with lock:
                     proxy.heads.append(head.decode("latin-1"))
-                    cutting = cut.encode() in head.split(b"\r\n", 1)[0] and (
-                        times is None or sum(cut in h.split("\r\n", 1)[0] for h in proxy.heads) <= times)
+                    if cutting:
+                        proxy.cuts += 1
+                        cutting = times is None or proxy.cuts <= times
                 if strip_range:
                     head = re.sub(rb"(?im)^range:[^\r\n]*\r\n", b"", head)
                 with socket.create_connection(target, timeout=30) as up:

@@ -116,10 +116,14 @@ def _tar_directory(root: Path, rel: str, out: Path) -> None:
 
 
 def _layers(pkg: Package, scratch: Path) -> list[Layer]:
+    """One layer per file (a tar per directory artifact). The caller has checked the package's checksums, so
+    the manifest's sha256 and size of each model file are its layer's digest and size: not read twice."""
     from ..package.signing import SIGNATURE_NAME
 
     root = pkg.root
     directories = {a["path"].rstrip("/") for a in pkg.artifacts if (root / a["path"]).is_dir()}
+    known = {e["path"]: (e["sha256"], e["size"]) for a in pkg.artifacts for e in [a, *a.get("files", [])]
+             if e["path"].rstrip("/") not in directories}  # a directory's sha256 is of its tree, not of a tar
     weights = {a["path"] for a in pkg.artifacts} | {c["path"] for a in pkg.artifacts for c in a.get("files", [])}
     layers: list[Layer] = []
     for rel in sorted(directories):
@@ -138,8 +142,8 @@ def _layers(pkg: Package, scratch: Path) -> list[Layer]:
             kind = DOC_RAW
         layers.append(Layer(rel, kind, path))
     for layer in layers:
-        layer.digest = f"sha256:{sha256_file(layer.source)}"
-        layer.size = layer.source.stat().st_size
+        sha256, layer.size = known.get(layer.path) or (sha256_file(layer.source), layer.source.stat().st_size)
+        layer.digest = f"sha256:{sha256}"
     return layers
 
 
@@ -163,10 +167,10 @@ def model_config(pkg: Package, diff_ids: list[str]) -> dict[str, Any]:
 def push(package: Path, reference: str, *, plain_http: bool = False) -> PushResult:
     """Push a package (directory or `.mpk`) as a CNCF ModelPack artifact; the tag defaults to its version."""
     ref = Reference.parse(reference)
+    if ref.digest:
+        raise UsageError(f"REFERENCE '{reference}': push to a tag, not a digest (the digest is the result).")
     with open_any(package) as pkg, tempfile.TemporaryDirectory(prefix="modelpack-push-") as scratch:
         pkg.check_checksums()
-        if ref.digest:
-            raise UsageError(f"REFERENCE '{reference}': push to a tag, not a digest (the digest is the result).")
         ref = ref if ref.tag else ref.with_tag(_tag_of(pkg.version))
         layers = _layers(pkg, Path(scratch))
         config = model_config(pkg, [layer.digest for layer in layers])
