@@ -37,11 +37,18 @@ from . import render
 @click.option("--max-inflight-mb", type=click.FloatRange(0.001), default=256.0, show_default=True,
               help="Request bytes held at once across all connections; past it, 503 with Retry-After.")
 @click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True,
-              help="Open connections and requests at once; past it, 503.")
+              help="Open connections (and HTTP requests) at once, on each port; past it, 503 (gRPC: GOAWAY).")
+@click.option("--max-streams", type=click.IntRange(1, 10000), default=100, show_default=True,
+              help="gRPC calls open at once on one connection; past it, the stream is refused (REFUSED_STREAM).")
 @click.option("--header-timeout-s", type=click.FloatRange(0.001), default=10.0, show_default=True,
-              help="Time a client has to send a request's headers (also how long a new connection may idle).")
+              help="Time a client has to send a request's headers (also how long a connection may idle).")
 @click.option("--body-timeout-s", type=click.FloatRange(0.001), default=30.0, show_default=True,
-              help="Time a client has to send a request's body after its headers; past it, 408 and close.")
+              help="Time a client has to send a request's body after its headers; past it, 408 and close "
+                   "(gRPC: DEADLINE_EXCEEDED).")
+@click.option("--write-timeout-s", type=click.FloatRange(0.001), default=30.0, show_default=True,
+              help="Time a client has to read an answer; past it, the connection is closed.")
+@click.option("--max-header-kb", type=click.FloatRange(1, 1024), default=64.0, show_default=True,
+              help="Largest request line and headers (gRPC: header block); past it, 431 and close.")
 @click.option("--graceful-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
               help="On SIGTERM, how long requests in flight may take to finish (queued batches run at once).")
 @click.option("--api-key", envvar="MODELPACK_API_KEY", show_envvar=True,

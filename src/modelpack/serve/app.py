@@ -42,8 +42,8 @@ class App:
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config
         self.core = Core(config, model)
-        self.bodies = BodyReader(config.max_body_mb, config.max_inflight_mb)
-        self.grpc: Any = None  # the gRPC server (grpc.aio.Server), with --grpc-port
+        self.bodies = BodyReader(config.max_body_mb, self.core.budget)
+        self.grpc: Any = None  # the gRPC server (serve.http2.Http2Server), with --grpc-port
 
     @property
     def model(self) -> ServedModel | None:
@@ -56,7 +56,6 @@ class App:
     async def startup(self) -> None:
         await self.core.startup()
         assert self.core.metrics is not None and self.core.model is not None
-        self.core.metrics.inflight_bytes = lambda: self.bodies.inflight
         if self.config.grpc_port is not None:
             from .protocols import grpc_v2
 
@@ -97,7 +96,10 @@ class App:
                     request.body = await self.bodies.read(receive, headers)
                     held = len(request.body)
                     if "content-encoding" in headers:
-                        request.body = self.bodies.decode(request.body, headers["content-encoding"])
+                        plain = self.bodies.decode(request.body, headers["content-encoding"])
+                        if plain is not request.body:
+                            request.body = plain
+                            held += len(plain)
                 response: Response = await route.handler(self.core, request)
             finally:
                 self.bodies.release(held)

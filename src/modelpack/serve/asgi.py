@@ -1,19 +1,18 @@
 """ASGI plumbing, apart from routing and protocols: requests, responses, bodies read within limits, JSON.
 
 Nothing here knows a route or a tensor. `BodyReader` enforces `--max-body-mb` per request and
-`--max-inflight-mb` across all connections, and decompresses gzip/deflate with a bound.
+the shared `--max-inflight-mb` budget (`limits.Budget`), and decompresses gzip/deflate with a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Overloaded, PayloadTooLarge, RequestError
-from .tensors import clip
+from ..errors import PayloadTooLarge, RequestError
+from .limits import Budget, inflate, parse_length
 
 try:
     import orjson
@@ -116,30 +115,26 @@ async def lifespan(receive: Receive, send: Send, startup: Callable[[], Awaitable
 
 
 class BodyReader:
-    """Reads request bodies within `--max-body-mb` each and `--max-inflight-mb` for all requests at once."""
+    """Reads request bodies within `--max-body-mb` each and the shared `--max-inflight-mb` budget."""
 
-    def __init__(self, max_body_mb: float, max_inflight_mb: float) -> None:
-        self.max_body_mb, self.max_inflight_mb = max_body_mb, max_inflight_mb
+    def __init__(self, max_body_mb: float, budget: Budget) -> None:
+        self.max_body_mb = max_body_mb
         self.max_body = int(max_body_mb * 1024 * 1024)
-        self.max_inflight = int(max_inflight_mb * 1024 * 1024)
-        self.inflight = 0  # request body bytes being read or held, all connections together
+        self.budget = budget
 
     def _too_large(self, size: int | None = None) -> PayloadTooLarge:
         what = f"request body of {size} bytes" if size is not None else "request body"
         return PayloadTooLarge(f"{what} is over the {self.max_body_mb:g} MB limit (--max-body-mb).")
 
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(f"the server holds {self.max_inflight_mb:g} MB of requests already "
-                          "(--max-inflight-mb); retry shortly.", headers={"Retry-After": "1"})
-
     async def read(self, receive: Receive, headers: Headers) -> bytes:
         """The whole body; the caller gives its length back with `release` once the request is answered."""
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit():
-            if int(declared) > self.max_body:
-                raise self._too_large(int(declared))
-            if self.inflight + int(declared) > self.max_inflight:
-                raise self._overloaded()
+        length = parse_length(declared) if declared is not None else None
+        if length is not None:
+            if length > self.max_body:
+                raise self._too_large(length)
+            if length > self.budget.room():
+                raise self.budget.overloaded()
         chunks, size = [], 0
         try:
             while True:
@@ -147,39 +142,22 @@ class BodyReader:
                 if message["type"] == "http.disconnect":
                     raise Disconnected
                 chunk = message.get("body", b"")
-                size += len(chunk)
-                self.inflight += len(chunk)
-                if size > self.max_body:
+                if size + len(chunk) > self.max_body:
                     raise self._too_large()
-                if self.inflight > self.max_inflight:
-                    raise self._overloaded()
+                self.budget.hold(len(chunk))
+                size += len(chunk)
                 chunks.append(chunk)
                 if not message.get("more_body"):
                     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                     size = 0  # from here the caller releases these bytes
                     return body
         finally:
-            self.inflight -= size  # a refused or abandoned body is released at once
+            self.budget.release(size)  # a refused or abandoned body is released at once
 
     def release(self, size: int) -> None:
-        self.inflight -= size
+        self.budget.release(size)
 
     def decode(self, body: bytes, encoding: str) -> bytes:
-        """A gzip or deflate body (tritonclient's request_compression_algorithm), decompressed with a bound:
-        one that would inflate past --max-body-mb (a gzip bomb) is refused before it is."""
-        kind = encoding.strip().lower()
-        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": None}.get(kind, -1)
-        if wbits is None:
-            return body
-        if wbits == -1:
-            raise RequestError(f"Content-Encoding {clip(encoding)} is not supported; use gzip, deflate or none.",
-                               status=415)
-        inflater = zlib.decompressobj(wbits)
-        try:
-            plain = inflater.decompress(body, self.max_body + 1)
-        except zlib.error as exc:
-            raise RequestError(f"the {kind} request body is corrupt ({exc}).") from None
-        if len(plain) > self.max_body or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"the {kind} request body inflates past the {self.max_body_mb:g} MB limit "
-                                  "(--max-body-mb).")
-        return plain
+        """A gzip or deflate body (tritonclient's request_compression_algorithm), decompressed within
+        --max-body-mb and the in-flight budget, which holds the inflated bytes too (release them)."""
+        return inflate(body, encoding, self.max_body, self.max_body_mb, self.budget, "request body")

@@ -34,6 +34,9 @@ class ServeConfig:
     max_connections: int = 1000  # beyond it, uvicorn answers 503
     header_timeout_s: float = 10.0  # connect (or previous response) -> end of headers
     body_timeout_s: float = 30.0  # end of headers -> end of body
+    write_timeout_s: float = 30.0  # an answer the client does not drain for this long closes the connection
+    max_header_kb: float = 64.0  # an HTTP request head, or a gRPC call's header block, larger than this is refused
+    max_streams: int = 100  # gRPC calls open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS)
     api_key: str | None = None
     api_keys_file: Path | None = None
     threads: int | None = None
@@ -77,8 +80,8 @@ class ServeConfig:
 def app_from_env() -> App:
     """The factory each worker process calls (uvicorn --factory)."""
     from .app import build_app
-    from .guard import configure
+    from .http1 import configure
 
     config = ServeConfig.from_env()
-    configure(config.header_timeout_s, config.body_timeout_s)
+    configure(config.header_timeout_s, config.body_timeout_s, config.write_timeout_s, config.max_header_kb)
     return build_app(config)

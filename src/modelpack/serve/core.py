@@ -18,6 +18,7 @@ from .asgi import capped
 from .auth import ApiKey, KeyRing
 from .batcher import Batcher
 from .config import ServeConfig
+from .limits import Budget
 from .metrics import Metrics
 from .model import ServedModel
 from .tensors import clip
@@ -35,6 +36,7 @@ class Core:
         self.model = model
         self.ready = False
         self.keys = KeyRing.build(config.api_key, config.api_keys_file, config.rate_limit)
+        self.budget = Budget(config.max_inflight_mb)  # request bytes held, HTTP and gRPC together
         self.metrics: Metrics | None = None
         self.batcher: Batcher | None = None
 
@@ -45,6 +47,7 @@ class Core:
         model = self.model
         self.metrics = Metrics(model.name, model.version)
         self.metrics.load_seconds = model.load_seconds
+        self.metrics.inflight_bytes = lambda: self.budget.held
         inline = model.warm_up() < INLINE_BELOW_MS  # batch-1 latency in ms
         if inline and self.config.threads is None and model.prefer_one_thread():
             log.info("one intra-op thread: it runs this model faster than a thread pool (--threads overrides)")
@@ -104,17 +107,19 @@ class Core:
         model.check_version(version)
         return model
 
-    async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray],
-                    eager: bool = False) -> dict[str, np.ndarray]:
+    async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray], eager: bool = False,
+                    timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Validate against the signature, batch, run: the inference path every protocol shares.
 
-        `eager` runs the request at once when there is nothing to batch it with (see `Batcher.run_now`)."""
+        `eager` runs the request at once when there is nothing to batch it with (see `Batcher.run_now`);
+        `timeout_s` is the client's own deadline (gRPC's grpc-timeout), when shorter than --timeout-s."""
         rows = model.validate(feeds)
         assert self.batcher is not None
         try:
             if eager and (outputs := self.batcher.run_now(feeds, rows)) is not None:
                 return outputs
-            return await self.batcher.submit(feeds, rows, self.config.timeout_s)
+            limit = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+            return await self.batcher.submit(feeds, rows, limit)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -6,11 +6,15 @@ With --workers N each process keeps its own numbers; a scrape reaches one worker
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Connections and requests the transports refused below the app, by (protocol, reason): a header, body, write or
+# idle deadline, a head over --max-header-kb, --max-connections, a malformed frame or request, an abusive client.
+# One per process, like the rest of the metrics; the transports count into it directly.
+REFUSED: Counter[tuple[str, str]] = Counter()
 
 
 class Histogram:
@@ -86,6 +90,12 @@ class Metrics:
                   "# HELP modelpack_model_load_seconds Time to load the model at startup.",
                   "# TYPE modelpack_model_load_seconds gauge",
                   f"modelpack_model_load_seconds{{{self.labels}}} {self.load_seconds:.6f}"]
+        if REFUSED:
+            lines += ["# HELP modelpack_refused_total Connections and requests refused below the API: deadlines, "
+                      "limits, malformed or abusive clients.",
+                      "# TYPE modelpack_refused_total counter"]
+            for (protocol, reason), count in sorted(REFUSED.items()):
+                lines.append(f'modelpack_refused_total{{protocol="{protocol}",reason="{reason}"}} {count}')
         if self.key_requests:
             lines += ["# HELP modelpack_key_requests_total Requests by API key name.",
                       "# TYPE modelpack_key_requests_total counter"]

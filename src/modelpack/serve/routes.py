@@ -101,14 +101,18 @@ for _route in ROUTES:
     else:
         _STATIC.setdefault(_route.template, []).append(_route)
 _resolved: dict[tuple[str, str], tuple[Route, dict[str, str | None]]] = {}
+# The cache is filled before a request's key is checked, so what a stranger can put in it is bounded:
+# at most CACHED_PATHS paths of at most CACHED_PATH_CHARS characters (about 1 MB), never a long path.
+CACHED_PATHS = 4096
+CACHED_PATH_CHARS = 256
 
 
 def resolve(method: str, path: str) -> tuple[Route, dict[str, str | None]]:
-    """The route for a request and its path parameters, or NotFound / 405; cached per (method, path)."""
+    """The route for a request and its path parameters, or NotFound / 405; short paths are cached."""
     found = _resolved.get((method, path))
     if found is None:
         found = _resolve(method, path)
-        if len(_resolved) < 4096:
+        if len(_resolved) < CACHED_PATHS and len(path) <= CACHED_PATH_CHARS:
             _resolved[(method, path)] = found
     return found
 

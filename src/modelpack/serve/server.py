@@ -21,11 +21,13 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
         "log_config": log_config(config.log_json, config.quiet), "log_level": "warning" if config.quiet else "info",
         "timeout_graceful_shutdown": config.graceful_timeout_s,
         "server_header": False, "limit_concurrency": config.max_connections,
+        "ws": "none",  # no WebSocket: an upgrade request is answered as plain HTTP (see http1)
     }
-    from .guard import configure
+    from .http1 import configure
 
-    # Header and body deadlines for slow or idle clients (uvicorn has only the keep-alive one).
-    options["http"] = configure(config.header_timeout_s, config.body_timeout_s)
+    # Header, body and write deadlines and a head limit for hostile clients (uvicorn has only keep-alive).
+    options["http"] = configure(config.header_timeout_s, config.body_timeout_s, config.write_timeout_s,
+                                config.max_header_kb)
     if config.ssl_certfile:
         options["ssl_certfile"] = str(config.ssl_certfile)
     if config.ssl_keyfile:

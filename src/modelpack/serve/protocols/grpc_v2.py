@@ -5,14 +5,15 @@ generated code to keep in step with protobuf, and no clash with a client library
 the same names in the default pool. The server runs on the HTTP server's event loop and calls the same
 inference path: the same model checks, dynamic batcher, limits, API keys, scopes, rate limits and metrics.
 
-Errors map to gRPC codes as the HTTP statuses they stand for: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED,
-403 PERMISSION_DENIED, 404 NOT_FOUND, 413 and 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
+The wire is modelpack's own HTTP/2 transport (`serve.http2`), which checks a call's key before reading its
+message and holds its bytes in the budget HTTP bodies share. Errors map to gRPC codes as the HTTP statuses they
+stand for: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 413 and 429
+RESOURCE_EXHAUSTED, 415 UNIMPLEMENTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from types import SimpleNamespace
@@ -22,11 +23,11 @@ import numpy as np
 
 from ... import __version__
 from ...errors import InputError, RequestError
+from ..http2 import Call, Http2Server, Limits, Method, server_ssl_context
 from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
+from .v2 import EXTENSIONS
 
 if TYPE_CHECKING:
-    import grpc
-
     from ..core import Core
     from ..model import ServedModel
 
@@ -83,10 +84,6 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
                   "FP64": "fp64_contents"}
-
-GRPC_CODE_OF_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                       408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
-                       503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
 @lru_cache(maxsize=1)
@@ -177,87 +174,59 @@ def _array(tensor: Any, raw: bytes | None) -> np.ndarray:
 
 
 class GrpcV2:
-    """The service's handlers, over the inference core (its model, batcher, keys and metrics)."""
+    """The service's methods over the inference core, and what the HTTP/2 transport asks of a service:
+    the guard (keys, scopes, rate limits), the in-flight budget and the metrics, the same ones HTTP uses."""
+
+    service_name = SERVICE
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.m = messages()
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        import grpc
-
-        m = self.m
-        methods = {
-            "ServerLive": (self.server_live, m.ServerLiveRequest),
-            "ServerReady": (self.server_ready, m.ServerReadyRequest),
-            "ModelReady": (self.model_ready, m.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, m.ServerMetadataRequest),
-            "ModelMetadata": (self.model_metadata, m.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, m.ModelInferRequest),
-        }
+        self.m = m = messages()
+        self.budget = core.budget
+        self.max_message_bytes = int(core.config.max_body_mb * 1024 * 1024)
+        self.max_message_mb = core.config.max_body_mb
         # The scopes of the HTTP routes they mirror: health is public; a model's readiness and metadata are
         # open to keys that may infer with it.
-        scopes = {"ServerLive": None, "ServerReady": None, "ModelReady": "model", "ServerMetadata": "metadata",
-                  "ModelMetadata": "model", "ModelInfer": "infer"}
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            name: grpc.unary_unary_rpc_method_handler(self._guarded(name, fn, scopes[name]),
-                                                      request_deserializer=request.FromString,
-                                                      response_serializer=lambda r: r.SerializeToString())
-            for name, (fn, request) in methods.items()
-        })
+        table: list[tuple[str, str | None, Any, Callable[[Any, Call], Awaitable[Any]]]] = [
+            ("ServerLive", None, m.ServerLiveRequest, self.server_live),
+            ("ServerReady", None, m.ServerReadyRequest, self.server_ready),
+            ("ModelReady", "model", m.ModelReadyRequest, self.model_ready),
+            ("ServerMetadata", "metadata", m.ServerMetadataRequest, self.server_metadata),
+            ("ModelMetadata", "model", m.ModelMetadataRequest, self.model_metadata),
+            ("ModelInfer", "infer", m.ModelInferRequest, self.model_infer),
+        ]
+        self.methods = {f"/{SERVICE}/{name}": Method(name, scope, request.FromString, _serialized(fn))
+                        for name, scope, request, fn in table}
 
-    def _guarded(self, name: str, fn: Callable[[Any], Awaitable[Any]], scope: str | None) -> Callable[..., Any]:
-        """Auth, scopes, rate limits, metrics and the error mapping, as the HTTP path applies them."""
-        import grpc
-
+    def admit(self, authorization: str | None, scope: str, target: str) -> str | None:
         core = self.core
-        route = f"grpc {name}"
+        if not core.keys.enabled:
+            return None
+        api_key = core.identify(authorization)
+        core.permit(api_key, scope, target)
+        return api_key.name if api_key else None
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            status, key = 200, None
-            try:
-                if scope is not None and core.keys.enabled:
-                    metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())
-                                if isinstance(v, str)}
-                    api_key = core.identify(metadata.get("authorization"))
-                    key = api_key.name if api_key else None
-                    core.permit(api_key, scope, f"/{SERVICE}/{name}")
-                return await fn(request)
-            except (RequestError, InputError) as exc:
-                status = exc.status if isinstance(exc, RequestError) else 400
-                code = getattr(grpc.StatusCode, GRPC_CODE_OF_STATUS.get(status, "INVALID_ARGUMENT"))
-                await context.abort(code, str(exc)[:1024])
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                status = 500
-                log.exception("internal error on gRPC %s", name)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log.")
-            finally:
-                if core.metrics is not None:
-                    core.metrics.observe(route, status, time.perf_counter() - start, key)
+    def observe(self, route: str, status: int, seconds: float, key: str | None) -> None:
+        if self.core.metrics is not None:
+            self.core.metrics.observe(route, status, seconds, key)
 
-        return call
-
-    async def server_live(self, request: Any) -> Any:
+    async def server_live(self, request: Any, call: Call) -> Any:
         return self.m.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: Any) -> Any:
+    async def server_ready(self, request: Any, call: Call) -> Any:
         return self.m.ServerReadyResponse(ready=self.core.ready)
 
-    async def server_metadata(self, request: Any) -> Any:
-        return self.m.ServerMetadataResponse(name="modelpack", version=__version__,
-                                             extensions=["binary_tensor_data", "tfserving_rest", "simple_predict"])
+    async def server_metadata(self, request: Any, call: Call) -> Any:
+        return self.m.ServerMetadataResponse(name="modelpack", version=__version__, extensions=EXTENSIONS)
 
     def _model(self, name: str, version: str) -> ServedModel:
         return self.core.model_for(name, version or None)
 
-    async def model_ready(self, request: Any) -> Any:
+    async def model_ready(self, request: Any, call: Call) -> Any:
         self._model(request.name, request.version)
         return self.m.ModelReadyResponse(ready=self.core.ready)
 
-    async def model_metadata(self, request: Any) -> Any:
+    async def model_metadata(self, request: Any, call: Call) -> Any:
         meta = self._model(request.name, request.version).metadata()
         tensor = self.m.TensorMetadata
         return self.m.ModelMetadataResponse(
@@ -265,7 +234,9 @@ class GrpcV2:
             inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
             outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
 
-    async def model_infer(self, request: Any) -> Any:
+    async def model_infer(self, request: Any, call: Call) -> Any:
+        if len(request.id) > 256:  # echoed in the answer, so capped as on HTTP
+            raise RequestError(f"'id' must be at most 256 characters, got {len(request.id)}.")
         model = self._model(request.model_name, request.model_version)
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
@@ -282,7 +253,7 @@ class GrpcV2:
         for name in wanted:
             if name not in names:
                 raise RequestError(f"unknown output {clip(name)}; this model has {', '.join(names)}.")
-        outputs = await self.core.infer(model, feeds, eager=True)
+        outputs = await self.core.infer(model, feeds, eager=True, timeout_s=call.timeout_s)
         response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name in wanted:
             array = outputs[name]
@@ -294,26 +265,26 @@ class GrpcV2:
         return response
 
 
-async def start(core: Core, host: str, port: int) -> grpc.aio.Server:
-    """The gRPC server on `host:port`, on the running event loop; TLS when the HTTP server has it."""
-    import grpc
+def _serialized(fn: Callable[[Any, Call], Awaitable[Any]]) -> Callable[[Any, Call], Awaitable[bytes]]:
+    async def call(request: Any, info: Call) -> bytes:
+        return bytes((await fn(request, info)).SerializeToString())
 
+    return call
+
+
+async def start(core: Core, host: str, port: int) -> Http2Server:
+    """The gRPC server on `host:port`, on the running event loop; TLS when the HTTP server has it."""
     config = core.config
-    limit = int(config.max_body_mb * 1024 * 1024)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", max(limit, 64 << 20)),
-                                      ("grpc.max_concurrent_streams", max(config.max_connections, 1)),
-                                      ("grpc.so_reuseport", 1)],
-                             maximum_concurrent_rpcs=config.max_connections)
-    server.add_generic_rpc_handlers((GrpcV2(core).handler(),))
-    address = f"{host}:{port}"
+    limits = Limits(max_connections=config.max_connections, max_streams=config.max_streams,
+                    header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s,
+                    write_timeout_s=config.write_timeout_s, max_header_bytes=int(config.max_header_kb * 1024))
+    context = None
     if config.ssl_certfile and config.ssl_keyfile:
-        credentials = grpc.ssl_server_credentials([(config.ssl_keyfile.read_bytes(), config.ssl_certfile.read_bytes())])
-        bound = server.add_secure_port(address, credentials)
-    else:
-        bound = server.add_insecure_port(address)
-    if not bound:
-        raise InputError(f"--grpc-port {port}: cannot bind {address}.")
-    await server.start()
-    log.info("KServe V2 gRPC on %s", address)
+        context = server_ssl_context(str(config.ssl_certfile), str(config.ssl_keyfile))
+    server = Http2Server(GrpcV2(core), limits)
+    try:
+        await server.start(host, port, context)
+    except OSError as exc:
+        raise InputError(f"--grpc-port {port}: cannot bind {host}:{port} ({exc.strerror}).") from None
+    log.info("KServe V2 gRPC on %s", server.address)
     return server

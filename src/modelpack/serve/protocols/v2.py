@@ -11,6 +11,7 @@ from ...errors import RequestError
 from .. import tensors
 from ..asgi import JSON_TYPE, Request, Response, dumps, json_response, read_json
 from ..core import Core
+from ..limits import parse_length
 from ..model import ServedModel
 from ..tensors import clip
 
@@ -48,11 +49,12 @@ async def infer(core: Core, request: Request) -> Response:
     binary = None
     header_length = request.headers.get("inference-header-content-length")
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        length = parse_length(header_length)
+        if length is None or length > len(body):
             raise RequestError(f"Inference-Header-Content-Length {clip(header_length)} is not a length within the "
                                f"{len(body)}-byte body.")
-        binary = memoryview(body)[int(header_length):]
-        body = memoryview(body)[:int(header_length)]
+        binary = memoryview(body)[length:]
+        body = memoryview(body)[:length]
     payload = await read_json(body, "inference request")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError("an inference request is a JSON object with an 'inputs' list.")

@@ -1,13 +1,20 @@
-"""Below the ASGI app: uvicorn's httptools protocol with deadlines for slow clients and one write per answer.
+"""HTTP/1.1 below the ASGI app: uvicorn's httptools protocol with deadlines and limits for hostile clients.
 
 uvicorn closes a keep-alive connection that idles after a response, but a connection that never sends
-a request, or dribbles its headers or its body, is held forever. Here every connection gets:
+a request, dribbles its headers or its body, or never reads its answers, is held forever; and a request
+head has no size limit (httptools accumulates a long header by concatenation, quadratic in its length).
+Here every connection gets:
 
 - a header deadline (`--header-timeout-s`): from the connection's first byte of silence, or the end of
   the previous response, to the end of the request's headers. Past it the connection is closed (an
   idle connection), or answered 408 and closed (headers under way);
 - a body deadline (`--body-timeout-s`): from the end of the headers to the end of the body. Past it,
-  408 and close: this is also what a Content-Length larger than the body gets.
+  408 and close: this is also what a Content-Length larger than the body gets;
+- a write deadline (`--write-timeout-s`): an answer the client does not drain (the transport's buffer
+  stays over its high-water mark, as with a client that pipelines requests and never reads) closes the
+  connection, dropping what it holds;
+- a head limit (`--max-header-kb`): a request line and headers larger than that are answered 431 and
+  the connection is closed, before the parser sees more than one read past the limit.
 
 The app itself caps the request bytes in flight across all connections (503 beyond them), and
 uvicorn's `limit_concurrency` caps connections (`--max-connections`).
@@ -20,7 +27,9 @@ timeout (at most a second), closes the connections past theirs. Arming a timer p
 three timer operations per request, about 5% of a tiny model's throughput.
 
 The answers uvicorn writes itself, below the app (a request its HTTP parser refuses, and the 503 past
-the connection limit), are JSON `{"error": ...}` bodies here, like every answer the app gives.
+the connection limit), are JSON `{"error": ...}` bodies here, like every answer the app gives. An
+`Upgrade` request (WebSocket, h2c) is answered as plain HTTP and the connection closed after it: this
+server speaks neither, and an upgrade must not reach the log as a warning per request.
 """
 
 from __future__ import annotations
@@ -33,8 +42,16 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .metrics import REFUSED
+
+
+def refuse(reason: str) -> None:
+    REFUSED["http", reason] += 1
+
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
+WRITE_TIMEOUT_S = 30.0
+MAX_HEADER_KB = 64.0
 
 
 def _closing_response(status: bytes, message: str) -> bytes:
@@ -59,7 +76,7 @@ async def _json_service_unavailable(scope: Any, receive: Any, send: Any) -> None
 
 
 class _Sweeper:
-    """Closes the connections of one event loop that are past their deadline, checking them periodically."""
+    """Closes the connections of one event loop that are past a deadline, checking them periodically."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -73,15 +90,16 @@ class _Sweeper:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for connection in [c for c in self.connections if c.deadline is not None and c.deadline <= now]:
-            connection.expire()
+        for connection in [c for c in self.connections if c.past_deadline(now)]:
+            connection.expire(now)
         self._timer = self.loop.call_later(GuardedProtocol.sweep_interval_s(), self._sweep) if self.connections \
             else None
 
 
 class _OneWrite:
     """A response's view of the connection's transport: its first write (the status line and headers) is
-    held and sent together with the next (the body). An answer to HEAD has no body write, so it is not wrapped."""
+    held and sent together with the next (the body). An answer to HEAD has no body write, so it is not wrapped.
+    Writes to a transport that has closed (the client hung up) are dropped, as asyncio's own transports do."""
 
     __slots__ = ("_transport", "_held", "_first")
 
@@ -97,12 +115,14 @@ class _OneWrite:
             return
         if self._held is not None:
             data, self._held = self._held + data, None
-        self._transport.write(data)
+        if not self._transport.is_closing():  # uvloop raises on a closed transport; the client is gone
+            self._transport.write(data)
 
     def flush(self) -> None:
         if self._held is not None:
             data, self._held = self._held, None
-            self._transport.write(data)
+            if not self._transport.is_closing():
+                self._transport.write(data)
 
     def close(self) -> None:
         self.flush()
@@ -116,20 +136,25 @@ _sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = weak
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with header and body deadlines (class attributes, set by `configure`)."""
+    """HttpToolsProtocol with deadlines and a head limit (class attributes, set by `configure`)."""
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
+    write_timeout_s = WRITE_TIMEOUT_S
+    max_head_bytes = int(MAX_HEADER_KB * 1024)
 
     @classmethod
     def sweep_interval_s(cls) -> float:
-        return max(0.01, min(1.0, cls.header_timeout_s / 5, cls.body_timeout_s / 5))
+        return max(0.01, min(1.0, cls.header_timeout_s / 5, cls.body_timeout_s / 5, cls.write_timeout_s / 5))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline: float | None = None  # loop time past which the connection is closed
+        self.write_deadline: float | None = None  # set while the client does not drain what it was sent
         self._what = ""  # what the deadline waits for, for the 408's message
         self._receiving = False  # some bytes of a request have arrived
+        self._in_head = True  # between a request's first byte and the end of its headers
+        self._head_bytes = 0  # bytes read while in a request head
 
     def _arm(self, seconds: float, what: str) -> None:
         self.deadline = self.loop.time() + seconds
@@ -138,11 +163,21 @@ class GuardedProtocol(HttpToolsProtocol):
     def _disarm(self) -> None:
         self.deadline = None
 
-    def expire(self) -> None:
+    def past_deadline(self, now: float) -> bool:
+        return (self.deadline is not None and self.deadline <= now) or \
+            (self.write_deadline is not None and self.write_deadline <= now)
+
+    def expire(self, now: float) -> None:
+        if self.write_deadline is not None and self.write_deadline <= now:
+            self.write_deadline = self.deadline = None
+            refuse("write_timeout")
+            self.transport.abort()  # close() would wait for a buffer the client never reads
+            return
         self.deadline = None
         if self.transport.is_closing():
             return
         if self._receiving:
+            refuse("header_timeout" if self._in_head else "body_timeout")
             self.transport.write(_timeout_response(self._what))
         self.transport.close()
 
@@ -156,6 +191,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.write_deadline = None
         sweeper = _sweepers.get(self.loop)
         if sweeper is not None:
             sweeper.connections.discard(self)
@@ -163,18 +199,52 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._receiving = True
+        if self._in_head:
+            self._head_bytes += len(data)
         super().data_received(data)
+        # Checked after the parser has had this read, so a head that ends within it is never refused; the
+        # parser sees at most one read (256 KB) past the limit, which keeps its concatenation cheap.
+        if self._in_head and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+            refuse("header_too_large")
+            self.transport.write(_closing_response(
+                b"431 Request Header Fields Too Large",
+                f"the request line and headers are over {self.max_head_bytes // 1024} KB (--max-header-kb); "
+                "the connection is closed."))
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_deadline = self.loop.time() + self.write_timeout_s
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_deadline = None
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser refuses: a JSON 400, then close (uvicorn's own is plain text)."""
+        refuse("malformed")
         self.transport.write(_closing_response(
             b"400 Bad Request", "malformed HTTP/1.1 request (the parser refused it); the connection is closed."))
         self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn logs two warnings per upgrade request; the request is answered as plain HTTP, then closed.
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
+
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        super()._start_asgi_task(cycle, _json_service_unavailable if app is service_unavailable else app)
+        if app is service_unavailable:
+            refuse("max_connections")
+            app = _json_service_unavailable
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
         self._arm(self.body_timeout_s, "the request body")
         super().on_headers_complete()
         # The new cycle's ASGI task has not run yet, so nothing has been written through its transport.
@@ -184,6 +254,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._receiving = False
+        self._in_head = True  # what comes next is the next request's head
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -193,8 +264,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s, "the request headers")
 
 
-def configure(header_timeout_s: float, body_timeout_s: float) -> type[GuardedProtocol]:
-    """Set the deadlines for this process's connections (each worker process calls this too)."""
+def configure(header_timeout_s: float, body_timeout_s: float, write_timeout_s: float = WRITE_TIMEOUT_S,
+              max_header_kb: float = MAX_HEADER_KB) -> type[GuardedProtocol]:
+    """Set the deadlines and the head limit for this process's connections (each worker process calls this)."""
     GuardedProtocol.header_timeout_s = header_timeout_s
     GuardedProtocol.body_timeout_s = body_timeout_s
+    GuardedProtocol.write_timeout_s = write_timeout_s
+    GuardedProtocol.max_head_bytes = int(max_header_kb * 1024)
     return GuardedProtocol
