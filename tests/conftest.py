@@ -36,7 +36,8 @@ class ModelFile:
 # The fast loop (`make test-fast`: pytest -m "not slow and not corpus") leaves out what takes seconds per test:
 # TensorFlow conversions (every test using these fixtures), the README's and CI's examples, pip installs.
 SLOW_FIXTURES = {"models", "digits_package", "plugin_site", "plugin"}
-SLOW_MODULES = {"test_readme", "test_ci_examples", "test_serve_install", "test_corpus", "test_bridge", "test_scale"}
+SLOW_MODULES = {"test_readme", "test_ci_examples", "test_serve_install", "test_corpus", "test_bridge", "test_scale",
+                "test_hostile_grpc", "test_hostile_http"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -53,7 +53,7 @@ def test_docker_context(digits_package: Path, tmp_path: Path) -> None:
     assert ".git" in (out / ".dockerignore").read_text()
     assert sha256_file(out / "package" / "model.onnx") == sha256_file(digits_package / "model.onnx")
     wheels = {p.name.split("-")[0].lower() for p in (out / "wheels").glob("*.whl")}
-    assert {"onnxruntime", "numpy", "uvicorn", "grpcio", "orjson"} <= wheels and "tensorflow" not in wheels
+    assert {"onnxruntime", "numpy", "uvicorn", "hpack", "orjson"} <= wheels and "grpcio" not in wheels and "tensorflow" not in wheels
     compose = yaml.safe_load((out / "docker-compose.yml").read_text())
     (service,) = compose["services"].values()
     assert service["build"]["context"] == "." and service["ports"] == ["8000:8000", "8001:8001"]

@@ -8,6 +8,16 @@ to do next.
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\x1b`, `\\n`), so that text a file or a registry supplied
+    can neither break a one-line message nor drive the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
 
 class ModelpackError(Exception):
     """Base class: a failure the user can understand and act on (exit code 1)."""

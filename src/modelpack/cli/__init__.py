@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import ModelpackError
+from ..errors import ModelpackError, printable
 
 DEBUG_KEY = "modelpack.debug"
 JSON_KEY = "modelpack.json"
@@ -42,6 +42,7 @@ def want_json(ctx: click.Context) -> None:
 
 
 def _fail(ctx: click.Context, message: str, code: int) -> CliError:
+    message = printable(message)  # one line, and nothing in it can drive the terminal
     if ctx.find_root().meta.get(JSON_KEY):
         from .render import print_json
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 from .. import __version__
-from ..errors import IntegrityError
+from ..errors import IntegrityError, printable
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "modelpack.json"
@@ -111,7 +111,7 @@ def validate(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     if errors:
         err = errors[0]
         field = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise IntegrityError(f"{where}: invalid manifest at '{field}': {err.message[:200]}.")
+        raise IntegrityError(printable(f"{where}: invalid manifest at '{field[:200]}': {err.message[:200]}."))
     return cast(Manifest, data)
 
 

@@ -250,16 +250,19 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         server = self.server
         server.connections.add(self)
+        if len(server.connections) > self.limits.max_connections:
+            self._server_preface()
+            self._close(ENHANCE_YOUR_CALM, "the server has --max-connections connections open; retry shortly",
+                        "max_connections")
+
+    def _server_preface(self) -> None:
+        """The server's SETTINGS, sent once the client's preface shows it speaks HTTP/2 (an HTTP/1.1 client
+        gets a readable answer instead, see `_not_http2`)."""
         settings = struct.pack(">HIHIHIHI", S_MAX_CONCURRENT_STREAMS, self.limits.max_streams,
                                S_INITIAL_WINDOW_SIZE, STREAM_WINDOW, S_MAX_HEADER_LIST_SIZE,
                                self.limits.max_header_bytes, S_ENABLE_PUSH, 0)
         self.out += [frame(SETTINGS, 0, 0, settings),
                      frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", CONNECTION_WINDOW - 65535))]
-        if len(server.connections) > self.limits.max_connections:
-            self._close(ENHANCE_YOUR_CALM, "the server has --max-connections connections open; retry shortly",
-                        "max_connections")
-            return
-        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -344,6 +347,7 @@ class Connection(asyncio.Protocol):
                     raise _ConnectionError(PROTOCOL_ERROR, "not HTTP/2", "not_http2")
                 del buf[:len(PREFACE)]
                 self.preface = True
+                self._server_preface()
             offset, size = 0, len(buf)
             while size - offset >= 9:
                 length = (buf[offset] << 16) | (buf[offset + 1] << 8) | buf[offset + 2]
