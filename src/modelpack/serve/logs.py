@@ -32,6 +32,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class CountedNotLogged(logging.Filter):
+    """Drops uvicorn's warning per refused request ("Exceeded concurrency limit.", "Invalid HTTP request
+    received."): a client could otherwise write a log line per pipelined request. Each refusal is counted
+    in `modelpack_refused_total` instead."""
+
+    QUIET = ("Exceeded concurrency limit.", "Invalid HTTP request received.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "uvicorn.error" and record.msg in self.QUIET)
+
+
 def log_config(as_json: bool, quiet: bool) -> dict[str, Any]:
     """The logging setup for uvicorn's `log_config`."""
     if as_json:
@@ -43,6 +54,8 @@ def log_config(as_json: bool, quiet: bool) -> dict[str, Any]:
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"main": formatter},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}},
+        "filters": {"counted": {"()": f"{__name__}.CountedNotLogged"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr",
+                                "filters": ["counted"]}},
         "loggers": {name: {"handlers": ["stderr"], "level": level, "propagate": False} for name in LOGGERS},
     }
