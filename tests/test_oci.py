@@ -76,6 +76,11 @@ def files_of(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*") if p.is_file()}
 
 
+def signed_files(root: Path) -> dict[str, str]:
+    """What `pull --pubkey` writes of the `signed` package: all but the README its manifest does not list."""
+    return {name: digest for name, digest in files_of(root).items() if name != "README.md"}
+
+
 def test_push_pull_roundtrip_follows_the_model_spec(registry, signed, tmp_path: Path) -> None:
     pkg, public = signed
     ref = f"oci://{registry.address}/models/mlp:1"
@@ -106,8 +111,14 @@ def test_push_pull_roundtrip_follows_the_model_spec(registry, signed, tmp_path: 
     pulled = run_cli("pull", ref, "-o", out, "--pubkey", public)
     assert pulled.exit_code == 0, pulled.output
     assert "checksums ok" in pulled.output and "signature ok" in pulled.output
-    assert files_of(out) == files_of(pkg)
+    # With --pubkey only what the signature covers is written: the README, which the package's manifest does
+    # not list, is left out (and said so); without --pubkey everything arrives.
+    assert "1 unsigned documents left out: README.md" in pulled.output
+    assert files_of(out) == signed_files(pkg)
     assert run_cli("verify", out, "--pubkey", public).exit_code == 0
+    everything = run_cli("pull", ref, "-o", tmp_path / "all")
+    assert everything.exit_code == 0, everything.output
+    assert files_of(tmp_path / "all") == files_of(pkg)
 
     # The same package again: the same digest (reproducible layers and config), and nothing re-sent.
     again = json.loads(run_cli("push", pkg, ref, "--json").stdout)
@@ -156,7 +167,7 @@ def test_a_download_that_breaks_off_resumes_and_else_fails_cleanly(registry, sig
     try:
         pulled = run_cli("pull", f"oci://{flaky.address}/models/flaky:1", "-o", tmp_path / "ok", "--pubkey", public)
         assert pulled.exit_code == 0, pulled.output
-        assert files_of(tmp_path / "ok") == files_of(pkg)
+        assert files_of(tmp_path / "ok") == signed_files(pkg)
         ranges = [h for h in flaky.heads if blob in h.split("\r\n", 1)[0]]
         assert len(ranges) == 2 and "range: bytes=100-" in ranges[1].lower()
     finally:
@@ -229,6 +240,7 @@ def test_credentials_from_docker_config_and_environment(tmp_path: Path, signed, 
         assert run_cli("push", pkg, ref).exit_code == 0
 
         monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nothing"))
+        monkeypatch.setenv("MODELPACK_REGISTRY_HOST", server.address)
         monkeypatch.setenv("MODELPACK_REGISTRY_USERNAME", "ci")
         monkeypatch.setenv("MODELPACK_REGISTRY_PASSWORD", "wrong")
         assert run_cli("pull", ref, "-o", tmp_path / "no").exit_code == 2
@@ -249,6 +261,8 @@ def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch)
                                        anonymous={"models/mlp": {"pull"}}, refresh_tokens={"rt-123": "ci"}).start()
     server = oci_registry.Registry(tmp_path / "reg", tokens=tokens)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nothing"))
+    # The environment's login goes to the registry and to the token service it names, and nowhere else.
+    monkeypatch.setenv("MODELPACK_REGISTRY_HOST", f"{server.address},127.0.0.1:{tokens.port}")
 
     def login(user: str | None, password: str = "") -> None:
         for name, value in (("MODELPACK_REGISTRY_USERNAME", user), ("MODELPACK_REGISTRY_PASSWORD", password)):
@@ -282,7 +296,7 @@ def test_bearer_tokens_from_a_token_service(tmp_path: Path, signed, monkeypatch)
         login("reader", "r3ad")
         pulled = run_cli("pull", ref, "-o", tmp_path / "pulled", "--pubkey", public)
         assert pulled.exit_code == 0, pulled.output
-        assert files_of(tmp_path / "pulled") == files_of(pkg)
+        assert files_of(tmp_path / "pulled") == signed_files(pkg)
         assert tokens.requests[-1] == ("reader", ["repository:models/mlp:pull"])
 
         # `docker login` to some registries (Azure's) keeps an OAuth2 refresh token, not the password.
@@ -353,15 +367,16 @@ def test_modelpack_client_pulls_what_we_push_and_we_pull_what_it_pushes(registry
     out = tmp_path / "by-us"
     pulled = run_cli("pull", f"oci://{registry.address}/interop/theirs:1", "-o", out, "--pubkey", public)
     assert pulled.exit_code == 0, pulled.output
-    assert files_of(out) == files_of(pkg)
+    assert files_of(out) == signed_files(pkg)
 
 
 def test_directory_layers_are_reproducible_and_stay_under_their_path(tmp_path: Path) -> None:
     """A SavedModel directory travels as one tar layer: the same bytes from the same tree, and on pull no member
     may land outside the layer's own path."""
     from modelpack.errors import IntegrityError
-    from modelpack.oci.artifact import WEIGHT_TAR, _extract, _tar_directory
+    from modelpack.oci.artifact import WEIGHT_TAR, _tar_directory
     from modelpack.oci.registry import Reference
+    from modelpack.oci.unpack import Budget, PullLimits, extract
 
     tree = tmp_path / "pkg" / "savedmodel"
     (tree / "variables").mkdir(parents=True)
@@ -377,10 +392,11 @@ def test_directory_layers_are_reproducible_and_stay_under_their_path(tmp_path: P
     diff_id = f"sha256:{sha256_file(first)}"
     out = tmp_path / "out"
     out.mkdir()
-    names = _extract(ref, first, WEIGHT_TAR, PurePosixPath("savedmodel"), diff_id, out)
+    names = extract(ref, first, WEIGHT_TAR, PurePosixPath("savedmodel"), diff_id, out, Budget(ref, PullLimits()))
     assert sorted(names) == ["savedmodel/saved_model.pb", "savedmodel/variables/variables.index"]
     assert (out / "savedmodel" / "variables" / "variables.index").read_bytes() == b"index"
     with pytest.raises(IntegrityError, match="not a file or folder under 'model'"):
-        _extract(ref, first, WEIGHT_TAR, PurePosixPath("model"), diff_id, tmp_path / "out2")
+        extract(ref, first, WEIGHT_TAR, PurePosixPath("model"), diff_id, tmp_path / "out2", Budget(ref, PullLimits()))
     with pytest.raises(IntegrityError, match="DiffID"):
-        _extract(ref, first, WEIGHT_TAR, PurePosixPath("savedmodel"), "sha256:" + "1" * 64, tmp_path / "out3")
+        extract(ref, first, WEIGHT_TAR, PurePosixPath("savedmodel"), "sha256:" + "1" * 64, tmp_path / "out3",
+                Budget(ref, PullLimits()))

@@ -22,11 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..atomic import atomic_dir, check_output
-from ..errors import InputError, IntegrityError, UsageError
+from ..errors import InputError, IntegrityError, ModelpackError, UsageError, printable
 from ..package import manifest as mf
 from ..package import open_any
 from ..package.dir import Package, sha256_file
 from .registry import DIGEST, Reference, Registry, sha256_digest
+from .unpack import Budget, PullLimits, check_layout, escaped, extract, safe_path
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
@@ -95,6 +96,7 @@ class PullResult:
     files: list[str]
     package: bool  # the artifact holds a modelpack package (modelpack.json), checked after the pull
     signature: dict[str, Any] | None = field(default=None)
+    skipped: list[str] = field(default_factory=list)  # with a signature: unsigned documents, not written
 
 
 def _tar_directory(root: Path, rel: str, out: Path) -> None:
@@ -199,13 +201,17 @@ def _check_manifest(data: bytes, ref: Reference) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except ValueError as exc:
-        raise IntegrityError(f"{ref}: the manifest is not JSON ({exc}).") from None
+        raise IntegrityError(f"{ref}: the manifest is not JSON ({printable(str(exc))}).") from None
+    except RecursionError:
+        raise IntegrityError(f"{ref}: the manifest nests deeper than a JSON reader goes; refusing it.") from None
     if not isinstance(manifest, dict) or manifest.get("mediaType") != OCI_MANIFEST:
         kind = manifest.get("mediaType") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InputError(f"{ref}: not an OCI image manifest ({kind}); pull a CNCF ModelPack artifact.")
+        raise InputError(f"{ref}: not an OCI image manifest ({printable(str(kind)[:100])}); pull a CNCF ModelPack "
+                         "artifact.")
     config = manifest.get("config") or {}
     if manifest.get("artifactType") != ARTIFACT_TYPE and config.get("mediaType") != CONFIG:
-        raise InputError(f"{ref}: not a CNCF ModelPack artifact (artifactType {manifest.get('artifactType')!r}); "
+        shown = printable(repr(manifest.get("artifactType"))[:100])
+        raise InputError(f"{ref}: not a CNCF ModelPack artifact (artifactType {shown}); "
                          "modelpack pulls models packaged to the CNCF model-spec.")
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not layers:
@@ -219,30 +225,57 @@ def _check_manifest(data: bytes, ref: Reference) -> dict[str, Any]:
             raise InputError(f"{ref}: {where} is zstd-compressed ({item['mediaType']}), which modelpack does not "
                              "read; push it uncompressed or with gzip.")
         if index and item.get("mediaType") not in LAYER_TYPES:
-            raise InputError(f"{ref}: {where} has media type {item.get('mediaType')!r}, not a model-spec layer.")
+            raise InputError(f"{ref}: {where} has media type {printable(repr(item.get('mediaType'))[:100])}, not a "
+                             "model-spec layer.")
     return manifest
 
 
-def _safe_path(ref: Reference, layer: dict[str, Any], index: int) -> PurePosixPath:
+def _layer_path(ref: Reference, layer: dict[str, Any], index: int) -> PurePosixPath:
     annotations = layer.get("annotations") or {}
-    name = annotations.get(FILEPATH) or annotations.get(TITLE)
+    name = annotations.get(FILEPATH) or annotations.get(TITLE) if isinstance(annotations, dict) else None
     if not isinstance(name, str) or not name:
         raise InputError(f"{ref}: layer {index} names no file path ({FILEPATH}).")
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name:
-        raise IntegrityError(f"{ref}: layer {index} would write '{name}', outside the output; refusing it.")
-    return path
+    return safe_path(ref, name, f"layer {index}")
+
+
+def _signed_paths(pkg: Package) -> set[PurePosixPath]:
+    """What a signature covers: the manifest, the signature, and each artifact and companion file listed."""
+    from ..package.signing import SIGNATURE_NAME
+
+    names = {mf.MANIFEST_NAME, SIGNATURE_NAME} | {a["path"].rstrip("/") for a in pkg.artifacts}
+    names |= {c["path"] for a in pkg.artifacts for c in a.get("files", [])}
+    return {PurePosixPath(n) for n in names}
+
+
+def _load(staging: Path, output: Path) -> Package:
+    try:
+        return Package.load(staging, output)
+    except RecursionError:
+        raise IntegrityError(f"{output}: {mf.MANIFEST_NAME} nests deeper than a JSON reader goes; refusing it.") from None
 
 
 def pull(reference: str, output: Path, *, force: bool = False, pubkey: Path | None = None,
-         plain_http: bool = False) -> PullResult:
+         plain_http: bool = False, limits: PullLimits | None = None) -> PullResult:
     """Pull a CNCF ModelPack artifact into `output`, checking every digest; a modelpack package inside is then
-    checked against its manifest (and its signature, with `pubkey`). Nothing is left at `output` on failure."""
+    checked against its manifest (and, with `pubkey`, its signature, before any layer the signed manifest does
+    not list is fetched: such a layer is refused, or left out when it is a document). Within `limits` (time, bytes, files); nothing is left at `output`
+    on failure."""
     ref = Reference.parse(reference)
+    limits = limits or PullLimits()
     check_output(output, force)
     if pubkey is not None and not pubkey.is_file():
         raise InputError(f"--pubkey '{pubkey}': no such file. Pass the public key the package was signed with.")
-    registry = Registry(ref, plain_http=plain_http)
+    try:
+        with Registry(ref, plain_http=plain_http, timeout_s=limits.timeout_s) as registry:
+            return _pull(registry, ref, output, force, pubkey, limits)
+    except ModelpackError as exc:
+        raise escaped(exc) from None  # messages may quote what the registry sent
+
+
+def _pull(registry: Registry, ref: Reference, output: Path, force: bool, pubkey: Path | None,
+          limits: PullLimits) -> PullResult:
+    from ..package.signing import SIGNATURE_NAME
+
     data, digest = registry.get_manifest(OCI_MANIFEST)
     manifest = _check_manifest(data, ref)
     if manifest["config"]["size"] > MAX_CONFIG:
@@ -251,36 +284,59 @@ def pull(reference: str, output: Path, *, force: bool = False, pubkey: Path | No
     registry.download_blob(manifest["config"]["digest"], manifest["config"]["size"], buffer)
     try:
         config = json.loads(buffer.getvalue())
+        check_config(config, str(ref))
     except ValueError as exc:
         raise IntegrityError(f"{ref}: the model config is not JSON ({exc}).") from None
-    check_config(config, str(ref))
+    except RecursionError:
+        raise IntegrityError(f"{ref}: the model config nests deeper than a JSON reader goes; refusing it.") from None
     diff_ids = config["modelfs"]["diffIds"]
     layers = manifest["layers"]
     if len(diff_ids) != len(layers):
         raise IntegrityError(f"{ref}: the config lists {len(diff_ids)} DiffIDs for {len(layers)} layers.")
-    paths = [_safe_path(ref, layer, i) for i, layer in enumerate(layers)]
-    if len(set(paths)) != len(paths):
-        raise IntegrityError(f"{ref}: two layers write the same file.")
+    paths = [_layer_path(ref, layer, i) for i, layer in enumerate(layers)]
+    check_layout(ref, paths)
+    budget = Budget(ref, limits)
+    budget.check_sizes(layer["size"] for layer in layers)
+    order = list(range(len(layers)))
+    signed_first = {PurePosixPath(mf.MANIFEST_NAME), PurePosixPath(SIGNATURE_NAME)} if pubkey is not None else set()
+    if pubkey is not None and PurePosixPath(mf.MANIFEST_NAME) not in paths:
+        raise InputError(f"{ref}: --pubkey given, but the artifact holds no modelpack package to verify.")
+    order.sort(key=lambda i: paths[i] not in signed_first)  # the manifest and signature first, with --pubkey
     files: list[str] = []
+    skipped: list[str] = []
+    signature = None
     with atomic_dir(output.absolute(), force=force) as staging:
-        for layer, path, diff_id in zip(layers, paths, diff_ids):
-            files += _place(registry, layer, path, diff_id, staging)
+        for i in order:
+            if pubkey is not None and signature is None and paths[i] not in signed_first:
+                signed = _load(staging, output)
+                signature = signed.check_signature(pubkey)
+                allowed = _signed_paths(signed)
+                unsigned = [j for j in order if paths[j] not in allowed]
+                if any(layers[j]["mediaType"] != DOC_RAW for j in unsigned):
+                    name = next(paths[j] for j in unsigned if layers[j]["mediaType"] != DOC_RAW)
+                    raise IntegrityError(f"{ref}: layer '{name}' is not in the signed manifest; with --pubkey, "
+                                         "modelpack writes only what the signature covers, refusing the pull.")
+                skipped = [paths[j].as_posix() for j in unsigned]  # documents (a README) the package does not list
+            if paths[i].as_posix() in skipped:
+                continue
+            registry.check_deadline()
+            files += _place(registry, layers[i], paths[i], diff_ids[i], staging, budget)
+        if pubkey is not None and signature is None:
+            signature = _load(staging, output).check_signature(pubkey)
         is_package = (staging / mf.MANIFEST_NAME).is_file()
-        signature = None
         if is_package:
-            pkg = Package.load(staging, output)
-            pkg.check_checksums()
-            if pubkey is not None:
-                signature = pkg.check_signature(pubkey)
-        elif pubkey is not None:
-            raise InputError(f"{ref}: --pubkey given, but the artifact holds no modelpack package to verify.")
-    return PullResult(str(ref), digest, output, sorted(files), is_package, signature)
+            _load(staging, output).check_checksums()
+    return PullResult(str(ref), digest, output, sorted(files), is_package, signature, sorted(skipped))
 
 
-def _place(registry: Registry, layer: dict[str, Any], path: PurePosixPath, diff_id: str, staging: Path) -> list[str]:
+def _place(registry: Registry, layer: dict[str, Any], path: PurePosixPath, diff_id: str, staging: Path,
+           budget: Budget) -> list[str]:
     media_type = str(layer["mediaType"])
     target = staging.joinpath(*path.parts)
     target.parent.mkdir(parents=True, exist_ok=True)
+    budget.take_file()
+    if media_type.endswith(".raw"):
+        budget.take_bytes(layer["size"], path)
     fd, tmp_name = tempfile.mkstemp(dir=staging, prefix=".layer-")
     tmp = Path(tmp_name)
     try:
@@ -288,33 +344,10 @@ def _place(registry: Registry, layer: dict[str, Any], path: PurePosixPath, diff_
             registry.download_blob(layer["digest"], layer["size"], fh)
         if media_type.endswith(".raw"):
             if diff_id != layer["digest"]:
-                raise IntegrityError(f"{registry.ref}: '{path}' has DiffID {diff_id} but digest {layer['digest']}.")
+                raise IntegrityError(f"{registry.ref}: '{path}' has DiffID {printable(str(diff_id)[:80])} but digest "
+                                     f"{layer['digest']}.")
             os.replace(tmp, target)
             return [path.as_posix()]
-        return _extract(registry.ref, tmp, media_type, path, diff_id, staging)
+        return extract(registry.ref, tmp, media_type, path, diff_id, staging, budget)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _extract(ref: Reference, archive: Path, media_type: str, path: PurePosixPath, diff_id: str,
-             staging: Path) -> list[str]:
-    """A tar layer: its uncompressed bytes must match the DiffID; members stay under the layer's path."""
-    import gzip
-    import hashlib
-
-    opener = gzip.open if media_type.endswith("+gzip") else open
-    h = hashlib.sha256()
-    with opener(archive, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    if f"sha256:{h.hexdigest()}" != diff_id:
-        raise IntegrityError(f"{ref}: layer '{path}' unpacks to sha256:{h.hexdigest()}, not its DiffID {diff_id}.")
-    with tarfile.open(archive, "r:gz" if media_type.endswith("+gzip") else "r:") as tar:
-        members = tar.getmembers()
-        for member in members:
-            name = PurePosixPath(member.name)
-            if not (name == path or path in name.parents) or not (member.isfile() or member.isdir()):
-                raise IntegrityError(f"{ref}: layer '{path}' holds '{member.name}', not a file or folder under "
-                                     f"'{path}'; refusing it.")
-        tar.extractall(staging, members=members, filter="data")
-    return [m.name for m in members if m.isfile()]
