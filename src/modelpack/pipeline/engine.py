@@ -64,6 +64,9 @@ SPEC_OPTIONS: tuple[Option, ...] = (
     Option("eval-limit", click.IntRange(1), help="Eval examples used for fidelity, accuracy and the gates "
            "(the first N).  [default: 512]"),
     Option("unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file)."),
+    Option("objective", click.Choice(["latency", "size"]),
+           help="What optimizing is for: latency (never slower than the float ONNX) or size (the smallest "
+                "package that meets the fidelity targets and gates).  [default: latency]"),
     Option("batch-axis", str, multiple=True,
            help="INPUT=AXIS or INPUT=none: where an input holds its examples, when the graph's dimension names "
                 "cannot say (repeat per input).  [default: from the graph]"),
@@ -90,6 +93,7 @@ class PipelineSpec:
     eval_limit: int = DEFAULT_EVAL_LIMIT
     force: bool = False
     batch_axis: tuple[str, ...] = ()
+    objective: str = "latency"
 
 
 @dataclass
@@ -231,6 +235,10 @@ class _Run:
         if key not in self._sizes:
             self._sizes[key] = self._pool.submit(compressed_size, *key)
 
+    @property
+    def objective(self) -> str:
+        return self.spec.objective
+
     def scratch(self, name: str) -> Path:
         return convert.scratch(self.work, name)
 
@@ -362,7 +370,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
                 "size": model_size(source.path), "metrics": source_metrics,
             }
-            lineage_extra = {"evaluation": evaluation}
+            lineage_extra: dict[str, Any] = {"evaluation": evaluation, "objective": spec.objective}
             held = source
             records: list[mf.StageRecord] = []
             packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}
