@@ -37,7 +37,7 @@ def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, eva
              name: str | None = None, model_version: str = "1", atol: float = 1e-4,
              max_accuracy_drop: float | None = None, min_agreement: float | None = None,
              min_cosine: float | None = None, on_violation: str = "fail", eval_limit: int | None = None,
-             unsafe_load: bool = False, force: bool = False) -> RunResult:
+             unsafe_load: bool = False, force: bool = False, batch_axis: Sequence[str] = ()) -> RunResult:
     """Run a pipeline of stages over a model into a package directory, as `modelpack optimize` does.
 
     Each stage is a name (`"export"`) or a name and its options, with the command line's option names in
@@ -58,12 +58,12 @@ def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, eva
         params = {key.replace("-", "_"): value for key, value in dict(params).items()}
         stage.resolve(params)  # unknown options and bad values fail here, before anything runs
         specs.append(StageSpec(stage_name, params))
-    extra = {} if eval_limit is None else {"eval_limit": eval_limit}
+    extra: dict[str, Any] = {} if eval_limit is None else {"eval_limit": eval_limit}
     spec = PipelineSpec(input=Path(input), output=Path(output), stages=specs,
                         eval_data=Path(eval_data) if eval_data is not None else None, atol=atol, name=name,
                         model_version=model_version, unsafe_load=unsafe_load, max_accuracy_drop=max_accuracy_drop,
                         min_agreement=min_agreement, min_cosine=min_cosine, on_violation=on_violation, force=force,
-                        **extra)
+                        batch_axis=tuple(batch_axis), **extra)
     return run(spec)
 
 

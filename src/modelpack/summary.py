@@ -86,6 +86,9 @@ def optimize_headline(manifest: Mapping[str, Any]) -> str:
         parts.append(points(-measured["accuracy_drop"]) + " accuracy")
     elif measured.get("top1_agreement") is not None:
         parts.append(f"{measured['top1_agreement']:.1f}% top-1 agreement")
+    objective = manifest["lineage"].get("objective")
+    if objective and any(r["name"] in ("quantize", "compress") for r in manifest["lineage"]["stages"]):
+        parts.append(f"objective {objective}")
     skipped = [r["name"] for r in manifest["lineage"]["stages"] if r.get("status", "ok") != "ok"]
     if skipped:
         parts.append(f"skipped: {', '.join(skipped)}")

@@ -175,8 +175,8 @@ def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
         value = settings[option.key]
         if option.is_flag:
             setattr(spec, option.key, getattr(spec, option.key) or value)
-        elif value is not None:
-            setattr(spec, option.key, value)
+        elif value is not None and value != ():
+            setattr(spec, option.key, tuple(value) if option.multiple else value)
     return spec
 
 

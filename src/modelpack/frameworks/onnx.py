@@ -26,7 +26,8 @@ def _spec(value_info: Any) -> TensorSpec:
     ttype = value_info.type.tensor_type
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
     dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
-    return TensorSpec.make(value_info.name, dtype, dims)
+    names = [d.dim_param if not d.HasField("dim_value") else "" for d in ttype.shape.dim]
+    return TensorSpec.make(value_info.name, dtype, dims, names)
 
 
 def signature(model: Any) -> Signature:

@@ -31,7 +31,7 @@ from ..package import copy_artifact, digest, model_size
 from ..package import manifest as mf
 from ..package.archive import compressed_size, file_compressed_size
 from ..runtimes import KerasRunner, load_runner
-from ..signature import Signature
+from ..signature import Signature, parse_batch_axes
 from ..stages import Option, Params, Stage, StageContext, StageResult, registry
 from . import convert
 
@@ -64,6 +64,12 @@ SPEC_OPTIONS: tuple[Option, ...] = (
     Option("eval-limit", click.IntRange(1), help="Eval examples used for fidelity, accuracy and the gates "
            "(the first N).  [default: 512]"),
     Option("unsafe-load", is_flag=True, help="Allow Keras Lambda layers (runs code from the model file)."),
+    Option("objective", click.Choice(["latency", "size"]),
+           help="What optimizing is for: latency (never slower than the float ONNX) or size (the smallest "
+                "package that meets the fidelity targets and gates).  [default: latency]"),
+    Option("batch-axis", str, multiple=True,
+           help="INPUT=AXIS or INPUT=none: where an input holds its examples, when the graph's dimension names "
+                "cannot say (repeat per input).  [default: from the graph]"),
 )
 PATH_OPTIONS = ("input", "output", "eval_data")
 
@@ -86,6 +92,8 @@ class PipelineSpec:
     on_violation: str = "fail"
     eval_limit: int = DEFAULT_EVAL_LIMIT
     force: bool = False
+    batch_axis: tuple[str, ...] = ()
+    objective: str = "latency"
 
 
 @dataclass
@@ -227,6 +235,10 @@ class _Run:
         if key not in self._sizes:
             self._sizes[key] = self._pool.submit(compressed_size, *key)
 
+    @property
+    def objective(self) -> str:
+        return self.spec.objective
+
     def scratch(self, name: str) -> Path:
         return convert.scratch(self.work, name)
 
@@ -319,6 +331,11 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
 
     native = load_native(source, safe=not spec.unsafe_load)
     signature = signature_of(source, native=native)
+    if spec.batch_axis:
+        try:
+            signature = signature.with_batch_axes(parse_batch_axes(spec.batch_axis, signature))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     full_eval = load_dataset(spec.eval_data, signature) if spec.eval_data else None
     if source.rep is not Repr.KERAS:
         native = None
@@ -353,7 +370,7 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
                 "path": str(spec.input), "sha256": source_digest.sha256, "format": source.describe(),
                 "size": model_size(source.path), "metrics": source_metrics,
             }
-            lineage_extra = {"evaluation": evaluation}
+            lineage_extra: dict[str, Any] = {"evaluation": evaluation, "objective": spec.objective}
             held = source
             records: list[mf.StageRecord] = []
             packaged: dict[Repr, tuple[ModelRef, dict[str, Any]]] = {}

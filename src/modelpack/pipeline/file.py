@@ -44,6 +44,8 @@ def _global_value(path: Path, key: str, value: Any) -> Any:
         value = str(path.parent / value)
     elif option.is_flag and not isinstance(value, bool):
         raise UsageError(f"pipeline file '{path}': '{key}' must be true or false, not {value!r}.")
+    elif option.multiple and isinstance(value, list):
+        return option.convert(value, "pipeline")
     elif isinstance(value, (dict, list)):
         raise UsageError(f"pipeline file '{path}': '{key}' takes one value ({option.help.split('  [')[0]}), "
                          f"not a {'table' if isinstance(value, dict) else 'list'}.")

@@ -157,6 +157,10 @@ class StageContext(Protocol):
         """False with --unsafe-load: Keras Lambda layers may load."""
 
     @property
+    def objective(self) -> str:
+        """What the run optimizes for: "latency" or "size" (`--objective`)."""
+
+    @property
     def probe(self) -> dict[str, Any]:
         """A few eval (or random) inputs, by input name: enough to check a model loads and runs."""
 

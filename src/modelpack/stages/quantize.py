@@ -15,6 +15,9 @@ from . import Option, Stage, StageContext, StageResult
 from .fine_tuning import FINE_TUNING, FineTuningParams
 
 METHODS = ("int8", "dynamic", "static", "float16", "qat")
+OBJECTIVES = ("latency", "size")
+TUNE_BATCHES = (1, 8)  # the latency objective must beat float at batch 1 and at the largest benchmarked batch
+CODECS = ("deflate", "lzma", "bzip2")  # what the size objective tries for the archive
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
 SPEED_BUDGET_S = 3.0  # timing float against quantized stops after this long (and at least 5 rounds)
 TUNE_BUDGET_S = 6.0  # ... and timing the int8 candidates
@@ -29,6 +32,8 @@ class QuantizeParams(FineTuningParams):
     calib_samples: int
     calibration: str
     per_channel: bool
+    objective: str | None
+    require_quantized: bool
 
 
 class QuantizeStage(Stage[QuantizeParams]):
@@ -54,6 +59,12 @@ class QuantizeStage(Stage[QuantizeParams]):
         Option("calibration", click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
                help="ONNX static calibration method."),
         Option("per-channel", is_flag=True, default=False, help="ONNX: per-channel weight scales."),
+        Option("objective", click.Choice(OBJECTIVES),
+               help="int8: latency keeps the fastest faithful candidate and never a model slower than the float "
+                    "ONNX (at batch 1 and 8); size keeps the smallest faithful one, counting the archive codec.  "
+                    "[default: the pipeline's --objective, else latency]"),
+        Option("require-quantized", is_flag=True, default=False,
+               help="int8: keep an int8 model even when none beats float under the latency objective."),
         *FINE_TUNING,
     )
 
@@ -85,7 +96,7 @@ class QuantizeStage(Stage[QuantizeParams]):
             baseline = ctx.convert(ctx.convert(model, Repr.SAVEDMODEL), Repr.TFLITE)
         metrics["runtime"] = str(out.rep)
         metrics.update(_speed(baseline, out, ctx, notes))
-        return StageResult(model=out, metrics=metrics, notes=notes)
+        return StageResult(model=out, metrics=metrics, notes=notes, archive_compression=metrics.get("archive_codec"))
 
 
 def calibration_data(params: QuantizeParams, ctx: StageContext) -> Dataset:
@@ -129,19 +140,33 @@ def _onnx(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
 
 def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str],
           metrics: dict[str, Any]) -> ModelRef:
-    """Measure onnxruntime's int8 recipes on this model; keep the fastest that meets the fidelity target."""
+    """Measure onnxruntime's int8 recipes on this model; keep what the objective asks for.
+
+    Latency: the fastest that meets the fidelity target, and never slower than float (at batch 1 and 8,
+    one thread): when no int8 recipe beats it, float itself (with onnxruntime's offline optimizations when
+    those win). Size: the smallest archive member that meets the target."""
     from ..evaluation import fidelity, token_mask
-    from ..frameworks import int8
+    from ..frameworks import int8, ort
     from ..runtimes import load_runner
     from ..timing import interleaved_latencies
 
+    objective = params.objective or getattr(ctx, "objective", None) or "latency"
+    metrics["objective"] = objective
     has_data = bool(params.calib_data or params.train_data or ctx.eval_data is not None)
-    calib = calibration_data(params, ctx) if has_data else None
-    if calib is None:
-        notes.append("no calibration data (--calib-data, --train-data or --eval-data): only dynamic int8 was tried")
     examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
-    feeds = examples.head(1).inputs
+    if has_data:
+        calib = calibration_data(params, ctx)
+    else:
+        # Synthetic calibration: static int8 is often the fast recipe for convolutions, so it is measured too.
+        calib = Dataset(examples.inputs, None, None, examples.axes)
+        notes.append("no calibration data (--calib-data, --train-data or --eval-data): static int8 was calibrated "
+                     f"on {len(calib)} synthetic examples")
+    batches = [b for b in TUNE_BATCHES if b == 1 or ctx.signature.simple_batch]
+    feeds = {b: _batch_feeds(examples, b) for b in batches}
     reference = ctx.outputs(model)
+    timed_at: dict[str, Any] = {"batches": batches, "threads": 1,
+                "shapes": {b: {k: list(v.shape) for k, v in f.items()} for b, f in feeds.items()}}
+    metrics["tuned_at"] = timed_at
 
     mask = token_mask(ctx.examples.inputs if ctx.examples is not None else None)
 
@@ -149,28 +174,102 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
         found = fidelity(reference, ctx.outputs(ModelRef(Repr.ONNX, path)), mask)
         return found.get("cosine"), found.get("top1_agreement")
 
+    per_batch: dict[Any, dict[int, float]] = {}
+
     def time_all(paths: list[Any]) -> list[float]:
         # One intra-op thread: the ranking holds on a shared, busy machine, where a thread pool's spinning does not.
+        # Each candidate's speedup is its worst over the batches: it must win at every one.
         runners = [load_runner(model, ctx.signature, threads=1)] + [
             load_runner(ModelRef(Repr.ONNX, p), ctx.signature, threads=1) for p in paths]
-        samples = interleaved_latencies(runners, feeds, iterations=60, budget_s=TUNE_BUDGET_S)
-        base = float(np.median(samples[0]))
-        return [base / float(np.median(s)) for s in samples[1:]]
+        worst = [float("inf")] * len(paths)
+        for batch in batches:
+            samples = interleaved_latencies(runners, feeds[batch], iterations=60, budget_s=TUNE_BUDGET_S)
+            base = float(np.median(samples[0]))
+            for index, (path, s) in enumerate(zip(paths, samples[1:])):
+                ratio = base / float(np.median(s))
+                per_batch.setdefault(str(path), {})[batch] = round(ratio, 3)
+                worst[index] = min(worst[index], ratio)
+        return worst
 
     target = int8.Target(params.target_cosine, params.target_agreement)
     work = ctx.scratch("int8")
     work.mkdir()
-    chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds, measure, time_all, target, ctx.note)
+    chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds[1], measure, time_all, target, ctx.note)
     notes += found_notes
+    shapes = ", ".join(f"{k} {v}" for k, v in timed_at["shapes"][1].items())
+    where = f"batch {' and '.join(map(str, batches))}, 1 thread, inputs at batch 1: {shapes}"
+    if objective == "latency" and not params.require_quantized and (chosen.speedup or 0.0) <= 1.0:
+        optimized = work / "float-optimized.onnx"
+        plain = _float_candidate(optimized, model.path)
+        if plain.error is None:
+            plain.cosine, plain.top1_agreement = measure(optimized)
+            plain.meets_target = target.met(plain.cosine, plain.top1_agreement)
+            int8._time([plain], time_all)
+        tried.append(plain)
+        keep_optimized = plain.error is None and plain.meets_target and (plain.speedup or 0.0) > 1.0
+        chosen = plain if keep_optimized else int8.Candidate("float, as given", "float", speedup=1.0)
+        if not keep_optimized:
+            chosen.path = model.path
+            tried.append(chosen)
+        metrics["method"] = "float kept"
+        notes.append(f"no int8 recipe beat float ({where}): kept {chosen.name}; --require-quantized keeps int8 anyway")
+        ctx.note(notes[-1])
+    elif objective == "size":
+        chosen = _smallest(tried, chosen, ctx, metrics, notes)
+    for c in tried:
+        if c.path is not None and str(c.path) in per_batch:
+            c.speedup_by_batch = per_batch[str(c.path)]
     metrics["chosen"] = chosen.name
     metrics["candidates"] = [dict(c.record(), chosen=c is chosen) for c in tried]
-    why = ("the fastest that met the target" if chosen.meets_target else "none met the target; the closest")
-    notes.append(f"int8 recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ {target.agreement:g}%)")
-    ctx.note(notes[-1])
-    out = ctx.scratch("model.int8.onnx")
+    if chosen.method != "float":
+        why = {"latency": "the fastest that met the target", "size": "the smallest that met the target"}[objective]
+        if not chosen.meets_target:
+            why = "none met the target; the fastest of those closest"
+        notes.append(f"int8 recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ "
+                     f"{target.agreement:g}%; {chosen.speedup or 0:.2f}× float speed at {where})")
+        ctx.note(notes[-1])
+    out = ctx.scratch("model.int8.onnx" if chosen.method != "float" else "model.onnx")
     assert chosen.path is not None
     shutil.copyfile(chosen.path, out)
+    ort.check_loads(out, "quantize", ctx.probe)
     return ModelRef(Repr.ONNX, out)
+
+
+def _float_candidate(out: Any, src: Any) -> Any:
+    """Float with onnxruntime's offline optimizations (constant folding, fusions) as a candidate."""
+    from ..frameworks import int8, ort
+
+    candidate = int8.Candidate("float, onnxruntime offline optimizations (extended)", "float", path=out)
+    try:
+        ort.optimize_graph(src, out, "extended")
+        ort.check_loads(out, "quantize")
+    except Exception as exc:  # an optimization that does not apply is a measured outcome
+        candidate.error = reason(exc, 200)
+    return candidate
+
+
+def _smallest(tried: list[Any], fastest: Any, ctx: StageContext, metrics: dict[str, Any], notes: list[str]) -> Any:
+    """The size objective: the faithful candidate whose archive member is smallest with the best codec."""
+    from ..package.archive import compressed_size
+
+    faithful = [c for c in tried if c.error is None and c.meets_target and c.path is not None] or [fastest]
+    best, best_size, best_codec = fastest, None, "deflate"
+    for c in faithful:
+        for codec in CODECS:
+            size = compressed_size(c.path, codec)
+            if best_size is None or size < best_size:
+                best, best_size, best_codec = c, size, codec
+    metrics["archive_codec"] = best_codec
+    metrics["archive_bytes"] = best_size
+    notes.append(f"size objective: {best.name}, {best_size} bytes in a {best_codec} archive")
+    ctx.note(notes[-1])
+    return best
+
+
+def _batch_feeds(examples: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """`batch` examples (repeated when there are fewer), each input along its own batch axis."""
+    picked = examples.take(np.arange(batch) % max(len(examples), 1))
+    return {k: np.ascontiguousarray(v) for k, v in picked.inputs.items()}
 
 
 def _tflite(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str]) -> ModelRef:
@@ -239,11 +338,13 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
     found: dict[str, Any] = {"float_p50_ms": round(float_ms, 4), "quantized_p50_ms": round(quant_ms, 4),
                              "speedup": round(float_ms / quant_ms, 3) if quant_ms else None,
                              "timed_calls": len(samples[0])}
-    ctx.note(f"timed float against quantized: {len(samples[0])} interleaved batch-1 calls each "
-             f"(at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+    found["timed_at"] = {"batch": 1, "threads": "onnxruntime default", "shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    ctx.note(f"timed float against quantized: {len(samples[0])} interleaved batch-1 calls each, onnxruntime's "
+             f"default threads, inputs {shapes} (at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
     if quant_ms > float_ms * SLOWER:
         found["slower_than_float"] = True
         notes.append(f"warning: the quantized model is {quant_ms / float_ms:.2f}x slower than float on this CPU "
-                     f"({quant_ms:.3f} ms vs {float_ms:.3f} ms median, batch 1)")
+                     f"({quant_ms:.3f} ms vs {float_ms:.3f} ms median, batch 1, inputs {shapes})")
         ctx.note(notes[-1])
     return found

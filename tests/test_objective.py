@@ -1,0 +1,88 @@
+"""The objective: latency never returns a model slower than the float ONNX; size the smallest faithful one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_onnx_mlp, run_cli
+
+from modelpack.frameworks.int8 import Candidate, fastest_of_closest
+
+INT8_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "QGemm"}
+
+
+def _ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _quantize(tmp_path: Path, name: str, *options: str, globals_: tuple[str, ...] = ()) -> dict[str, Any]:
+    model = tmp_path / "mlp.onnx"
+    if not model.exists():
+        make_onnx_mlp(model)
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "eval.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    out = tmp_path / name
+    result = run_cli("optimize", model, "-o", out, "--eval-data", tmp_path / "eval.npz", "-q", *globals_,
+                     "quantize", *options)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    return {"manifest": manifest, "record": record, "ops": _ops(out / "model.onnx")}
+
+
+def test_latency_never_keeps_a_model_slower_than_float(tmp_path: Path) -> None:
+    """A tiny MLP: int8's quantize and dequantize steps cost more than its two small MatMuls save."""
+    found = _quantize(tmp_path, "latency")
+    metrics = found["record"]["metrics"]
+    assert found["manifest"]["lineage"]["objective"] == "latency" and metrics["objective"] == "latency"
+    chosen = next(c for c in metrics["candidates"] if c["chosen"])
+    # Whatever won, it is float or it beat float at every timed batch.
+    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) > 1.0, chosen
+    if chosen["method"] == "float":
+        assert not found["ops"] & INT8_OPS
+        assert any("no int8 recipe beat float" in n and "--require-quantized" in n for n in found["record"]["notes"])
+    # Every candidate measured is recorded, with the batches and threads it was timed at.
+    assert len(metrics["candidates"]) >= 3
+    assert metrics["tuned_at"]["batches"] == [1, 8] and metrics["tuned_at"]["threads"] == 1
+    assert metrics["tuned_at"]["shapes"]["1"]["features"] == [1, 16] and metrics["tuned_at"]["shapes"]["8"]["features"] == [8, 16]
+
+
+def test_require_quantized_keeps_int8(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "int8", "--require-quantized")
+    assert found["ops"] & INT8_OPS
+    assert any(n.startswith("int8 recipe:") and "1 thread" in n for n in found["record"]["notes"])
+
+
+def test_size_objective_keeps_the_smallest_faithful_model_and_its_codec(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "size", globals_=("--objective", "size"))
+    metrics, manifest = found["record"]["metrics"], found["manifest"]
+    assert manifest["lineage"]["objective"] == "size" and metrics["objective"] == "size"
+    assert found["ops"] & INT8_OPS  # int8 weights are smaller than float ones, slower or not
+    assert manifest["archive"]["compression"] == metrics["archive_codec"]
+    assert metrics["archive_bytes"] == min(a["compressed_size"] for a in manifest["artifacts"])
+
+
+def test_without_eval_data_static_int8_is_tried_too(tmp_path: Path) -> None:
+    model = make_onnx_mlp(tmp_path / "mlp.onnx")
+    result = run_cli("optimize", model, "-o", tmp_path / "pkg", "-q", "quantize")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "pkg" / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    assert any(c["method"] == "static" for c in record["metrics"]["candidates"])
+    assert any("synthetic examples" in n for n in record["notes"])
+
+
+@pytest.mark.parametrize("reversed_", [False, True])
+def test_the_fallback_keeps_the_fastest_of_the_closest(reversed_: bool) -> None:
+    """MobileNetV2 with flat probabilities: dynamic int8 0.10× float at cosine 0.9960, static QOperator 1.91× at
+    0.9958. Neither meets the target; the fallback keeps the one that is not ten times slower."""
+    usable = [Candidate("dynamic", "dynamic", speedup=0.10, cosine=0.9960, top1_agreement=96.0),
+              Candidate("static QOperator", "static", "QOperator", speedup=1.91, cosine=0.9958, top1_agreement=95.5),
+              Candidate("static QDQ, far off", "static", speedup=2.5, cosine=0.90, top1_agreement=80.0)]
+    assert fastest_of_closest(usable[::-1] if reversed_ else usable).name == "static QOperator"
