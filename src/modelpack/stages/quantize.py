@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import click
@@ -230,7 +229,9 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
         ctx.note(notes[-1])
     out = ctx.scratch("model.int8.onnx" if chosen.method != "float" else "model.onnx")
     assert chosen.path is not None
-    shutil.copyfile(chosen.path, out)
+    from ..package.dir import copy_artifact
+
+    copy_artifact(chosen.path, out)  # with its external data, when it has any
     ort.check_loads(out, "quantize", ctx.probe)
     return ModelRef(Repr.ONNX, out)
 
