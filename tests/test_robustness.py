@@ -209,6 +209,19 @@ def test_kill_9_during_optimize_keeps_the_previous_package(plugin_site: Path, mo
     wait_until(napping, 60, "the nap stage to write its scratch file")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+    def lock_released() -> bool:  # the run's forked child gets SIGKILL from PR_SET_PDEATHSIG, a moment later
+        import fcntl
+
+        with open(tmp_path / ".pkg.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    wait_until(lock_released, 30, "the killed run's child to exit and release the output's lock")
     assert tree_digest(out) == before  # the package at the output path is whole and unchanged
     assert run_cli("verify", out).exit_code == 0
     # The next run sweeps what the killed one left and succeeds.
