@@ -141,8 +141,7 @@ def test_docker_build_says_what_to_run_without_an_engine(digits_package: Path, t
     assert (tmp_path / "ctx" / "Dockerfile").is_file()  # the context is ready
     os.environ["PATH"] = str(BIN)
     try:
-        named = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx2", "--builder", "podman",
-                        "--build")
+        named = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx2", "--builder", "podman")
         bad_push = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx3", "--push",
                            "oci://registry.example.com/Digits")
     finally:

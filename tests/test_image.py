@@ -254,3 +254,23 @@ def test_image_builds_serves_and_round_trips(digits_package: Path, base_rootfs: 
                 server.kill()
                 server.wait(timeout=60)
         registry.stop()
+
+
+def test_podman_builds_the_same_context(digits_package: Path, base_rootfs: Path, storage: Storage,
+                                         tmp_path: Path) -> None:
+    """`--builder podman`: the same Dockerfile, daemonless; size, ID and digest read from podman's own inspect."""
+    if shutil.which("podman") is None:
+        if os.environ.get("MODELPACK_CI") == "1":
+            raise RuntimeError("podman is missing, but .ci/run should have installed it")
+        pytest.skip("needs podman (Debian package)")
+    _import_base(storage, base_rootfs)
+    result = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx", "--image", "digits-pd:2",
+                     "--builder", "podman", "--json")
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.stdout)["image"]
+    assert built["builder"] == "podman" and built["pushed"] is None
+    image = storage.inspect("digits-pd:2")  # buildah reads what podman wrote: one containers/storage
+    assert f"sha256:{image['FromImageID']}" == built["id"] and image["FromImageDigest"] == built["digest"]
+    assert "/v2/health/ready" in " ".join(image["Docker"]["config"]["Healthcheck"]["Test"])
+    base_size = sum(layer["size"] for layer in json.loads(storage.inspect(BASE)["Manifest"])["layers"])
+    assert built["size"] > base_size + _tree_size(digits_package)

@@ -34,7 +34,8 @@ from . import render, want_json
               help="docker: the image's platform; the context's wheels are downloaded for it.")
 @click.option("--build", is_flag=True, help="docker: build the image (with docker, or daemonless with buildah or podman).")
 @click.option("--builder", type=click.Choice(["auto", "docker", "buildah", "podman"]), default="auto", show_default=True,
-              help="docker: what builds the image; auto is docker when an engine answers, else buildah, else podman.")
+              help="docker: build with this (implies --build); auto is docker when an engine answers, else buildah, "
+                   "else podman.")
 @click.option("--push", "push_to", metavar="oci://HOST/REPO[:TAG]",
               help="docker: build, then push the image there with the login `modelpack push` uses.")
 @click.option("--plain-http", is_flag=True, help="--push: speak HTTP, not HTTPS, to the registry (loopback always does).")
@@ -52,9 +53,11 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
 
     if as_json:
         want_json(ctx)
-    build = build or push_to is not None
+    named_builder = ctx.get_parameter_source("builder") is not click.core.ParameterSource.DEFAULT
+    build = build or push_to is not None or named_builder  # --push and --builder each mean: build it
     if build and target != "docker":
-        raise UsageError(f"{'--push' if push_to else '--build'} works with --target docker.")
+        which = "--push" if push_to else "--builder" if named_builder else "--build"
+        raise UsageError(f"{which} works with --target docker.")
     if push_to is not None:
         from ..oci import Reference
 

@@ -86,7 +86,7 @@ def choose(builder: str, context: Path, image: str) -> tuple[str, str]:
 
 def _run(argv: list[str], log: Log, what: str, env: dict[str, str] | None = None) -> None:
     """Run a builder command, its output (stdout and stderr) passed line by line to `log`."""
-    tail: deque[str] = deque(maxlen=5)
+    tail: deque[str] = deque(maxlen=3)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                           env=env) as proc:
         assert proc.stdout is not None
@@ -95,7 +95,7 @@ def _run(argv: list[str], log: Log, what: str, env: dict[str, str] | None = None
             tail.append(line)
             log(line)
     if proc.returncode != 0:
-        last = " | ".join(t.strip() for t in tail if t.strip())[-400:]
+        last = " | ".join(t.strip()[:200] for t in tail if t.strip())
         raise StageFailed("deploy", f"{what} failed (exit {proc.returncode}): {last}; the command was: "
                                     f"{shlex.join(argv)}")
 
