@@ -36,7 +36,7 @@ if MISSING or not oci_registry.available():
         raise RuntimeError(f"{', '.join(MISSING) or 'docker-registry'} missing, but .ci/run should have installed it")
     pytest.skip(f"needs {', '.join(MISSING) or 'docker-registry'} (Debian packages)", allow_module_level=True)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = pytest.mark.timeout(1200)
 BASE = "docker.io/library/python:3.11-slim"  # what the generated Dockerfile's FROM resolves to
 PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"  # the official image's, with the venv first
 KEY = "k3y-image"
@@ -106,6 +106,7 @@ def _wheels(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*.whl") if not p.is_symlink()}
 
 
+@pytest.mark.slow
 def test_image_builds_serves_and_round_trips(digits_package: Path, base_rootfs: Path, storage: Storage,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
@@ -256,6 +257,7 @@ def test_image_builds_serves_and_round_trips(digits_package: Path, base_rootfs: 
         registry.stop()
 
 
+@pytest.mark.slow
 def test_podman_builds_the_same_context(digits_package: Path, base_rootfs: Path, storage: Storage,
                                          tmp_path: Path) -> None:
     """`--builder podman`: the same Dockerfile, daemonless; size, ID and digest read from podman's own inspect."""
@@ -274,3 +276,34 @@ def test_podman_builds_the_same_context(digits_package: Path, base_rootfs: Path,
     assert "/v2/health/ready" in " ".join(image["Docker"]["config"]["Healthcheck"]["Test"])
     base_size = sum(layer["size"] for layer in json.loads(storage.inspect(BASE)["Manifest"])["layers"])
     assert built["size"] > base_size + _tree_size(digits_package)
+
+
+def test_push_checks_the_login_as_push_does_before_the_builder_gets_it(storage: Storage, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--push` first asks the registry for push access with push's own client: a wrong or unscoped login fails
+    with push's message, and only then is the builder handed the login (here it finds no such image)."""
+    from modelpack.deploy.image import Image, push
+    from modelpack.errors import ModelpackError, StageFailed, UsageError
+
+    registry = oci_registry.Registry(tmp_path / "registry", htpasswd={"builder": "s3cret"}).start()
+    never_built = Image("buildah", "never-built:1", "sha256:" + "0" * 64, None, 0)
+    target = f"oci://{registry.address}/models/digits"
+    try:
+        monkeypatch.setenv("MODELPACK_REGISTRY_USERNAME", "builder")
+        monkeypatch.setenv("MODELPACK_REGISTRY_PASSWORD", "s3cret")
+        with pytest.raises(UsageError, match="MODELPACK_REGISTRY_HOST"):  # a login not scoped to any host
+            push(never_built, target)
+        monkeypatch.setenv("MODELPACK_REGISTRY_HOST", registry.address)
+        monkeypatch.setenv("MODELPACK_REGISTRY_PASSWORD", "wrong")
+        with pytest.raises(ModelpackError, match="not authorized") as wrong:
+            push(never_built, target)
+        assert not isinstance(wrong.value, StageFailed)  # refused by the registry, not by buildah
+        monkeypatch.setenv("MODELPACK_REGISTRY_PASSWORD", "s3cret")
+        lines: list[str] = []
+        with pytest.raises(StageFailed, match="buildah push failed"):
+            push(never_built, target, log=lines.append)
+        assert any("never-built" in line for line in lines)
+        with pytest.raises(UsageError, match="a push names a tag"):
+            push(never_built, f"{target}@sha256:{'1' * 64}")
+    finally:
+        registry.stop()

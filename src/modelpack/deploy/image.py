@@ -143,15 +143,11 @@ def build(context: Path, image: str, builder: str = "auto", log: Log = lambda li
 
 def _auth_file(directory: Path, registry: str, base: str) -> Path | None:
     """A docker-config auth file holding the login `modelpack push` would send to `registry`, or None."""
-    from ..oci.registry import HOST_VARIABLE, credentials, host_allowed
+    from ..oci.registry import credentials, host_allowed
 
     login = credentials(registry, base)
-    if login is None:
-        return None
-    if login.hosts is not None and not host_allowed(login.hosts, base):
-        # The environment's login goes only to the hosts MODELPACK_REGISTRY_HOST names.
-        raise UsageError(f"--push: MODELPACK_REGISTRY_USERNAME and _PASSWORD are set, but {HOST_VARIABLE} does not "
-                         f"name {registry}; set {HOST_VARIABLE}={registry} if they are for it.")
+    if login is None or (login.hosts is not None and not host_allowed(login.hosts, base)):
+        return None  # the environment's login goes only to the hosts MODELPACK_REGISTRY_HOST names
     entry = ({"identitytoken": login.secret} if login.identity
              else {"auth": base64.b64encode(f"{login.user}:{login.secret}".encode()).decode()})
     path = directory / "config.json"
@@ -163,7 +159,7 @@ def _auth_file(directory: Path, registry: str, base: str) -> Path | None:
 
 def push(built: Image, reference: str, log: Log = lambda line: None, plain_http: bool = False) -> Image:
     """Push a built image to `oci://HOST/REPO[:TAG]` (the tag defaults to the image's) with push's login."""
-    from ..oci.registry import Reference, base_url
+    from ..oci.registry import Reference, Registry, base_url
 
     ref = Reference.parse(reference, "--push")
     if ref.digest:
@@ -172,6 +168,11 @@ def push(built: Image, reference: str, log: Log = lambda line: None, plain_http:
     target = f"{ref.registry}/{ref.repository}:{tag}"
     base = base_url(ref, plain_http)
     program = shutil.which(built.builder) or built.builder
+    # First, push's own client asks the registry for push access to the repository: a missing or wrong login,
+    # or a token service the environment's login is not for, fails here with push's message, before the
+    # builder is handed any credentials.
+    with Registry(ref, plain_http=plain_http, push=True) as registry:
+        registry.has_blob(built.id)
     with tempfile.TemporaryDirectory(prefix="modelpack-push-") as tmp:
         auth = _auth_file(Path(tmp), ref.registry, base)
         log(f"pushing {built.name} to {target} with {built.builder}")
