@@ -306,6 +306,9 @@ def test_polling_swaps_versions_refuses_a_broken_one_and_keeps_serving(versions,
         _copy_in(broken, root / "m" / "3")
         wait_until(lambda: server.metric("modelpack_repository_load_failures_total") == 1, 120,
                    "the broken version to be refused")
+        polls = server.metric("modelpack_repository_polls_total")
+        wait_until(lambda: server.metric("modelpack_repository_polls_total") >= polls + 3, 60, "three more polls")
+        assert server.metric("modelpack_repository_load_failures_total") == 1  # not retried: it has not changed
         assert 'reason="verify"' in httpx.get(f"{server.url}/metrics").text
         np.testing.assert_allclose(_output(_infer(server, "/v2/models/m/infer")), versions[2][1], atol=1e-4)
         # A later good version still replaces it; by then many polls have passed over the broken one.
@@ -349,3 +352,34 @@ def test_sighup_moves_a_label(versions, tmp_path: Path) -> None:
     finally:
         code, log = server.stop()
     assert code == 0, log
+
+
+def test_polling_with_require_signature_refuses_an_unsigned_version_and_serves_a_signed_mpk(
+        versions, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run_cli("keygen", "-o", keys).exit_code == 0
+    signed = {}
+    for seed in (1, 2):
+        signed[seed] = tmp_path / f"signed{seed}"
+        shutil.copytree(versions[seed][0], signed[seed])
+        result = run_cli("sign", signed[seed], "--key", keys / "private.pem")
+        assert result.exit_code == 0, result.output
+    root = tmp_path / "models"
+    (root / "m").mkdir(parents=True)
+    shutil.copytree(signed[1], root / "m" / "1")
+    server = Process(root, "--poll-s", "0.2", "--require-signature", str(keys / "public.pem"))
+    try:
+        _copy_in(versions[3][0], root / "m" / "2")  # unsigned
+        wait_until(lambda: server.logged("model m version 2 refused (verify)"), 120, "the unsigned version refused")
+        assert _infer(server, "/v2/models/m/infer").json()["model_version"] == "1"
+        mpk = tmp_path / "3.mpk"
+        result = run_cli("pack", signed[2], "-o", mpk)
+        assert result.exit_code == 0, result.output
+        shutil.copy(mpk, root / "m" / ".3.mpk.tmp")
+        (root / "m" / ".3.mpk.tmp").rename(root / "m" / "3.mpk")
+        wait_until(lambda: server.logged("model m version 1 unloaded"), 120, "the signed .mpk to replace version 1")
+        answer = _infer(server, "/v2/models/m/infer")
+        assert answer.json()["model_version"] == "3"
+        np.testing.assert_allclose(_output(answer), versions[2][1], atol=1e-4)
+    finally:
+        server.stop()

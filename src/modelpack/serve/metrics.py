@@ -72,6 +72,7 @@ class Metrics:
         self.load_failures: Counter[tuple[str, str, str]] = Counter()  # (model, version, reason)
         self.inflight_bytes: Callable[[], int] = lambda: 0
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
+        self.polls: int | None = None  # repository scans so far, with --poll-s
 
     def add_model(self, labels: str, load_seconds: float) -> ModelGauges:
         gauges = self.models[labels] = ModelGauges(load_seconds)
@@ -129,6 +130,9 @@ class Metrics:
             for (model, version, why), count in sorted(self.load_failures.items()):
                 lines.append(f"modelpack_repository_load_failures_total{{{model_labels(model, version)},"
                              f'reason="{why}"}} {count}')
+        if self.polls is not None:
+            lines += ["# HELP modelpack_repository_polls_total Scans of the repository (--poll-s and SIGHUP).",
+                      "# TYPE modelpack_repository_polls_total counter", f"modelpack_repository_polls_total {self.polls}"]
         if REFUSED:
             lines += ["# HELP modelpack_refused_total Connections and requests refused below the API: deadlines, "
                       "limits, malformed or abusive clients.",

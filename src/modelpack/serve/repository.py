@@ -82,6 +82,7 @@ class Entry:
     default: str | None = None
     unloaded: bool = False  # unloaded through the repository API: polling leaves it so until it is loaded
     refused: dict[tuple[int, tuple[float, int]], str] = field(default_factory=dict)  # not retried until changed
+    stuck: dict[str, int] = field(default_factory=dict)  # labels left where they were, and the version they wanted
 
     def default_version(self) -> Loaded | None:
         if self.default is not None:
@@ -263,6 +264,7 @@ class Repository:
 
     def start_polling(self) -> None:
         if self.config.poll_s and self.config.repository is not None:
+            self.metrics.polls = 0
             self._poller = asyncio.get_running_loop().create_task(self._poll(self.config.poll_s))
 
     async def _poll(self, every_s: float) -> None:
@@ -279,6 +281,8 @@ class Repository:
             return
         async with self._lock:
             try:
+                if self.metrics.polls is not None:
+                    self.metrics.polls += 1
                 spec = await asyncio.to_thread(read_repository, self.config.repository)
             except InputError as exc:
                 if str(exc) != self._spec_error:  # one line per distinct problem, not one per poll
@@ -379,8 +383,10 @@ class Repository:
                 labels[label] = str(version)
             elif label in entry.labels:
                 labels[label] = entry.labels[label]  # its version is not served (refused?): the label stays
-                log.error("model %s: label %s -> %s names a version that is not loaded; it stays on %s",
-                          entry.name, label, version, entry.labels[label])
+                if entry.stuck.get(label) != version:  # one line per label and version, not one per poll
+                    entry.stuck[label] = version
+                    log.error("model %s: label %s -> %s names a version that is not loaded; it stays on %s",
+                              entry.name, label, version, entry.labels[label])
         if labels != entry.labels:
             entry.labels = labels
             self.generation += 1
