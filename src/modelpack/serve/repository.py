@@ -48,9 +48,10 @@ class Loaded:
     retired: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def labels(self) -> str:
-        return model_labels(self.model.name, self.model.version)
+    labels: str = ""  # the metric labels of its model and version, made once
+
+    def __post_init__(self) -> None:
+        self.labels = model_labels(self.model.name, self.model.version)
 
     def release(self) -> None:
         self.inflight -= 1
