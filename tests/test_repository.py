@@ -216,6 +216,8 @@ def test_v2_grpc_per_model_and_version(served, versions) -> None:
     np.testing.assert_allclose(result.as_numpy("logits"), versions[3][1], atol=1e-4)
     assert list(client.get_model_metadata("a", headers=_auth()).versions) == ["1", "2"]
     client.close()
+    metrics = httpx.get(f"{served.url}/metrics", headers=_auth()).text
+    assert 'modelpack_requests_total{model="a",version="2",route="grpc ModelInfer",status="200"} 1' in metrics
 
 
 def test_tritonclient_repository_calls_over_http_and_grpc(served) -> None:

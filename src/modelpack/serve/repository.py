@@ -178,7 +178,11 @@ class Repository:
         return ", ".join(f"'{n}'" for n in self.models)
 
     def loaded_of(self, model: ServedModel) -> Loaded:
-        return self._by_model[id(model)]
+        loaded = self._by_model.get(id(model))
+        if loaded is None:  # unloaded under a request that outlived --graceful-timeout-s
+            raise RequestError(f"model '{model.name}' version {model.version} was unloaded; retry.", status=503,
+                               headers={"Retry-After": "1"})
+        return loaded
 
     def versions(self, name: str) -> list[str]:
         entry = self.models.get(name)
