@@ -385,3 +385,30 @@ def test_polling_with_require_signature_refuses_an_unsigned_version_and_serves_a
         np.testing.assert_allclose(_output(answer), versions[2][1], atol=1e-4)
     finally:
         server.stop()
+
+
+def test_a_refused_version_leaves_the_policy_choosing_among_the_rest(versions, tmp_path: Path) -> None:
+    """With {latest = 2} serving 1 and 2, a broken 3 must not cost version 1 its place."""
+    (tmp_path / "m").mkdir()
+    shutil.copytree(versions[1][0], tmp_path / "m" / "1")
+    shutil.copytree(versions[2][0], tmp_path / "m" / "2")
+    file = tmp_path / "repo.toml"
+    file.write_text(f'[models.m]\nsource = "{tmp_path / "m"}"\npolicy = {{latest = 2}}\n')
+    server = Process(file, "--poll-s", "0.2")
+    try:
+        broken = tmp_path / "broken"
+        shutil.copytree(versions[3][0], broken)
+        _corrupt(broken)
+        _copy_in(broken, tmp_path / "m" / "3")
+        wait_until(lambda: server.metric("modelpack_repository_load_failures_total") == 1, 120, "the refusal")
+        polls = server.metric("modelpack_repository_polls_total")
+        wait_until(lambda: server.metric("modelpack_repository_polls_total") >= polls + 2, 60, "two more polls")
+        index = {row["version"]: row for row in httpx.post(f"{server.url}/v2/repository/index").json()}
+        assert index["1"]["state"] == index["2"]["state"] == "READY"
+        assert index["3"]["state"] == "UNAVAILABLE" and "does not match the manifest" in index["3"]["reason"], index
+        for version in (1, 2):
+            answer = _infer(server, f"/v2/models/m/versions/{version}/infer")
+            np.testing.assert_allclose(_output(answer), versions[version][1], atol=1e-4)
+    finally:
+        server.stop()
+    assert "version 1 unloaded" not in server.log

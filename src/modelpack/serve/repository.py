@@ -318,7 +318,7 @@ class Repository:
             entry.unloaded = False
             if entry.source is None:  # the single package: load it again from where it came
                 model = await asyncio.to_thread(self.config.load_model)
-                loaded = self._serve(model, await asyncio.to_thread(model.warm_up), None)
+                loaded = self._serve(model, await asyncio.to_thread(model.warm_up), None, allow_one_thread=True)
                 old = list(entry.versions.values())
                 self._install(entry, {model.version: loaded})
                 await self._retire_loaded(entry, old)
@@ -346,32 +346,41 @@ class Repository:
         available = source.available()
         for key in [k for k in entry.refused if available.get(k[0]) is None or _stamp(available[k[0]]) != k[1]]:
             del entry.refused[key]  # the refused version changed or left: it may be tried again
-        refused_now = {v for v, _ in entry.refused}
-        offered = {v: p for v, p in available.items() if v not in refused_now}
-        wanted = source.policy.choose(list(offered))
         loaded = dict(entry.versions)
         failure: str | None = None
-        for version in wanted:
-            path = offered[version]
-            current = loaded.get(str(version))
-            if current is not None and current.stamp == _stamp(path):
-                continue
-            try:
-                new = await self._load_version(entry, version, path, startup)
-            except LoadFailed as exc:
-                if startup:
-                    raise InputError(f"{path}: {exc}") from None
-                entry.refused[(version, _stamp(path))] = str(exc)
-                self.failures[(entry.name, str(version), exc.stage)] += 1
-                log.error("model %s version %s refused (%s), the versions being served stay: %s", entry.name,
-                          version, exc.stage, exc)
-                failure = str(exc)
-                continue
-            loaded[str(version)] = new
+        while True:  # a refused version leaves the choice: choose again among the rest (e.g. keep both of latest 2)
+            refused_now = {v for v, _ in entry.refused}
+            offered = {v: p for v, p in available.items() if v not in refused_now}
+            wanted = source.policy.choose(list(offered))
+            refused_here = False
+            for version in wanted:
+                path = offered[version]
+                current = loaded.get(str(version))
+                if current is not None and current.stamp == _stamp(path):
+                    continue
+                try:
+                    new = await self._load_version(entry, version, path, startup)
+                except LoadFailed as exc:
+                    if startup:
+                        raise InputError(f"{path}: {exc}") from None
+                    entry.refused[(version, _stamp(path))] = str(exc)
+                    self.failures[(entry.name, str(version), exc.stage)] += 1
+                    log.error("model %s version %s refused (%s), the versions being served stay: %s", entry.name,
+                              version, exc.stage, exc)
+                    failure, refused_here = str(exc), True
+                    continue
+                loaded[str(version)] = new
+            if not refused_here:
+                break
         keep = {str(v) for v in wanted} & set(loaded)
         if not keep and entry.versions and not startup:
             keep = set(entry.versions)  # nothing wanted could load: the old versions keep serving
         table = {v: loaded[v] for v in sorted(keep, key=_order)}
+        current_versions = set(map(id, entry.versions.values()))
+        for name, unused in loaded.items():  # loaded in an earlier pass, then not chosen: never served
+            if name not in table and id(unused) not in current_versions:
+                await unused.batcher.stop()
+                self.metrics.remove_model(unused.labels)
         gone = [old for v, old in entry.versions.items() if table.get(v) is not old]
         self._install(entry, table)
         self._set_labels(entry, source)
