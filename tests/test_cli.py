@@ -257,6 +257,16 @@ def test_quiet_and_json_work_on_every_command(mlp_package: Path, tmp_path: Path)
     assert keys["status"] == "ok" and Path(keys["public"]).is_file()
 
 
+def test_quiet_after_a_stage_is_the_pipelines(models, tmp_path: Path) -> None:
+    """`-q` after a stage quiets the pipeline (issue 26, item 6: it answered "No such option '-q'")."""
+    for i, args in enumerate((["export", "--format", "onnx", "-q"], ["-q", "export", "--format", "onnx"],
+                              ["export", "-q", "--format", "onnx"])):
+        result = run_cli("optimize", models["onnx"].path, "-o", tmp_path / f"out{i}", *args)
+        assert result.exit_code == 0, result.output
+        assert result.output == "", result.output
+        assert (tmp_path / f"out{i}" / "modelpack.json").is_file()
+
+
 def test_output_width_follows_columns(mlp_package: Path) -> None:
     narrow = run_subprocess("inspect", mlp_package, env={"COLUMNS": "70"})
     wide = run_subprocess("inspect", mlp_package, env={"COLUMNS": "200"})

@@ -24,6 +24,7 @@ JSON_KEY = "modelpack.json"
 
 # Commands whose own -q means something more than "print nothing" (optimize's progress, push's digest).
 OWN_QUIET = {"optimize", "run", "push", "pull"}
+CHAINS = {"optimize"}  # chained commands: their -q may come after a stage
 
 
 class CliError(click.ClickException):
@@ -99,6 +100,14 @@ class RootGroup(click.Group):
         if moved:
             argv = [a for i, a in enumerate(argv) if not (a in hoist and 0 < i < cut)]
             argv[:0] = sorted(set(moved))
+        if command in CHAINS:
+            # A stage has no -q; the pipeline's own -q (which also quiets the progress) is meant, wherever it is.
+            at = argv.index(command) + 1
+            cut = argv.index("--") if "--" in argv else len(argv)
+            quiet = [a for i, a in enumerate(argv) if a in ("-q", "--quiet") and at < i < cut]
+            if quiet:
+                argv = [a for i, a in enumerate(argv) if not (a in ("-q", "--quiet") and at < i < cut)]
+                argv[at:at] = quiet[:1]
         return super().main(argv, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:

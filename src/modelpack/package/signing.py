@@ -119,8 +119,3 @@ def check(manifest_bytes: bytes, signature_bytes: bytes | None, public_key: Any,
                              f"after signing.") from exc
     return dict(record)
 
-
-def verify_dir(package_dir: Path, public_key_path: Path, where: str, option: str = "--pubkey") -> dict[str, Any]:
-    sig = package_dir / SIGNATURE_NAME
-    return check((package_dir / mf.MANIFEST_NAME).read_bytes(), sig.read_bytes() if sig.is_file() else None,
-                 load_public(public_key_path, option), where)

@@ -84,7 +84,9 @@ def app_from_env() -> App:
     """The factory each worker process calls (uvicorn --factory)."""
     from .app import build_app
     from .http1 import configure
+    from .server import return_freed_memory
 
+    return_freed_memory()
     config = ServeConfig.from_env()
     configure(config.header_timeout_s, config.body_timeout_s, config.write_timeout_s, config.max_header_kb)
     return build_app(config)

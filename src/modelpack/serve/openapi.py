@@ -21,7 +21,7 @@ STATUS_TEXT = {
     400: "Bad input, naming the input and what was expected", 401: "Missing or invalid API key",
     403: "The API key lacks the scope this route needs", 404: "Unknown model, version or route",
     405: "Method not allowed on this path (see the Allow header)", 413: "Body over --max-body-mb",
-    415: "Unsupported Content-Encoding", 429: "The API key is over its rate limit (Retry-After)",
+    414: "Path over 1,024 characters", 415: "Unsupported Content-Encoding", 429: "The API key is over its rate limit (Retry-After)",
     503: "Not ready, queue full or too many request bytes in flight (Retry-After)",
     504: "Timed out (--timeout-s)",
 }
