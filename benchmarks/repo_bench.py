@@ -7,6 +7,9 @@
    exported with `git archive`, run with the same venv); against it, this tree's `serve PKG` and this tree's
    `serve REPO` holding the same package as `m/1`. Rounds are interleaved in a rotated order; medians are
    compared.
+3. Density: one `serve REPO` holding `--models` copies of the tiny MLP (m0 ... m19) against as many
+   `serve PKG` processes: resident memory (VmRSS once ready) of the one against the sum of the many, and
+   the throughput of one hot model with the others loaded against a single-package server.
 2. Version swaps under load: `serve REPO --poll-s 0.2` under wrk, while a new version is copied in (then
    renamed into place) every `--swap-every-s` seconds; failed requests, socket errors and the p99 are
    reported next to a steady run of the same length in the same run.
@@ -61,7 +64,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main")
     parser.add_argument("--swap-every-s", type=float, default=2.0)
-    parser.add_argument("--sections", default="throughput,swaps")
+    parser.add_argument("--sections", default="throughput,swaps,density")
+    parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sections = set(args.sections.split(","))
@@ -106,6 +110,8 @@ def main() -> int:
                 results[name] = medians
         if "swaps" in sections:
             results["swaps"] = swaps(here, tiny, work, args, v2, auth)
+        if "density" in sections:
+            results["density"] = density(here, tiny, work, args, v2, auth)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
@@ -150,6 +156,49 @@ def swaps(src: Path, tiny: Path, work: Path, args: argparse.Namespace, body: dic
     return {"steady": steady, "during_swaps": during, "versions_swapped_in": len(swapped),
             "seconds": round(elapsed, 1), "p99_ratio": round(during["p99_ms"] / steady["p99_ms"], 2),
             "rps_ratio": round(during["rps"] / steady["rps"], 3)}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def density(src: Path, tiny: Path, work: Path, args: argparse.Namespace, body: dict, auth: dict) -> dict:
+    """One server of N models against N servers of one: memory, and one hot model's throughput."""
+    repo = work / "density-repo"
+    for i in range(args.models):
+        (repo / f"m{i}").mkdir(parents=True)
+        shutil.copytree(tiny, repo / f"m{i}" / "1")
+    started = time.perf_counter()
+    port = free_port()
+    one = start(src, repo, port, free_port())
+    one_ready_s = time.perf_counter() - started
+    try:
+        one_rss = rss_mb(one.proc.pid)
+        url = f"http://127.0.0.1:{port}/v2/models/m0/infer"
+        wrk(url, body, 16, 1, auth, work)
+        hot = wrk(url, body, 16, args.duration, auth, work)
+    finally:
+        one.stop()
+    singles: list[Server] = []
+    try:
+        ports = []
+        for _ in range(args.models):
+            ports.append(free_port())
+            singles.append(start(src, tiny, ports[-1], free_port()))
+        many_rss = sum(rss_mb(s.proc.pid) for s in singles)
+        url = f"http://127.0.0.1:{ports[0]}/v2/models/m/infer"
+        wrk(url, body, 16, 1, auth, work)
+        alone = wrk(url, body, 16, args.duration, auth, work)
+    finally:
+        for server in singles:
+            server.stop()
+    return {"models": args.models, "one_server_rss_mb": round(one_rss, 1), "many_servers_rss_mb": round(many_rss, 1),
+            "rss_ratio": round(one_rss / many_rss, 3), "one_server_ready_s": round(one_ready_s, 2),
+            "hot_model_rps": hot["rps"], "single_server_rps": alone["rps"],
+            "hot_rps_ratio": round(hot["rps"] / alone["rps"], 3)}
 
 
 if __name__ == "__main__":
