@@ -86,3 +86,61 @@ def test_the_fallback_keeps_the_fastest_of_the_closest(reversed_: bool) -> None:
               Candidate("static QOperator", "static", "QOperator", speedup=1.91, cosine=0.9958, top1_agreement=95.5),
               Candidate("static QDQ, far off", "static", speedup=2.5, cosine=0.90, top1_agreement=80.0)]
     assert fastest_of_closest(usable[::-1] if reversed_ else usable).name == "static QOperator"
+
+
+SETTINGS = {"intra_op_threads": 1, "execution_mode": "parallel", "graph_optimization_level": "basic"}
+
+
+def test_the_latency_objective_measures_session_settings(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "latency")
+    metrics, artifact = found["record"]["metrics"], found["manifest"]["artifacts"][0]
+    measured = metrics["session_candidates"]
+    assert {tuple(m["settings"].items()) for m in measured} >= {(("intra_op_threads", 1),),
+                                                                (("execution_mode", "parallel"),)}
+    assert all(set(m["speedup_by_batch"]) == {"1", "8"} and m["speedup"] > 0 for m in measured)
+    chosen = [m for m in measured if m["chosen"]]
+    # A setting is recorded on the artifact exactly when one won at every batch, and the note says which.
+    assert artifact.get("session") == (chosen[0]["settings"] if chosen else None)
+    if chosen:
+        assert min(chosen[0]["speedup_by_batch"].values()) >= 1.05
+    assert any(n.startswith("session setting") for n in found["record"]["notes"])
+
+
+def test_serve_predict_and_benchmark_apply_the_recorded_session_settings(tmp_path: Path) -> None:
+    """A package whose manifest records session settings: every command's onnxruntime session is built with them."""
+    from modelpack.package import open_any
+    from modelpack.runtimes import applied_settings
+    from modelpack.serve.model import ServedModel
+
+    found = _quantize(tmp_path, "pkg")
+    pkg = tmp_path / "pkg"
+    manifest = found["manifest"]
+    manifest["artifacts"][0]["session"] = SETTINGS
+    (pkg / "modelpack.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", np.ones((2, 16), np.float32))
+
+    result = run_cli("predict", pkg, "--input", tmp_path / "x.npy", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["session"] == SETTINGS
+
+    result = run_cli("benchmark", pkg, "--iterations", "5", "--no-memory", "--json")
+    assert result.exit_code == 0, result.output
+    targets = json.loads(result.stdout)["targets"]
+    assert next(t for t in targets if not t["baseline"])["session"] == SETTINGS
+
+    with open_any(pkg) as opened:
+        served = ServedModel.load(opened, None, max_batch_size=8)
+        assert applied_settings(served.runner.session) == SETTINGS  # type: ignore[attr-defined]
+        assert not served.prefer_one_thread()  # the manifest's threads are kept, not re-guessed
+        explicit = ServedModel.load(opened, None, max_batch_size=8, threads=2)  # serve --threads 2 wins
+        assert applied_settings(explicit.runner.session) == {**SETTINGS, "intra_op_threads": 2}  # type: ignore[attr-defined]
+
+
+def test_a_bad_recorded_session_setting_names_itself(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "pkg")
+    manifest = found["manifest"]
+    manifest["artifacts"][0]["session"] = {"execution_mode": "sideways"}
+    (tmp_path / "pkg" / "modelpack.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", np.ones((2, 16), np.float32))
+    result = run_cli("predict", tmp_path / "pkg", "--input", tmp_path / "x.npy")
+    assert result.exit_code != 0 and "execution_mode" in result.output

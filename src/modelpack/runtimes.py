@@ -7,6 +7,7 @@ TensorFlow; the others import it lazily.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,20 +26,70 @@ class Runner(Protocol):
     def run(self, feeds: Tensors) -> Tensors: ...
 
 
-class OnnxRunner:
-    """onnxruntime on the CPU; loads from a path or from bytes (for encrypted packages)."""
+# Session settings a manifest may record for an ONNX artifact (the latency objective measures them), and the
+# values each takes. serve, predict and benchmark apply them; an explicit --threads wins over intra_op_threads.
+EXECUTION_MODES = ("sequential", "parallel")
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+SESSION_KEYS = ("intra_op_threads", "execution_mode", "graph_optimization_level")
 
-    def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None) -> None:
+
+def session_options(settings: Mapping[str, Any] | None = None, threads: int | None = None) -> Any:
+    """onnxruntime SessionOptions with `settings` applied; `threads`, when given, sets the intra-op threads."""
+    import onnxruntime as ort
+
+    settings = dict(settings or {})
+    opts = ort.SessionOptions()
+    intra = threads or settings.get("intra_op_threads")
+    if intra:
+        opts.intra_op_num_threads = int(intra)
+    mode = settings.get("execution_mode")
+    if mode is not None:
+        if mode not in EXECUTION_MODES:
+            raise InputError(f"session setting execution_mode '{mode}': use one of {', '.join(EXECUTION_MODES)}.")
+        opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
+                               else ort.ExecutionMode.ORT_SEQUENTIAL)
+    level = settings.get("graph_optimization_level")
+    if level is not None:
+        if level not in GRAPH_LEVELS:
+            raise InputError(f"session setting graph_optimization_level '{level}': use one of "
+                             f"{', '.join(GRAPH_LEVELS)}.")
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.log_severity_level = 4  # run errors become exceptions with the message; no log line too
+    return opts
+
+
+def applied_settings(session: Any) -> dict[str, Any]:
+    """What a live onnxruntime session was built with, in the manifest's terms (read back from the session)."""
+    import onnxruntime as ort
+
+    opts = session.get_session_options()
+    levels = {ort.GraphOptimizationLevel.ORT_DISABLE_ALL: "disable",
+              ort.GraphOptimizationLevel.ORT_ENABLE_BASIC: "basic",
+              ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED: "extended",
+              ort.GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}
+    return {"intra_op_threads": opts.intra_op_num_threads or None,
+            "execution_mode": "parallel" if opts.execution_mode == ort.ExecutionMode.ORT_PARALLEL else "sequential",
+            "graph_optimization_level": levels.get(opts.graph_optimization_level, str(opts.graph_optimization_level))}
+
+
+class OnnxRunner:
+    """onnxruntime on the CPU; loads from a path or from bytes (for encrypted packages).
+
+    `settings` are the session settings a manifest recorded for the artifact; `threads` overrides theirs."""
+
+    def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None,
+                 settings: Mapping[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         # Kept to open the model again with other options (see ServedModel.prefer_one_thread); a large model
         # held in memory is not kept twice.
         self.source: Path | bytes | None = model if not isinstance(model, bytes) or len(model) <= 64 << 20 else None
-        self.threads = threads
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 4  # run errors become exceptions with the message; no log line too
+        self.settings = {k: v for k, v in (settings or {}).items() if k in SESSION_KEYS and v is not None}
+        self.threads = threads or self.settings.get("intra_op_threads")
+        opts = session_options(self.settings, threads)
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
@@ -132,9 +183,9 @@ class KerasRunner:
 
 
 def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = None, safe: bool = True) -> Runner:
-    """A runner for `ref` on its own runtime."""
+    """A runner for `ref` on its own runtime, with the session settings its manifest recorded (`ref.session`)."""
     if ref.rep is Repr.ONNX:
-        return OnnxRunner(ref.path, signature, threads)
+        return OnnxRunner(ref.path, signature, threads, ref.session)
     if ref.rep is Repr.TFLITE:
         return TFLiteRunner(ref.path, signature, threads)
     if ref.rep is Repr.SAVEDMODEL:
@@ -142,10 +193,11 @@ def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = No
     return KerasRunner(ref, signature, safe=safe)
 
 
-def runner_from_bytes(rep: Repr, data: bytes, signature: Signature, threads: int | None = None) -> Runner:
+def runner_from_bytes(rep: Repr, data: bytes, signature: Signature, threads: int | None = None,
+                      session: Mapping[str, Any] | None = None) -> Runner:
     """A runner for a model held in memory (a decrypted artifact): ONNX or TFLite only."""
     if rep is Repr.ONNX:
-        return OnnxRunner(data, signature, threads)
+        return OnnxRunner(data, signature, threads, session)
     if rep is Repr.TFLITE:
         return TFLiteRunner(None, signature, threads, content=data)
     raise InputError(f"a {rep} model cannot be loaded from memory; only ONNX and TFLite can.")

@@ -194,6 +194,7 @@ class TargetRecord(TypedDict):
     cold_load_ms: NotRequired[float]
     peak_rss_mb: NotRequired[float]
     model_rss_mb: NotRequired[float]
+    session: NotRequired[dict[str, Any]]  # the manifest's session settings, as the timed session applied them
 
 
 class BenchmarkRecord(TypedDict):
@@ -220,6 +221,16 @@ class GateCheck(TypedDict):
     batch_size: int | None
     value: float
     passed: bool
+
+
+def _session_applied(runner: Runner | None) -> dict[str, Any] | None:
+    """The recorded session settings a runner's live session carries (read back from onnxruntime), if any."""
+    from ..runtimes import OnnxRunner, applied_settings
+
+    if not isinstance(runner, OnnxRunner) or not runner.settings:
+        return None
+    applied = applied_settings(runner.session)
+    return {k: applied[k] for k in runner.settings}
 
 
 def latency_stats(rounds: list[np.ndarray], batch: int) -> LatencyRow:
@@ -301,6 +312,9 @@ def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, 
             "latency": [latency_stats(samples[(target.name, bs)], bs) for bs in spec.batch_sizes],
         }
         record.update(qual[target.name])  # type: ignore[typeddict-item]  # accuracy and fidelity keys
+        applied = _session_applied(target.runner)
+        if applied:
+            record["session"] = applied
         records.append(record)
     base_record = next(r for r in records if r["name"] == base.name)
     for record in records:

@@ -20,6 +20,14 @@ CODECS = ("deflate", "lzma", "bzip2")  # what the size objective tries for the a
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
 SPEED_BUDGET_S = 3.0  # timing float against quantized stops after this long (and at least 5 rounds)
 TUNE_BUDGET_S = 6.0  # ... and timing the int8 candidates
+SESSION_BUDGET_S = 3.0  # ... and the session settings, per batch
+# Session settings the latency objective measures on the model it keeps, each against onnxruntime's default
+# session of that model; one is recorded (and then applied by serve, predict and benchmark) only when it wins
+# by SESSION_GAIN at every timed batch.
+SESSION_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"intra_op_threads": 1}, {"execution_mode": "parallel"},
+    {"graph_optimization_level": "extended"}, {"graph_optimization_level": "basic"})
+SESSION_GAIN = 1.05
 
 
 class QuantizeParams(FineTuningParams):
@@ -99,7 +107,9 @@ class QuantizeStage(Stage[QuantizeParams]):
             baseline = ctx.convert(ctx.convert(model, Repr.SAVEDMODEL), Repr.TFLITE)
         metrics["runtime"] = str(out.rep)
         metrics.update(_speed(baseline, out, ctx, notes))
-        return StageResult(model=out, metrics=metrics, notes=notes, archive_compression=metrics.get("archive_codec"))
+        extra = {out.rep: {"session": dict(out.session)}} if out.session else {}
+        return StageResult(model=out, metrics=metrics, notes=notes, archive_compression=metrics.get("archive_codec"),
+                           artifacts=[out] if extra else [], artifact_metrics=extra)
 
 
 def calibration_data(params: QuantizeParams, ctx: StageContext) -> Dataset:
@@ -215,7 +225,42 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
 
     copy_artifact(chosen.path, out)  # with its external data, when it has any
     ort.check_loads(out, "quantize", ctx.probe)
-    return ModelRef(Repr.ONNX, out)
+    settings = _tune_session(out, tuning, notes, metrics) if objective == "latency" else None
+    return ModelRef(Repr.ONNX, out, session=settings)
+
+
+def _tune_session(path: Any, tuning: _Tuning, notes: list[str], metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Time SESSION_CANDIDATES on the kept model against its default session, interleaved, at every tuned batch;
+    the best is returned when it wins by SESSION_GAIN at each (else None). Every one is recorded."""
+    from ..runtimes import OnnxRunner
+    from ..timing import interleaved_latencies
+
+    signature = tuning.ctx.signature
+    runners = [OnnxRunner(path, signature)] + [OnnxRunner(path, signature, settings=s) for s in SESSION_CANDIDATES]
+    by_batch: list[dict[int, float]] = [{} for _ in SESSION_CANDIDATES]
+    for batch in tuning.batches:
+        samples = interleaved_latencies(runners, tuning.feeds[batch], iterations=60, budget_s=SESSION_BUDGET_S)
+        base = float(np.median(samples[0]))
+        for found, s in zip(by_batch, samples[1:]):
+            found[batch] = round(base / float(np.median(s)), 3)
+    measured: list[dict[str, Any]] = [{"settings": s, "speedup_by_batch": b, "speedup": min(b.values())}
+                for s, b in zip(SESSION_CANDIDATES, by_batch)]
+    best = max(measured, key=lambda m: m["speedup"])
+    won = best["speedup"] >= SESSION_GAIN
+    for m in measured:
+        m["chosen"] = won and m is best
+    metrics["session_candidates"] = measured
+    settings = ", ".join(f"{k}={v}" for k, v in best["settings"].items())
+    where = f"batch {' and '.join(map(str, tuning.batches))}, against onnxruntime's default session"
+    if won:
+        metrics["session"] = best["settings"]
+        notes.append(f"session setting: {settings} ({best['speedup']:.2f}× at {where}); recorded in the manifest, "
+                     "applied by serve, predict and benchmark")
+    else:
+        notes.append(f"session settings: none beat the default by {SESSION_GAIN:g}× (best {settings}, "
+                     f"{best['speedup']:.2f}× at {where})")
+    tuning.ctx.note(notes[-1])
+    return dict(best["settings"]) if won else None
 
 
 class _Tuning:
