@@ -144,3 +144,46 @@ def test_a_bad_recorded_session_setting_names_itself(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.ones((2, 16), np.float32))
     result = run_cli("predict", tmp_path / "pkg", "--input", tmp_path / "x.npy")
     assert result.exit_code != 0 and "execution_mode" in result.output
+
+
+def _sequence_model(path: Path) -> Path:
+    """x [batch, sequence, 16] -> MatMul -> y [batch, sequence, 16]: a dynamic axis that is not the batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("dims", "length"), [((), 128), (("--dim", "sequence=48"), 48)])
+def test_synthetic_inputs_use_realistic_sizes_and_say_them(tmp_path: Path, dims: tuple[str, ...], length: int) -> None:
+    model = _sequence_model(tmp_path / "seq.onnx")
+    result = run_cli("optimize", model, "-o", tmp_path / "pkg", *dims, "quantize")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "pkg" / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    assert record["metrics"]["tuned_at"]["shapes"]["1"]["x"] == [1, length, 16]
+    assert record["metrics"]["timed_at"]["shapes"]["x"] == [1, length, 16]
+    # The speed printed says the shapes it was measured at.
+    assert any(f"x [1, {length}, 16]" in n and "1 thread" in n for n in record["notes"]), record["notes"]
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("frames=4", "no input has a dynamic dimension named 'frames' (here: sequence (x))"),
+    ("sequence=abc", "SIZE 'abc' must be a whole number"),
+    ("sequence=0", "SIZE '0' must be a whole number"),
+    ("batch=4", "'batch' is the batch axis"),
+    ("sequence", "use NAME=SIZE"),
+])
+def test_a_bad_dim_is_a_usage_error_naming_it(tmp_path: Path, value: str, says: str) -> None:
+    model = _sequence_model(tmp_path / "seq.onnx")
+    result = run_cli("optimize", model, "-o", tmp_path / "pkg", "--dim", value, "quantize")
+    assert result.exit_code == 2, result.output
+    assert f"--dim '{value}'" in result.output and says in result.output
+    assert not (tmp_path / "pkg").exists()
