@@ -211,6 +211,7 @@ class BenchmarkRecord(TypedDict):
     gates: NotRequired[list[GateCheck]]  # set by whoever applies --fail-if
     notes: NotRequired[list[str]]
     recorded: NotRequired[bool]  # written into the package's manifest
+    float_export: NotRequired[dict[str, Any]]  # a package's float-export speed from its lineage (summary.float_export)
 
 
 class GateCheck(TypedDict):
