@@ -200,6 +200,17 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
     elif objective == "size":
         from ..frameworks import int4
 
+        # Per-tensor dynamic int8 (Conv kept float where onnxruntime lacks ConvInteger) is often the smallest
+        # archive after pruning or clustering, though rarely the fastest: a size candidate only.
+        extra = int8.Candidate("dynamic, per-tensor int8 weights", "dynamic", per_channel=False,
+                               path=work / "int8-size-dynamic.onnx")
+        int8._build_and_check(extra, model.path, work, None, feeds[1], measure, target, notes)
+        int8._time([extra], time_all)
+        tried.append(extra)
+        # ... and the input itself: the size objective never returns a model larger than it was given (weights
+        # held in Constant nodes, say, which no quantizer touches).
+        tried.append(int8.Candidate("float, as given", "float", path=model.path, speedup=1.0, cosine=1.0,
+                                    meets_target=True))
         if int4.applies(model.path):  # int4 weights are a size candidate too, when the model has any to hold
             try:
                 tried += int4.tune(model.path, work, feeds[1], measure, time_all, _size_on_disk, target, ctx.note)[1]
@@ -468,8 +479,13 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
                              "timed_calls": len(samples[0])}
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
     found["timed_at"] = {"batch": 1, "threads": "onnxruntime default", "shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    session = ""
+    if quantized.session:  # the package's own session settings, as serve and predict will apply them
+        found["timed_at"]["session"] = dict(quantized.session)
+        session = " (the quantized model with its recorded session settings: " + ", ".join(
+            f"{k}={v}" for k, v in quantized.session.items()) + ")"
     ctx.note(f"timed float against quantized: {len(samples[0])} interleaved batch-1 calls each, onnxruntime's "
-             f"default threads, inputs {shapes} (at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
+             f"default threads{session}, inputs {shapes} (at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
     if quant_ms > float_ms * SLOWER:
         found["slower_than_float"] = True
         notes.append(f"warning: the quantized model is {quant_ms / float_ms:.2f}x slower than float on this CPU "
