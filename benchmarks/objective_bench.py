@@ -62,17 +62,23 @@ def _cli(*args: Any) -> str:
     return result.output
 
 
-def timed(paths: list[Path], feeds: dict[str, np.ndarray], threads: int | None, rounds: int = ROUNDS) -> list[float]:
-    """p50 ms of each model, calls interleaved round by round so that drift hits all of them alike."""
+def timed(paths: list[Path], feeds: dict[str, np.ndarray], threads: int | None, rounds: int = ROUNDS,
+          settings: dict[Path, dict[str, Any]] | None = None) -> list[float]:
+    """p50 ms of each model, calls interleaved round by round so that drift hits all of them alike.
+
+    A package's model runs with the session settings its manifest records (`settings`, by path), as serve,
+    predict and benchmark run it; `threads` wins over a recorded thread count, as --threads does."""
     import onnxruntime as ort
+
+    from modelpack.runtimes import disabled_optimizers, session_options
 
     sessions = []
     for path in paths:
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 4
-        sessions.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+        recorded = (settings or {}).get(path)
+        opts = session_options(recorded, threads)
+        disabled = disabled_optimizers(recorded)
+        sessions.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                             **({"disabled_optimizers": disabled} if disabled else {})))
     native = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
     for s, f in zip(sessions, native):
         for _ in range(3):
@@ -133,7 +139,20 @@ def quantized(source: Path, eval_data: Path, out: Path, *options: str, objective
     manifest = json.loads((out / "modelpack.json").read_text())
     record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
     return {"path": out / "model.onnx", "metrics": record["metrics"], "notes": record.get("notes", []),
-            "seconds": time.perf_counter() - start, "manifest": manifest}
+            "seconds": time.perf_counter() - start, "manifest": manifest,
+            "session": manifest["artifacts"][0].get("session")}
+
+
+def _kept(package: dict[str, Any]) -> str:
+    """The recipe a quantize run kept, with the session setting it recorded."""
+    session = package.get("session")
+    extra = "; session " + ", ".join(f"{k}={v}" for k, v in session.items()) if session else ""
+    return str(package["metrics"].get("chosen")) + extra
+
+
+def recorded(*packages: dict[str, Any]) -> dict[Path, dict[str, Any]]:
+    """Each package model's recorded session settings, by path, for `timed`."""
+    return {p["path"]: p["session"] for p in packages if p.get("session")}
 
 
 # -- transformer ---------------------------------------------------------------------------------------------
@@ -163,12 +182,13 @@ def transformer(work: Path) -> dict[str, Any]:
     fidelity = quality(source, paths[1:], model.eval_data)
     rows = []
     for batch in (1, 8):
-        ms = timed(paths, feeds_at(source, model.eval_data, batch), threads=1)
+        ms = timed(paths, feeds_at(source, model.eval_data, batch), threads=1, settings=recorded(ours, int4))
         for (name, path), p50, f in zip(list(named.items())[1:], ms[1:], fidelity):
             rows.append({"model": name, "batch": batch, "threads": 1, "float_ms": ms[0], "ms": p50,
                          "speedup": ms[0] / p50, "vs_ours": ms[paths.index(ours["path"])] / p50, **f,
                          "bytes": path.stat().st_size})
     return {"rows": rows, "float_bytes": source.stat().st_size, "chosen": ours["metrics"].get("chosen"),
+            "session": ours["session"], "session_candidates": ours["metrics"].get("session_candidates"),
             "candidates": ours["metrics"].get("candidates", []), "int4": int4["metrics"],
             "quantize_s": ours["seconds"], "int4_s": int4["seconds"]}
 
@@ -184,9 +204,10 @@ def cnn(work: Path) -> list[dict[str, Any]]:
         source = float_onnx(model, sub)
         ours = quantized(source, model.eval_data, sub / "int8")
         (f,) = quality(source, [ours["path"]], model.eval_data)
-        float_ms, ms = timed([source, ours["path"]], feeds_at(source, model.eval_data, 1), threads=1)
+        float_ms, ms = timed([source, ours["path"]], feeds_at(source, model.eval_data, 1), threads=1,
+                             settings=recorded(ours))
         rows.append({"model": name, "batch": 1, "threads": 1, "float_ms": float_ms, "ms": ms,
-                     "speedup": float_ms / ms, **f, "chosen": ours["metrics"].get("chosen"),
+                     "speedup": float_ms / ms, **f, "chosen": _kept(ours),
                      "quantize_s": ours["seconds"]})
     return rows
 
@@ -250,14 +271,14 @@ def corpus_rows(work: Path, names: tuple[str, ...] = CORPUS) -> list[dict[str, A
             ours = quantized(source, model.eval_data, sub / "latency")
             small = quantized(source, model.eval_data, sub / "size", objective="size")
             (f,) = quality(source, [ours["path"]], model.eval_data)
-            row.update(f, chosen=ours["metrics"].get("chosen"),
+            row.update(f, chosen=_kept(ours),
                        size_ratio=model_size(source) / model_size(ours["path"]),
                        size_objective_ratio=(_size_of(source) / max(small["metrics"].get("archive_bytes") or 1, 1)))
             batches = (1, 8) if _batches(ours["metrics"]) else (1,)
             for batch in batches:
                 feeds = feeds_at(source, model.eval_data, batch)
                 for threads in (1, None):
-                    float_ms, ms = timed([source, ours["path"]], feeds, threads, rounds=5)
+                    float_ms, ms = timed([source, ours["path"]], feeds, threads, rounds=5, settings=recorded(ours))
                     row[f"b{batch}_t{threads or 'default'}"] = float_ms / ms
         except Exception as exc:  # a model that fails is a row that says so
             row["error"] = str(exc)[:200]
@@ -308,7 +329,10 @@ def markdown(found: dict[str, Any]) -> str:
                        f"{r['vs_ours']:.2f}× | {_f(r['cosine'])} | {t['float_bytes'] / r['bytes']:.2f}× smaller |")
         ours = [r for r in t["rows"] if r["model"].endswith("(latency objective)")]
         int4 = [r for r in t["rows"] if r["model"].endswith("int4")]
-        out += ["", f"quantize kept: {t['chosen']}. Targets: ≥{TARGETS['minilm']}× at batch 1 and 8 with cosine "
+        session = t.get("session")
+        kept = t["chosen"] + (" with the session setting " + ", ".join(f"{k}={v}" for k, v in session.items())
+                              + " (recorded in the manifest; applied here as serve applies it)" if session else "")
+        out += ["", f"quantize kept: {kept}. Targets: ≥{TARGETS['minilm']}× at batch 1 and 8 with cosine "
                 f"≥{TARGETS['minilm_cosine']}: " + ", ".join(f"batch {r['batch']} {r['speedup']:.2f}× "
                                                             f"{_ok(r['speedup'], TARGETS['minilm'])}" for r in ours)
                 + f", cosine {_f(ours[0]['cosine'])} {_ok(ours[0]['cosine'] or 0, TARGETS['minilm_cosine'])}. "

@@ -30,7 +30,7 @@ class Runner(Protocol):
 # values each takes. serve, predict and benchmark apply them; an explicit --threads wins over intra_op_threads.
 EXECUTION_MODES = ("sequential", "parallel")
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
-SESSION_KEYS = ("intra_op_threads", "execution_mode", "graph_optimization_level")
+SESSION_KEYS = ("intra_op_threads", "execution_mode", "graph_optimization_level", "disabled_optimizers")
 
 
 def session_options(settings: Mapping[str, Any] | None = None, threads: int | None = None) -> Any:
@@ -61,6 +61,15 @@ def session_options(settings: Mapping[str, Any] | None = None, threads: int | No
     return opts
 
 
+def disabled_optimizers(settings: Mapping[str, Any] | None) -> list[str]:
+    """The onnxruntime graph optimizers `settings` turn off (an InferenceSession argument, not a SessionOptions
+    field): on an int8 BERT, SkipLayerNormFusion's fused kernel costs more than the Add and LayerNorm it replaces."""
+    found = (settings or {}).get("disabled_optimizers") or []
+    if not isinstance(found, list) or not all(isinstance(n, str) and n for n in found):
+        raise InputError(f"session setting disabled_optimizers {found!r}: use a list of onnxruntime optimizer names.")
+    return list(found)
+
+
 def applied_settings(session: Any) -> dict[str, Any]:
     """What a live onnxruntime session was built with, in the manifest's terms (read back from the session)."""
     import onnxruntime as ort
@@ -70,6 +79,7 @@ def applied_settings(session: Any) -> dict[str, Any]:
               ort.GraphOptimizationLevel.ORT_ENABLE_BASIC: "basic",
               ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED: "extended",
               ort.GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}
+    # onnxruntime does not report the optimizers a session was built without; OnnxRunner.applied adds them.
     return {"intra_op_threads": opts.intra_op_num_threads or None,
             "execution_mode": "parallel" if opts.execution_mode == ort.ExecutionMode.ORT_PARALLEL else "sequential",
             "graph_optimization_level": levels.get(opts.graph_optimization_level, str(opts.graph_optimization_level))}
@@ -90,9 +100,11 @@ class OnnxRunner:
         self.settings = {k: v for k, v in (settings or {}).items() if k in SESSION_KEYS and v is not None}
         self.threads = threads or self.settings.get("intra_op_threads")
         opts = session_options(self.settings, threads)
+        disabled = disabled_optimizers(self.settings)
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"],
+                                                **({"disabled_optimizers": disabled} if disabled else {}))
         except Exception as exc:
             where = "in-memory model" if isinstance(model, bytes) else f"'{model}'"
             raise InputError(f"onnxruntime cannot load {where}: {reason(exc, 200)}") from exc
@@ -101,6 +113,11 @@ class OnnxRunner:
         self._in_rev = {v: k for k, v in self._in.items()}
         self._out_names = [o.name for o in self.session.get_outputs()]
         self._out = match_names(self._out_names, signature.output_names)
+
+    def applied(self) -> dict[str, Any]:
+        """The recorded settings as this session applied them: read back from onnxruntime where it can say."""
+        found = {**applied_settings(self.session), "disabled_optimizers": disabled_optimizers(self.settings)}
+        return {k: found[k] for k in self.settings}
 
     def run(self, feeds: Tensors) -> Tensors:
         native = {self._in_rev[name]: value for name, value in feeds.items()}

@@ -226,12 +226,11 @@ class GateCheck(TypedDict):
 
 def _session_applied(runner: Runner | None) -> dict[str, Any] | None:
     """The recorded session settings a runner's live session carries (read back from onnxruntime), if any."""
-    from ..runtimes import OnnxRunner, applied_settings
+    from ..runtimes import OnnxRunner
 
     if not isinstance(runner, OnnxRunner) or not runner.settings:
         return None
-    applied = applied_settings(runner.session)
-    return {k: applied[k] for k in runner.settings}
+    return runner.applied()
 
 
 def latency_stats(rounds: list[np.ndarray], batch: int) -> LatencyRow:

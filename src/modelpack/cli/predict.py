@@ -34,7 +34,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
             pick: str, api_key: str | None, output: Path | None, runtime: str | None, as_json: bool) -> None:
     """Run a package (or a live server found in ZooKeeper) on a file of inputs; print or write the outputs."""
     from ..data import load_tensors
-    from ..runtimes import OnnxRunner, applied_settings, load_runner
+    from ..runtimes import OnnxRunner, load_runner
 
     if as_json:
         want_json(ctx)
@@ -55,8 +55,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
             results = runner.run(feeds)
         source = {"artifact": entry["path"]}
         if isinstance(runner, OnnxRunner) and runner.settings:  # applied from the manifest: say so
-            applied = applied_settings(runner.session)
-            source["session"] = {k: applied[k] for k in runner.settings}
+            source["session"] = runner.applied()
     if output is not None:
         _write(output, results)
     if as_json:
