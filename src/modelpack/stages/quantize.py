@@ -25,12 +25,12 @@ SESSION_BUDGET_S = 3.0  # ... and the session settings, per batch
 # session of that model; one is recorded (and then applied by serve, predict and benchmark) only when it wins
 # by SESSION_GAIN at every timed batch.
 # SkipLayerNormFusion off: on all-MiniLM-L6-v2 with dynamic int8 its fused SkipLayerNormalization took a quarter
-# of the run (2.36× float without it, 1.74× with it, batch 1, one thread).
+# of the run (2.36× float without it, 1.74× with it, batch 1, one thread). Timed on one intra-op thread like the
+# rest of the tuning: on a shared machine, sessions with thread pools timed in turn mostly measure each other's
+# spinning threads (a first run at the default threads put every setting, `extended` included, at 0.35-0.6×).
 SESSION_CANDIDATES: tuple[dict[str, Any], ...] = (
-    {"intra_op_threads": 1}, {"execution_mode": "parallel"},
-    {"graph_optimization_level": "extended"}, {"graph_optimization_level": "basic"},
-    {"disabled_optimizers": ["SkipLayerNormFusion"]},
-    {"intra_op_threads": 1, "disabled_optimizers": ["SkipLayerNormFusion"]})
+    {"execution_mode": "parallel"}, {"graph_optimization_level": "extended"},
+    {"graph_optimization_level": "basic"}, {"disabled_optimizers": ["SkipLayerNormFusion"]})
 SESSION_GAIN = 1.05
 
 
@@ -245,13 +245,15 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
 
 
 def _tune_session(path: Any, tuning: _Tuning, notes: list[str], metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """Time SESSION_CANDIDATES on the kept model against its default session, interleaved, at every tuned batch;
+    """Time SESSION_CANDIDATES on the kept model against its default session, interleaved, at every tuned batch
+    on one thread;
     the best is returned when it wins by SESSION_GAIN at each (else None). Every one is recorded."""
     from ..runtimes import OnnxRunner
     from ..timing import interleaved_latencies
 
     signature = tuning.ctx.signature
-    runners = [OnnxRunner(path, signature)] + [OnnxRunner(path, signature, settings=s) for s in SESSION_CANDIDATES]
+    runners = [OnnxRunner(path, signature, threads=1)] + [OnnxRunner(path, signature, threads=1, settings=s)
+                                                          for s in SESSION_CANDIDATES]
     by_batch: list[dict[int, float]] = [{} for _ in SESSION_CANDIDATES]
     for batch in tuning.batches:
         samples = interleaved_latencies(runners, tuning.feeds[batch], iterations=60, budget_s=SESSION_BUDGET_S)
@@ -266,7 +268,7 @@ def _tune_session(path: Any, tuning: _Tuning, notes: list[str], metrics: dict[st
         m["chosen"] = won and m is best
     metrics["session_candidates"] = measured
     settings = ", ".join(f"{k}={v}" for k, v in best["settings"].items())
-    where = f"batch {' and '.join(map(str, tuning.batches))}, against onnxruntime's default session"
+    where = f"batch {' and '.join(map(str, tuning.batches))}, 1 thread, against onnxruntime's default session"
     if won:
         metrics["session"] = best["settings"]
         notes.append(f"session setting: {settings} ({best['speedup']:.2f}× at {where}); recorded in the manifest, "
