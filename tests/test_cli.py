@@ -306,3 +306,43 @@ def test_benchmark_stage_speaks_the_convention_and_names_no_temp_path(tmp_path: 
     (stage,) = [s for s in manifest["lineage"]["stages"] if s["name"] == "benchmark"]
     paths = [t["path"] for t in stage["metrics"]["benchmark"]["targets"]]
     assert paths[1] == "the pipeline's onnx model at this stage" and all(".tmp" not in p for p in paths), paths
+
+
+def test_the_headline_names_its_baseline_and_gives_the_float_export_speed(tmp_path: Path) -> None:
+    """The demo's "233× faster p50 @1" was against the Keras model's own call; the headline says so, and also
+    gives the package against its float ONNX export, which is what an optimization is judged by."""
+    import re
+
+    import numpy as np
+    from conftest import make_onnx_mlp
+
+    model = make_onnx_mlp(tmp_path / "mlp.onnx", inputs=256, hidden=512, classes=10)
+    np.savez(tmp_path / "eval.npz", x=np.random.default_rng(0).standard_normal((32, 256)).astype(np.float32))
+    pkg = tmp_path / "pkg"
+    result = run_cli("optimize", model, "-o", pkg, "--eval-data", tmp_path / "eval.npz", "quantize",
+                     "--method", "dynamic")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((pkg / "modelpack.json").read_text())
+    quantize = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")["metrics"]
+    expected = quantize["float_p50_ms"] / quantize["quantized_p50_ms"]
+    phrase = r"[\d.]+× (faster|slower) vs the float ONNX export \(p50 @1, timed by quantize\)|same speed vs the float ONNX export"
+    assert re.search(phrase, result.stdout.splitlines()[-1]), result.stdout
+    result = run_cli("benchmark", pkg, "--iterations", "10", "--no-memory", "--no-record")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("onnx: "))
+    assert re.search(r"[\d.]+× (faster|slower) p50 @1 vs the original ONNX model · ", line), line
+    found = re.search(r"([\d.]+)× (faster|slower) vs the float ONNX export", line)
+    assert found, line
+    ratio = float(found.group(1)) if found.group(2) == "faster" else 1 / float(found.group(1))
+    assert abs(ratio / expected - 1) < 0.02  # the lineage's same-run timing, not a new guess
+
+
+def test_the_headline_names_a_keras_baseline() -> None:
+    from modelpack.summary import benchmark_headline
+
+    row = {"batch_size": 1, "latency_ratio": 0.004}
+    result = {"targets": [{"name": "original", "format": "keras", "baseline": True, "latency": [row]},
+                          {"name": "onnx", "format": "onnx", "baseline": False, "size_ratio": 0.093, "latency": [row]}],
+              "float_export": {"format": "onnx", "float_p50_ms": 0.05, "p50_ms": 0.04, "batch_size": 1}}
+    assert benchmark_headline(result) == ("onnx: 10.8× smaller · 250× faster p50 @1 vs the Keras model's own call · "
+                                          "1.25× faster vs the float ONNX export (p50 @1, timed by quantize)")

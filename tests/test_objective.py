@@ -86,3 +86,123 @@ def test_the_fallback_keeps_the_fastest_of_the_closest(reversed_: bool) -> None:
               Candidate("static QOperator", "static", "QOperator", speedup=1.91, cosine=0.9958, top1_agreement=95.5),
               Candidate("static QDQ, far off", "static", speedup=2.5, cosine=0.90, top1_agreement=80.0)]
     assert fastest_of_closest(usable[::-1] if reversed_ else usable).name == "static QOperator"
+
+
+SETTINGS = {"intra_op_threads": 1, "execution_mode": "parallel", "graph_optimization_level": "basic",
+            "disabled_optimizers": ["SkipLayerNormFusion"]}
+
+
+def test_the_latency_objective_measures_session_settings(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "latency")
+    metrics, artifact = found["record"]["metrics"], found["manifest"]["artifacts"][0]
+    measured = metrics["session_candidates"]
+    assert {"execution_mode": "parallel"} in [m["settings"] for m in measured]
+    assert {"disabled_optimizers": ["SkipLayerNormFusion"]} in [m["settings"] for m in measured]
+    assert all(set(m["speedup_by_batch"]) == {"1", "8"} and m["speedup"] > 0 for m in measured)
+    chosen = [m for m in measured if m["chosen"]]
+    # A setting is recorded on the artifact exactly when one won at every batch, and the note says which.
+    assert artifact.get("session") == (chosen[0]["settings"] if chosen else None)
+    if chosen:
+        assert min(chosen[0]["speedup_by_batch"].values()) >= 1.05
+    assert any(n.startswith("session setting") for n in found["record"]["notes"])
+
+
+def test_serve_predict_and_benchmark_apply_the_recorded_session_settings(tmp_path: Path) -> None:
+    """A package whose manifest records session settings: every command's onnxruntime session is built with them."""
+    from modelpack.package import open_any
+    from modelpack.runtimes import OnnxRunner, applied_settings
+    from modelpack.serve.model import ServedModel
+
+    found = _quantize(tmp_path, "pkg")
+    pkg = tmp_path / "pkg"
+    manifest = found["manifest"]
+    manifest["artifacts"][0]["session"] = SETTINGS
+    (pkg / "modelpack.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", np.ones((2, 16), np.float32))
+
+    result = run_cli("predict", pkg, "--input", tmp_path / "x.npy", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["session"] == SETTINGS
+
+    result = run_cli("benchmark", pkg, "--iterations", "5", "--no-memory", "--json")
+    assert result.exit_code == 0, result.output
+    targets = json.loads(result.stdout)["targets"]
+    assert next(t for t in targets if not t["baseline"])["session"] == SETTINGS
+
+    with open_any(pkg) as opened:
+        served = ServedModel.load(opened, None, max_batch_size=8)
+        runner = served.runner
+        assert isinstance(runner, OnnxRunner) and runner.applied() == SETTINGS
+        # Read back from onnxruntime itself, not from what was asked for:
+        settable = {k: v for k, v in SETTINGS.items() if k != "disabled_optimizers"}
+        assert applied_settings(runner.session) == settable
+        assert not served.prefer_one_thread()  # the manifest's threads are kept, not re-guessed
+        explicit = ServedModel.load(opened, None, max_batch_size=8, threads=2)  # serve --threads 2 wins
+        assert applied_settings(explicit.runner.session) == {**settable, "intra_op_threads": 2}  # type: ignore[attr-defined]
+
+
+def test_a_bad_recorded_session_setting_names_itself(tmp_path: Path) -> None:
+    found = _quantize(tmp_path, "pkg")
+    manifest = found["manifest"]
+    manifest["artifacts"][0]["session"] = {"execution_mode": "sideways"}
+    (tmp_path / "pkg" / "modelpack.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", np.ones((2, 16), np.float32))
+    result = run_cli("predict", tmp_path / "pkg", "--input", tmp_path / "x.npy")
+    assert result.exit_code != 0 and "execution_mode" in result.output
+
+
+def _sequence_model(path: Path) -> Path:
+    """x [batch, sequence, 16] -> MatMul -> y [batch, sequence, 16]: a dynamic axis that is not the batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("dims", "length"), [((), 128), (("--dim", "sequence=48"), 48)])
+def test_synthetic_inputs_use_realistic_sizes_and_say_them(tmp_path: Path, dims: tuple[str, ...], length: int) -> None:
+    model = _sequence_model(tmp_path / "seq.onnx")
+    result = run_cli("optimize", model, "-o", tmp_path / "pkg", *dims, "quantize")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "pkg" / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    assert record["metrics"]["tuned_at"]["shapes"]["1"]["x"] == [1, length, 16]
+    assert record["metrics"]["timed_at"]["shapes"]["x"] == [1, length, 16]
+    # The speed printed says the shapes it was measured at.
+    assert any(f"x [1, {length}, 16]" in n and "1 thread" in n for n in record["notes"]), record["notes"]
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("frames=4", "no input has a dynamic dimension named 'frames' (here: sequence (x))"),
+    ("sequence=abc", "SIZE 'abc' must be a whole number"),
+    ("sequence=0", "SIZE '0' must be a whole number"),
+    ("batch=4", "'batch' is the batch axis"),
+    ("sequence", "use NAME=SIZE"),
+])
+def test_a_bad_dim_is_a_usage_error_naming_it(tmp_path: Path, value: str, says: str) -> None:
+    model = _sequence_model(tmp_path / "seq.onnx")
+    result = run_cli("optimize", model, "-o", tmp_path / "pkg", "--dim", value, "quantize")
+    assert result.exit_code == 2, result.output
+    assert f"--dim '{value}'" in result.output and says in result.output
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_the_size_objective_is_never_larger_than_the_fixed_dynamic_recipe(tmp_path: Path) -> None:
+    """The issue's pruned CNN: the size objective (6.3×) lost to `--method dynamic` with lzma (7.8×). The fixed
+    recipe is one of its candidates now, with every codec, so it can only tie or win."""
+    from modelpack.package.archive import compressed_size
+
+    smallest = _quantize(tmp_path, "size", globals_=("--objective", "size"))["record"]["metrics"]
+    assert any(c["name"] == "dynamic, per-tensor int8 weights" for c in smallest["candidates"])
+    fixed = tmp_path / "fixed"
+    result = run_cli("optimize", tmp_path / "mlp.onnx", "-o", fixed, "-q", "quantize", "--method", "dynamic")
+    assert result.exit_code == 0, result.output
+    fixed_bytes = min(compressed_size(fixed / "model.onnx", codec) for codec in ("deflate", "lzma", "bzip2"))
+    assert smallest["archive_bytes"] <= fixed_bytes

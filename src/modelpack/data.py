@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,13 +140,21 @@ def load_tensors(path: str | Path, signature: Signature) -> Tensors:
     return _select_inputs(arrays, signature, where)
 
 
-def random_inputs(signature: Signature, batch: int = 4, seed: int = 0) -> Tensors:
-    """Inputs built from the signature: the batch axis becomes `batch`, other dynamic dims 8."""
+SYNTHETIC_SIZE = 128  # a dynamic non-batch axis in synthetic inputs that are timed: a realistic sequence length
+
+
+def random_inputs(signature: Signature, batch: int = 4, seed: int = 0, dims: Mapping[str, int] | None = None,
+                  other: int = 8) -> Tensors:
+    """Inputs built from the signature: the batch axis becomes `batch`, a dynamic dim the graph names in
+    `dims` that size, other dynamic dims `other` (small for a smoke run; SYNTHETIC_SIZE where speed counts)."""
     rng = np.random.default_rng(seed)
     out: Tensors = {}
+    dims = dims or {}
     for spec in signature.inputs:
         axis = signature.batch_axis(spec.name)
-        shape = [(batch if i == axis else 8) if d == DYNAMIC else d for i, d in enumerate(spec.shape)]
+        names = spec.dims or ("",) * len(spec.shape)
+        shape = [(batch if i == axis else dims.get(names[i], other)) if d == DYNAMIC else d
+                 for i, d in enumerate(spec.shape)]
         dtype = np.dtype(spec.dtype)
         if dtype.kind in "iu":
             out[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)

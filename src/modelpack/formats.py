@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError, reason
 
@@ -51,6 +53,9 @@ class ModelRef:
     path: Path
     flavour: str | None = None
     container: str | None = None
+    # onnxruntime session settings the package's manifest records for this artifact (see runtimes.SESSION_KEYS);
+    # not part of the model's identity
+    session: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def describe(self) -> str:
         if self.rep is Repr.KERAS:

@@ -7,6 +7,7 @@ TensorFlow; the others import it lazily.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,23 +26,85 @@ class Runner(Protocol):
     def run(self, feeds: Tensors) -> Tensors: ...
 
 
-class OnnxRunner:
-    """onnxruntime on the CPU; loads from a path or from bytes (for encrypted packages)."""
+# Session settings a manifest may record for an ONNX artifact (the latency objective measures them), and the
+# values each takes. serve, predict and benchmark apply them; an explicit --threads wins over intra_op_threads.
+EXECUTION_MODES = ("sequential", "parallel")
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+SESSION_KEYS = ("intra_op_threads", "execution_mode", "graph_optimization_level", "disabled_optimizers")
 
-    def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None) -> None:
+
+def session_options(settings: Mapping[str, Any] | None = None, threads: int | None = None) -> Any:
+    """onnxruntime SessionOptions with `settings` applied; `threads`, when given, sets the intra-op threads."""
+    import onnxruntime as ort
+
+    settings = dict(settings or {})
+    opts = ort.SessionOptions()
+    intra = threads or settings.get("intra_op_threads")
+    if intra:
+        opts.intra_op_num_threads = int(intra)
+    mode = settings.get("execution_mode")
+    if mode is not None:
+        if mode not in EXECUTION_MODES:
+            raise InputError(f"session setting execution_mode '{mode}': use one of {', '.join(EXECUTION_MODES)}.")
+        opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
+                               else ort.ExecutionMode.ORT_SEQUENTIAL)
+    level = settings.get("graph_optimization_level")
+    if level is not None:
+        if level not in GRAPH_LEVELS:
+            raise InputError(f"session setting graph_optimization_level '{level}': use one of "
+                             f"{', '.join(GRAPH_LEVELS)}.")
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.log_severity_level = 4  # run errors become exceptions with the message; no log line too
+    return opts
+
+
+def disabled_optimizers(settings: Mapping[str, Any] | None) -> list[str]:
+    """The onnxruntime graph optimizers `settings` turn off (an InferenceSession argument, not a SessionOptions
+    field): on an int8 BERT, SkipLayerNormFusion's fused kernel costs more than the Add and LayerNorm it replaces."""
+    found = (settings or {}).get("disabled_optimizers") or []
+    if not isinstance(found, list) or not all(isinstance(n, str) and n for n in found):
+        raise InputError(f"session setting disabled_optimizers {found!r}: use a list of onnxruntime optimizer names.")
+    return list(found)
+
+
+def applied_settings(session: Any) -> dict[str, Any]:
+    """What a live onnxruntime session was built with, in the manifest's terms (read back from the session)."""
+    import onnxruntime as ort
+
+    opts = session.get_session_options()
+    levels = {ort.GraphOptimizationLevel.ORT_DISABLE_ALL: "disable",
+              ort.GraphOptimizationLevel.ORT_ENABLE_BASIC: "basic",
+              ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED: "extended",
+              ort.GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}
+    # onnxruntime does not report the optimizers a session was built without; OnnxRunner.applied adds them.
+    return {"intra_op_threads": opts.intra_op_num_threads or None,
+            "execution_mode": "parallel" if opts.execution_mode == ort.ExecutionMode.ORT_PARALLEL else "sequential",
+            "graph_optimization_level": levels.get(opts.graph_optimization_level, str(opts.graph_optimization_level))}
+
+
+class OnnxRunner:
+    """onnxruntime on the CPU; loads from a path or from bytes (for encrypted packages).
+
+    `settings` are the session settings a manifest recorded for the artifact; `threads` overrides theirs."""
+
+    def __init__(self, model: Path | bytes, signature: Signature, threads: int | None = None,
+                 settings: Mapping[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         # Kept to open the model again with other options (see ServedModel.prefer_one_thread); a large model
         # held in memory is not kept twice.
         self.source: Path | bytes | None = model if not isinstance(model, bytes) or len(model) <= 64 << 20 else None
-        self.threads = threads
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 4  # run errors become exceptions with the message; no log line too
+        self.settings = {k: v for k, v in (settings or {}).items() if k in SESSION_KEYS and v is not None}
+        self.threads = threads or self.settings.get("intra_op_threads")
+        opts = session_options(self.settings, threads)
+        disabled = disabled_optimizers(self.settings)
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"],
+                                                **({"disabled_optimizers": disabled} if disabled else {}))
         except Exception as exc:
             where = "in-memory model" if isinstance(model, bytes) else f"'{model}'"
             raise InputError(f"onnxruntime cannot load {where}: {reason(exc, 200)}") from exc
@@ -50,6 +113,11 @@ class OnnxRunner:
         self._in_rev = {v: k for k, v in self._in.items()}
         self._out_names = [o.name for o in self.session.get_outputs()]
         self._out = match_names(self._out_names, signature.output_names)
+
+    def applied(self) -> dict[str, Any]:
+        """The recorded settings as this session applied them: read back from onnxruntime where it can say."""
+        found = {**applied_settings(self.session), "disabled_optimizers": disabled_optimizers(self.settings)}
+        return {k: found[k] for k in self.settings}
 
     def run(self, feeds: Tensors) -> Tensors:
         native = {self._in_rev[name]: value for name, value in feeds.items()}
@@ -132,9 +200,9 @@ class KerasRunner:
 
 
 def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = None, safe: bool = True) -> Runner:
-    """A runner for `ref` on its own runtime."""
+    """A runner for `ref` on its own runtime, with the session settings its manifest recorded (`ref.session`)."""
     if ref.rep is Repr.ONNX:
-        return OnnxRunner(ref.path, signature, threads)
+        return OnnxRunner(ref.path, signature, threads, ref.session)
     if ref.rep is Repr.TFLITE:
         return TFLiteRunner(ref.path, signature, threads)
     if ref.rep is Repr.SAVEDMODEL:
@@ -142,10 +210,11 @@ def load_runner(ref: ModelRef, signature: Signature, *, threads: int | None = No
     return KerasRunner(ref, signature, safe=safe)
 
 
-def runner_from_bytes(rep: Repr, data: bytes, signature: Signature, threads: int | None = None) -> Runner:
+def runner_from_bytes(rep: Repr, data: bytes, signature: Signature, threads: int | None = None,
+                      session: Mapping[str, Any] | None = None) -> Runner:
     """A runner for a model held in memory (a decrypted artifact): ONNX or TFLite only."""
     if rep is Repr.ONNX:
-        return OnnxRunner(data, signature, threads)
+        return OnnxRunner(data, signature, threads, session)
     if rep is Repr.TFLITE:
         return TFLiteRunner(None, signature, threads, content=data)
     raise InputError(f"a {rep} model cannot be loaded from memory; only ONNX and TFLite can.")

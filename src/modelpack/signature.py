@@ -200,6 +200,35 @@ def parse_batch_axes(values: Iterable[str], signature: Signature, option: str = 
     return found
 
 
+def parse_dims(values: Iterable[str], signature: Signature, option: str = "--dim") -> dict[str, int]:
+    """`NAME=SIZE` (repeatable): the size synthetic inputs give a dynamic dimension the graph calls NAME."""
+    named: dict[str, list[str]] = {}
+    batch_names: set[str] = set()
+    for spec in signature.inputs:
+        axis = signature.batch_axis(spec.name)
+        for index, (dim, size) in enumerate(zip(spec.dims, spec.shape)):
+            if dim and size == DYNAMIC:
+                (batch_names.add(dim) if index == axis else named.setdefault(dim, []).append(spec.name))
+    known = ", ".join(f"{d} ({', '.join(ins)})" for d, ins in named.items()) or "none"
+    found: dict[str, int] = {}
+    for value in values:
+        name, sep, given = str(value).partition("=")
+        if not sep or not name:
+            raise ValueError(f"{option} '{value}': use NAME=SIZE, with NAME a dynamic dimension of the graph "
+                             f"(here: {known}).")
+        if name in batch_names and name not in named:
+            raise ValueError(f"{option} '{value}': '{name}' is the batch axis; its sizes are the batches timed "
+                             f"(1 and 8). Name another dimension (here: {known}).")
+        if name not in named:
+            raise ValueError(f"{option} '{value}': no input has a dynamic dimension named '{name}' "
+                             f"(here: {known}).")
+        size = int(given) if given.strip().isdigit() else 0
+        if size < 1:
+            raise ValueError(f"{option} '{value}': SIZE '{given}' must be a whole number of at least 1.")
+        found[name] = size
+    return found
+
+
 def match_names(found: Sequence[str], canonical: Sequence[str]) -> dict[str, str]:
     """Map a runtime's own tensor names onto the signature's canonical names.
 

@@ -51,8 +51,48 @@ def _gates(checks: list[dict[str, Any]] | None) -> str | None:
     return f"gates {passed}/{len(checks)} passed"
 
 
+FORMAT_NAMES = {"keras": "Keras", "savedmodel": "SavedModel", "onnx": "ONNX", "tflite": "TFLite"}
+
+
+def baseline_phrase(result: Mapping[str, Any]) -> str:
+    """What a benchmark's ratios are against, in words: "vs the Keras model's own call"."""
+    base = next((t for t in result["targets"] if t["baseline"]), None)
+    if base is None:
+        return ""
+    kind = FORMAT_NAMES.get(base["format"], base["format"])
+    if base["name"] == "original":
+        return f"vs the {kind} model's own call" if base["format"] in ("keras", "savedmodel") else \
+            f"vs the original {kind} model"
+    if base["name"] == "baseline":
+        return f"vs the baseline {kind} model"
+    return f"vs the package's {kind} artifact"
+
+
+def float_export(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The package's model against its float export, as the last quantize stage timed them interleaved
+    (batch 1, onnxruntime's default threads); None when no quantize stage ran and kept its output."""
+    for record in reversed(manifest.get("lineage", {}).get("stages", [])):
+        metrics = record.get("metrics", {})
+        if record["name"] != "quantize" or record.get("status", "ok") != "ok" or not metrics.get("quantized_p50_ms"):
+            continue
+        timed = metrics.get("timed_at", {})
+        return {"format": record.get("output_format"), "float_p50_ms": metrics["float_p50_ms"],
+                "p50_ms": metrics["quantized_p50_ms"], "batch_size": timed.get("batch", 1),
+                "threads": timed.get("threads", "onnxruntime default"), "stage": "quantize"}
+    return None
+
+
+def _float_export_part(found: Mapping[str, Any] | None, fmt: str) -> str | None:
+    if not found or found.get("format") != fmt:
+        return None
+    kind = FORMAT_NAMES.get(fmt, fmt)
+    return (faster(found["float_p50_ms"], found["p50_ms"]) + f" vs the float {kind} export "
+            f"(p50 @{found['batch_size']}, timed by quantize)")
+
+
 def benchmark_headline(result: Mapping[str, Any]) -> str:
-    """The first measured model against the baseline: size, p50 at the first batch size, accuracy, gates."""
+    """The first measured model against the baseline (named), and against its float export when the package's
+    lineage timed one: size, p50 at the first batch size, accuracy, gates."""
     others = [t for t in result["targets"] if not t["baseline"]]
     if not others:
         return headline([_gates(result.get("gates"))]) or "measured the baseline only"
@@ -60,8 +100,9 @@ def benchmark_headline(result: Mapping[str, Any]) -> str:
     first = best["latency"][0]
     return headline([
         f"{best['name']}: " + smaller(1.0, best.get("size_ratio")),
-        faster_ratio(first.get("latency_ratio")) + f" p50 @{first['batch_size']}"
+        faster_ratio(first.get("latency_ratio")) + f" p50 @{first['batch_size']} {baseline_phrase(result)}".rstrip()
         if first.get("latency_ratio") else None,
+        _float_export_part(result.get("float_export"), best["format"]),
         points(-best["accuracy_drop"]) + " accuracy" if best.get("accuracy_drop") is not None else None,
         _gates(result.get("gates")),
     ])
@@ -81,7 +122,8 @@ def optimize_headline(manifest: Mapping[str, Any]) -> str:
         others = [t for t in bench["targets"] if not t["baseline"]]
         if others and others[-1]["latency"][0].get("latency_ratio"):
             row = others[-1]["latency"][0]
-            parts.append(faster_ratio(row["latency_ratio"]) + f" p50 @{row['batch_size']}")
+            parts.append(faster_ratio(row["latency_ratio"]) + f" p50 @{row['batch_size']} {baseline_phrase(bench)}".rstrip())
+    parts.append(_float_export_part(float_export(manifest), best["format"]))
     measured = best.get("measured") or {}
     if measured.get("accuracy_drop") is not None:
         parts.append(points(-measured["accuracy_drop"]) + " accuracy")

@@ -194,6 +194,7 @@ class TargetRecord(TypedDict):
     cold_load_ms: NotRequired[float]
     peak_rss_mb: NotRequired[float]
     model_rss_mb: NotRequired[float]
+    session: NotRequired[dict[str, Any]]  # the manifest's session settings, as the timed session applied them
 
 
 class BenchmarkRecord(TypedDict):
@@ -210,6 +211,7 @@ class BenchmarkRecord(TypedDict):
     gates: NotRequired[list[GateCheck]]  # set by whoever applies --fail-if
     notes: NotRequired[list[str]]
     recorded: NotRequired[bool]  # written into the package's manifest
+    float_export: NotRequired[dict[str, Any]]  # a package's float-export speed from its lineage (summary.float_export)
 
 
 class GateCheck(TypedDict):
@@ -220,6 +222,15 @@ class GateCheck(TypedDict):
     batch_size: int | None
     value: float
     passed: bool
+
+
+def _session_applied(runner: Runner | None) -> dict[str, Any] | None:
+    """The recorded session settings a runner's live session carries (read back from onnxruntime), if any."""
+    from ..runtimes import OnnxRunner
+
+    if not isinstance(runner, OnnxRunner) or not runner.settings:
+        return None
+    return runner.applied()
 
 
 def latency_stats(rounds: list[np.ndarray], batch: int) -> LatencyRow:
@@ -301,6 +312,9 @@ def benchmark(targets: Sequence[Target], signature: Signature, spec: BenchSpec, 
             "latency": [latency_stats(samples[(target.name, bs)], bs) for bs in spec.batch_sizes],
         }
         record.update(qual[target.name])  # type: ignore[typeddict-item]  # accuracy and fidelity keys
+        applied = _session_applied(target.runner)
+        if applied:
+            record["session"] = applied
         records.append(record)
     base_record = next(r for r in records if r["name"] == base.name)
     for record in records:

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..formats import ModelRef, detect
 from ..package import is_package, open_any
 from ..package import manifest as mf
+from ..summary import float_export
 from . import gates as gates_mod
 from .measure import BenchmarkRecord, BenchSpec, benchmark
 from .targets import model_targets, package_targets
@@ -60,6 +61,9 @@ def run(request: BenchRequest, progress: Callable[[str], None] = lambda m: None)
                 spec = replace(spec, compression=pkg.manifest.get("archive", {}).get("compression", "deflate"))
             result = benchmark(targets, pkg.signature, spec, eval_data(pkg.signature), progress)
             result["notes"] = notes
+            found = float_export(pkg.manifest)
+            if found:  # the package against its float export, as its quantize stage timed them
+                result["float_export"] = found
             result["gates"] = gates_mod.evaluate(gates, result)
             result["recorded"] = False
             if request.record and request.path.is_dir():

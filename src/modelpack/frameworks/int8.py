@@ -33,7 +33,7 @@ class Candidate:
     """One way to quantize, and what measuring it found."""
 
     name: str
-    method: str  # "static" or "dynamic"
+    method: str  # "static", "dynamic", "float" or "int4"
     quant_format: str = "QDQ"  # static only: QDQ or QOperator
     activations: str = "uint8"
     per_channel: bool = True
@@ -45,6 +45,9 @@ class Candidate:
     top1_agreement: float | None = None
     meets_target: bool = False
     error: str | None = None
+    block_size: int | None = None  # int4 only
+    accuracy_level: int | None = None  # int4 only: 0 float compute, 4 int8 compute
+    size_bytes: int | None = None  # measured where size decides (int4), in the package's archive
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,12 +95,14 @@ def build(candidate: Candidate, src: Path, out: Path, work: Path, calibration: D
                                 exclude=candidate.excluded)
 
 
-def sensitivity(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarray], work: Path) -> list[str]:
-    """Quantizable nodes, most error-adding first: each one's output error minus its input error."""
+def sensitivity(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarray], work: Path,
+                only: set[str] | None = None) -> list[str]:
+    """Quantizable nodes (or the nodes named in `only`), most error-adding first: each one's output error
+    minus its input error."""
     import onnx
 
     model = onnx.load(str(float_path), load_external_data=False)
-    nodes = [n for n in model.graph.node if n.op_type in WEIGHT_OPS and n.name]
+    nodes = [n for n in model.graph.node if n.name and (n.name in only if only is not None else n.op_type in WEIGHT_OPS)]
     tensors = sorted({t for n in nodes for t in (n.input[0], n.output[0])})
     errors: dict[str, float] = {}
     try:

@@ -146,7 +146,7 @@ class Package:
         if rep is Repr.KERAS:
             found = detect(path)
             return ModelRef(rep, path, found.flavour, found.container)
-        return ModelRef(rep, path)
+        return ModelRef(rep, path, session=entry.get("session"))
 
     def read(self, entry: mf.Artifact) -> bytes:
         """An artifact file's bytes, checked against the manifest when it is decrypted."""
@@ -219,7 +219,8 @@ class Package:
         entry = self.artifact(runtime)
         runner = self._runners.get(entry["path"])
         if runner is None:
-            runner = (runner_from_bytes(Repr(entry["format"]), self.read(entry), self.signature)
+            runner = (runner_from_bytes(Repr(entry["format"]), self.read(entry), self.signature,
+                                        session=entry.get("session"))
                       if self._sealed is not None else load_runner(self.model_ref(entry), self.signature))
             self._runners[entry["path"]] = runner
         arrays = ({str(k): np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict)
@@ -234,7 +235,7 @@ class Package:
             return "skipped (loads from files only)"
         try:
             if self._sealed is not None:
-                runner_from_bytes(rep, self.read(entry), self.signature)
+                runner_from_bytes(rep, self.read(entry), self.signature, session=entry.get("session"))
             else:
                 load_runner(self.model_ref(entry), self.signature)
         except Exception as exc:  # a domain error or the runtime's own: either way it does not load

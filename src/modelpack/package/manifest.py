@@ -43,6 +43,7 @@ class Artifact(TypedDict):
     measured: NotRequired[dict[str, Any]]
     compressed_size: NotRequired[int]
     files: NotRequired[list[Companion]]
+    session: NotRequired[dict[str, Any]]  # onnxruntime session settings the latency objective found faster
 
 
 class StageRecord(TypedDict):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import click
 
 from ..atomic import atomic_dir, check_output
-from ..data import Dataset, load_dataset, random_inputs
+from ..data import SYNTHETIC_SIZE, Dataset, load_dataset, random_inputs
 from ..errors import GateFailed, ModelpackError, StageFailed, UsageError, reason
 from ..evaluation import DEFAULT_EVAL_LIMIT, accuracy, fidelity, run_batched, token_mask
 from ..formats import PACKAGE_NAMES, ModelRef, Repr, detect
@@ -31,7 +31,7 @@ from ..package import copy_artifact, digest, model_size
 from ..package import manifest as mf
 from ..package.archive import compressed_size, file_compressed_size
 from ..runtimes import KerasRunner, load_runner
-from ..signature import Signature, parse_batch_axes
+from ..signature import Signature, parse_batch_axes, parse_dims
 from ..stages import Option, Params, Stage, StageContext, StageResult, registry
 from . import convert
 
@@ -70,6 +70,9 @@ SPEC_OPTIONS: tuple[Option, ...] = (
     Option("batch-axis", str, multiple=True,
            help="INPUT=AXIS or INPUT=none: where an input holds its examples, when the graph's dimension names "
                 "cannot say (repeat per input).  [default: from the graph]"),
+    Option("dim", str, multiple=True,
+           help="NAME=SIZE: without --eval-data, the size synthetic inputs give the dynamic dimension the graph "
+                "calls NAME (repeatable).  [default: 128 for every dynamic non-batch dimension]"),
 )
 PATH_OPTIONS = ("input", "output", "eval_data")
 
@@ -94,6 +97,7 @@ class PipelineSpec:
     force: bool = False
     batch_axis: tuple[str, ...] = ()
     objective: str = "latency"
+    dim: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,8 +186,10 @@ class _Run:
         self._sizes: dict[tuple[Path, str], Future[int]] = {}
         self.prefetch_size(source.path)
         # Every measurement uses the same examples: the first --eval-limit rows, labels cut with them.
+        # Without eval data, synthetic examples at realistic sizes: what the stages time is what a user runs.
+        sizes = parse_dims(spec.dim, signature) if spec.dim else {}
         self.examples = (eval_data if eval_data is not None else
-                         Dataset(random_inputs(signature), None, None,
+                         Dataset(random_inputs(signature, dims=sizes, other=SYNTHETIC_SIZE), None, None,
                                  {t.name: signature.batch_axis(t.name) for t in signature.inputs}))
         self.probe = self.examples.head(8).inputs
 
@@ -334,6 +340,11 @@ def _run(spec: PipelineSpec, reporter: Reporter) -> RunResult:
     if spec.batch_axis:
         try:
             signature = signature.with_batch_axes(parse_batch_axes(spec.batch_axis, signature))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if spec.dim:
+        try:
+            parse_dims(spec.dim, signature)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     full_eval = load_dataset(spec.eval_data, signature) if spec.eval_data else None

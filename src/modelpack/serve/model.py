@@ -46,7 +46,7 @@ class ServedModel:
         entry = pkg.artifact(runtime)
         rep = Repr(entry["format"])
         if model_bytes is not None:
-            runner: Runner = runner_from_bytes(rep, model_bytes, pkg.signature, threads)
+            runner: Runner = runner_from_bytes(rep, model_bytes, pkg.signature, threads, entry.get("session"))
         else:
             runner = load_runner(pkg.model_ref(entry), pkg.signature, threads=threads)
         model = cls(pkg.name, pkg.version, pkg.signature, rep, runner, max_batch_size,

@@ -13,13 +13,25 @@ from ..formats import ModelRef, Repr
 from . import Option, Stage, StageContext, StageResult
 from .fine_tuning import FINE_TUNING, FineTuningParams
 
-METHODS = ("int8", "dynamic", "static", "float16", "qat")
+METHODS = ("int8", "int4", "dynamic", "static", "float16", "qat")
 OBJECTIVES = ("latency", "size")
 TUNE_BATCHES = (1, 8)  # the latency objective must beat float at batch 1 and at the largest benchmarked batch
 CODECS = ("deflate", "lzma", "bzip2")  # what the size objective tries for the archive
 SLOWER = 1.05  # a quantized model this much slower than float (median latency) earns a warning
 SPEED_BUDGET_S = 3.0  # timing float against quantized stops after this long (and at least 5 rounds)
 TUNE_BUDGET_S = 6.0  # ... and timing the int8 candidates
+SESSION_BUDGET_S = 3.0  # ... and the session settings, per batch
+# Session settings the latency objective measures on the model it keeps, each against onnxruntime's default
+# session of that model; one is recorded (and then applied by serve, predict and benchmark) only when it wins
+# by SESSION_GAIN at every timed batch.
+# SkipLayerNormFusion off: on all-MiniLM-L6-v2 with dynamic int8 its fused SkipLayerNormalization took a quarter
+# of the run (2.36× float without it, 1.74× with it, batch 1, one thread). Timed on one intra-op thread like the
+# rest of the tuning: on a shared machine, sessions with thread pools timed in turn mostly measure each other's
+# spinning threads (a first run at the default threads put every setting, `extended` included, at 0.35-0.6×).
+SESSION_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"execution_mode": "parallel"}, {"graph_optimization_level": "extended"},
+    {"graph_optimization_level": "basic"}, {"disabled_optimizers": ["SkipLayerNormFusion"]})
+SESSION_GAIN = 1.05
 
 
 class QuantizeParams(FineTuningParams):
@@ -44,8 +56,10 @@ class QuantizeStage(Stage[QuantizeParams]):
     options = (
         Option("method", click.Choice(METHODS), default="int8",
                help="int8: measure onnxruntime's int8 recipes on this model and keep the fastest that stays "
-                    "faithful (TFLite: dynamic-range int8); dynamic: int8 weights; static: full int8 with "
-                    "calibration; float16; qat: quantization-aware training (Keras, needs --train-data)."),
+                    "faithful (TFLite: dynamic-range int8); int4: 4-bit weights for MatMul and embedding Gather "
+                    "(ONNX; block size and accuracy level chosen by measurement); dynamic: int8 weights; static: "
+                    "full int8 with calibration; float16; qat: quantization-aware training (Keras, needs "
+                    "--train-data)."),
         Option("target-cosine", click.FloatRange(-1, 1), default=0.98,
                help="int8: the fidelity a recipe must keep: mean cosine similarity of every float output."),
         Option("target-agreement", click.FloatRange(0, 100), default=98.0,
@@ -70,7 +84,7 @@ class QuantizeStage(Stage[QuantizeParams]):
     def accepts_for(self, params: QuantizeParams) -> tuple[Repr, ...]:
         if params.method == "qat":
             return (Repr.KERAS,)
-        if params.target == "onnx":
+        if params.target == "onnx" or params.method == "int4":
             return (Repr.ONNX,)
         if params.target == "tflite":
             return (Repr.KERAS, Repr.SAVEDMODEL)
@@ -81,6 +95,8 @@ class QuantizeStage(Stage[QuantizeParams]):
             raise UsageError("stage 'quantize': --method qat needs --train-data FILE.npz (arrays x and y).")
         if params.method == "qat" and params.target == "onnx":
             raise UsageError("stage 'quantize': --method qat writes TFLite; use --target tflite or auto.")
+        if params.method == "int4" and params.target == "tflite":
+            raise UsageError("stage 'quantize': --method int4 writes ONNX (MatMulNBits); use --target onnx or auto.")
         return Repr.ONNX if rep is Repr.ONNX else Repr.TFLITE
 
     def run(self, model: ModelRef, params: QuantizeParams, ctx: StageContext) -> StageResult:
@@ -95,7 +111,9 @@ class QuantizeStage(Stage[QuantizeParams]):
             baseline = ctx.convert(ctx.convert(model, Repr.SAVEDMODEL), Repr.TFLITE)
         metrics["runtime"] = str(out.rep)
         metrics.update(_speed(baseline, out, ctx, notes))
-        return StageResult(model=out, metrics=metrics, notes=notes, archive_compression=metrics.get("archive_codec"))
+        extra = {out.rep: {"session": dict(out.session)}} if out.session else {}
+        return StageResult(model=out, metrics=metrics, notes=notes, archive_compression=metrics.get("archive_codec"),
+                           artifacts=[out] if extra else [], artifact_metrics=extra)
 
 
 def calibration_data(params: QuantizeParams, ctx: StageContext) -> Dataset:
@@ -122,6 +140,8 @@ def _onnx(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
     method = params.method
     if method == "int8":
         return _int8(model, params, ctx, notes, metrics)
+    if method == "int4":
+        return _int4(model, params, ctx, notes, metrics)
     out = ctx.scratch(f"model.{method}.onnx")
     if method == "dynamic":
         notes += ort.quantize_dynamic(model.path, out, per_channel=params.per_channel, feeds=ctx.probe)
@@ -144,59 +164,27 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
     Latency: the fastest that meets the fidelity target, and never slower than float (at batch 1 and 8,
     one thread): when no int8 recipe beats it, float itself (with onnxruntime's offline optimizations when
     those win). Size: the smallest archive member that meets the target."""
-    from ..evaluation import fidelity, token_mask
     from ..frameworks import int8, ort
-    from ..runtimes import load_runner
-    from ..timing import interleaved_latencies
 
     objective = params.objective or getattr(ctx, "objective", None) or "latency"
     metrics["objective"] = objective
     has_data = bool(params.calib_data or params.train_data or ctx.eval_data is not None)
-    examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
+    tuning = _Tuning(model, ctx)
     if has_data:
         calib = calibration_data(params, ctx)
     else:
         # Synthetic calibration: static int8 is often the fast recipe for convolutions, so it is measured too.
-        calib = Dataset(examples.inputs, None, None, examples.axes)
+        calib = Dataset(tuning.examples.inputs, None, None, tuning.examples.axes)
         notes.append("no calibration data (--calib-data, --train-data or --eval-data): static int8 was calibrated "
                      f"on {len(calib)} synthetic examples")
-    batches = [b for b in TUNE_BATCHES if b == 1 or ctx.signature.simple_batch]
-    feeds = {b: _batch_feeds(examples, b) for b in batches}
-    reference = ctx.outputs(model)
-    timed_at: dict[str, Any] = {"batches": batches, "threads": 1,
-                "shapes": {b: {k: list(v.shape) for k, v in f.items()} for b, f in feeds.items()}}
-    metrics["tuned_at"] = timed_at
-
-    mask = token_mask(ctx.examples.inputs if ctx.examples is not None else None)
-
-    def measure(path: Any) -> tuple[float | None, float | None]:
-        found = fidelity(reference, ctx.outputs(ModelRef(Repr.ONNX, path)), mask)
-        return found.get("cosine"), found.get("top1_agreement")
-
-    per_batch: dict[Any, dict[int, float]] = {}
-
-    def time_all(paths: list[Any]) -> list[float]:
-        # One intra-op thread: the ranking holds on a shared, busy machine, where a thread pool's spinning does not.
-        # Each candidate's speedup is its worst over the batches: it must win at every one.
-        runners = [load_runner(model, ctx.signature, threads=1)] + [
-            load_runner(ModelRef(Repr.ONNX, p), ctx.signature, threads=1) for p in paths]
-        worst = [float("inf")] * len(paths)
-        for batch in batches:
-            samples = interleaved_latencies(runners, feeds[batch], iterations=60, budget_s=TUNE_BUDGET_S)
-            base = float(np.median(samples[0]))
-            for index, (path, s) in enumerate(zip(paths, samples[1:])):
-                ratio = base / float(np.median(s))
-                per_batch.setdefault(str(path), {})[batch] = round(ratio, 3)
-                worst[index] = min(worst[index], ratio)
-        return worst
-
+    metrics["tuned_at"] = tuning.timed_at
+    measure, time_all, feeds, per_batch = tuning.measure, tuning.time_all, tuning.feeds, tuning.per_batch
     target = int8.Target(params.target_cosine, params.target_agreement)
     work = ctx.scratch("int8")
     work.mkdir()
     chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds[1], measure, time_all, target, ctx.note)
     notes += found_notes
-    shapes = ", ".join(f"{k} {v}" for k, v in timed_at["shapes"][1].items())
-    where = f"batch {' and '.join(map(str, batches))}, 1 thread, inputs at batch 1: {shapes}"
+    where = tuning.where
     if objective == "latency" and not params.require_quantized and (chosen.speedup or 0.0) <= 1.0:
         optimized = work / "float-optimized.onnx"
         plain = _float_candidate(optimized, model.path)
@@ -214,6 +202,24 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
         notes.append(f"no int8 recipe beat float ({where}): kept {chosen.name}; --require-quantized keeps int8 anyway")
         ctx.note(notes[-1])
     elif objective == "size":
+        from ..frameworks import int4
+
+        # Per-tensor dynamic int8 (Conv kept float where onnxruntime lacks ConvInteger) is often the smallest
+        # archive after pruning or clustering, though rarely the fastest: a size candidate only.
+        extra = int8.Candidate("dynamic, per-tensor int8 weights", "dynamic", per_channel=False,
+                               path=work / "int8-size-dynamic.onnx")
+        int8._build_and_check(extra, model.path, work, None, feeds[1], measure, target, notes)
+        int8._time([extra], time_all)
+        tried.append(extra)
+        # ... and the input itself: the size objective never returns a model larger than it was given (weights
+        # held in Constant nodes, say, which no quantizer touches).
+        tried.append(int8.Candidate("float, as given", "float", path=model.path, speedup=1.0, cosine=1.0,
+                                    meets_target=True))
+        if int4.applies(model.path):  # int4 weights are a size candidate too, when the model has any to hold
+            try:
+                tried += int4.tune(model.path, work, feeds[1], measure, time_all, _size_on_disk, target, ctx.note)[1]
+            except ValueError as exc:
+                notes.append(f"size objective: int4 did not apply ({reason(exc, 200)})")
         chosen = _smallest(tried, chosen, ctx, metrics, notes)
     for c in tried:
         if c.path is not None and str(c.path) in per_batch:
@@ -224,14 +230,152 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
         why = {"latency": "the fastest that met the target", "size": "the smallest that met the target"}[objective]
         if not chosen.meets_target:
             why = "none met the target; the fastest of those closest"
-        notes.append(f"int8 recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ "
+        kind = "int4" if chosen.method == "int4" else "int8"
+        notes.append(f"{kind} recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ "
                      f"{target.agreement:g}%; {chosen.speedup or 0:.2f}× float speed at {where})")
         ctx.note(notes[-1])
-    out = ctx.scratch("model.int8.onnx" if chosen.method != "float" else "model.onnx")
+    out = ctx.scratch({"float": "model.onnx", "int4": "model.int4.onnx"}.get(chosen.method, "model.int8.onnx"))
     assert chosen.path is not None
     from ..package.dir import copy_artifact
 
     copy_artifact(chosen.path, out)  # with its external data, when it has any
+    ort.check_loads(out, "quantize", ctx.probe)
+    settings = _tune_session(out, tuning, notes, metrics) if objective == "latency" else None
+    return ModelRef(Repr.ONNX, out, session=settings)
+
+
+def _tune_session(path: Any, tuning: _Tuning, notes: list[str], metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Time SESSION_CANDIDATES on the kept model against its default session, interleaved, at every tuned batch
+    on one thread;
+    the best is returned when it wins by SESSION_GAIN at each (else None). Every one is recorded."""
+    from ..runtimes import OnnxRunner
+    from ..timing import interleaved_latencies
+
+    signature = tuning.ctx.signature
+    runners = [OnnxRunner(path, signature, threads=1)] + [OnnxRunner(path, signature, threads=1, settings=s)
+                                                          for s in SESSION_CANDIDATES]
+    by_batch: list[dict[int, float]] = [{} for _ in SESSION_CANDIDATES]
+    for batch in tuning.batches:
+        samples = interleaved_latencies(runners, tuning.feeds[batch], iterations=60, budget_s=SESSION_BUDGET_S)
+        base = float(np.median(samples[0]))
+        for found, s in zip(by_batch, samples[1:]):
+            found[batch] = round(base / float(np.median(s)), 3)
+    measured: list[dict[str, Any]] = [{"settings": s, "speedup_by_batch": b, "speedup": min(b.values())}
+                for s, b in zip(SESSION_CANDIDATES, by_batch)]
+    best = max(measured, key=lambda m: m["speedup"])
+    won = best["speedup"] >= SESSION_GAIN
+    for m in measured:
+        m["chosen"] = won and m is best
+    metrics["session_candidates"] = measured
+    settings = ", ".join(f"{k}={v}" for k, v in best["settings"].items())
+    where = f"batch {' and '.join(map(str, tuning.batches))}, 1 thread, against onnxruntime's default session"
+    if won:
+        metrics["session"] = best["settings"]
+        notes.append(f"session setting: {settings} ({best['speedup']:.2f}× at {where}); recorded in the manifest, "
+                     "applied by serve, predict and benchmark")
+    else:
+        notes.append(f"session settings: none beat the default by {SESSION_GAIN:g}× (best {settings}, "
+                     f"{best['speedup']:.2f}× at {where})")
+    tuning.ctx.note(notes[-1])
+    return dict(best["settings"]) if won else None
+
+
+class _Tuning:
+    """How candidates are judged: fidelity against the float model on the stage's examples, and speed
+    against it timed interleaved at batch 1 and 8 (when the model batches), one intra-op thread."""
+
+    def __init__(self, model: ModelRef, ctx: StageContext) -> None:
+        from ..evaluation import token_mask
+
+        self.model, self.ctx = model, ctx
+        self.examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
+        self.batches = [b for b in TUNE_BATCHES if b == 1 or ctx.signature.simple_batch]
+        self.feeds = {b: _batch_feeds(self.examples, b) for b in self.batches}
+        self.reference = ctx.outputs(model)
+        self.mask = token_mask(ctx.examples.inputs if ctx.examples is not None else None)
+        self.timed_at: dict[str, Any] = {
+            "batches": self.batches, "threads": 1,
+            "shapes": {b: {k: list(v.shape) for k, v in f.items()} for b, f in self.feeds.items()}}
+        shapes = ", ".join(f"{k} {v}" for k, v in self.timed_at["shapes"][1].items())
+        self.where = f"batch {' and '.join(map(str, self.batches))}, 1 thread, inputs at batch 1: {shapes}"
+        self.per_batch: dict[str, dict[int, float]] = {}
+
+    def measure(self, path: Any) -> tuple[float | None, float | None]:
+        from ..evaluation import fidelity
+
+        found = fidelity(self.reference, self.ctx.outputs(ModelRef(Repr.ONNX, path)), self.mask)
+        return found.get("cosine"), found.get("top1_agreement")
+
+    def time_all(self, paths: list[Any]) -> list[float]:
+        """Each path's speedup over float: its worst over the batches, since it must win at every one."""
+        from ..runtimes import load_runner
+        from ..timing import interleaved_latencies
+
+        # One intra-op thread: the ranking holds on a shared, busy machine, where a thread pool's spinning does not.
+        runners = [load_runner(self.model, self.ctx.signature, threads=1)] + [
+            load_runner(ModelRef(Repr.ONNX, p), self.ctx.signature, threads=1) for p in paths]
+        worst = [float("inf")] * len(paths)
+        for batch in self.batches:
+            samples = interleaved_latencies(runners, self.feeds[batch], iterations=60, budget_s=TUNE_BUDGET_S)
+            base = float(np.median(samples[0]))
+            for index, (path, s) in enumerate(zip(paths, samples[1:])):
+                ratio = base / float(np.median(s))
+                self.per_batch.setdefault(str(path), {})[batch] = round(ratio, 3)
+                worst[index] = min(worst[index], ratio)
+        return worst
+
+
+def _size_on_disk(path: Any) -> int:
+    from ..package.dir import companions
+
+    return int(sum(p.stat().st_size for p in [path, *companions(path)]))
+
+
+def _int4(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list[str],
+          metrics: dict[str, Any]) -> ModelRef:
+    """4-bit weights (MatMulNBits, GatherBlockQuantized): the smallest model that meets the fidelity target,
+    its speed stated against float and against dynamic int8, all timed in one loop."""
+    from ..frameworks import int4, int8, ort
+    from ..package.dir import copy_artifact
+
+    if not int4.applies(model.path):
+        raise UsageError("stage 'quantize': --method int4 quantizes the constant weights of MatMul and Gather "
+                         "nodes, and this model has none; use --method int8.")
+    tuning = _Tuning(model, ctx)
+    metrics["tuned_at"] = tuning.timed_at
+    target = int8.Target(params.target_cosine, params.target_agreement)
+    work = ctx.scratch("int4")
+    work.mkdir()
+    reference = int8.Candidate("int8 reference: dynamic, per-channel int8 weights", "dynamic",
+                               path=work / "int8-reference.onnx")
+    int8._build_and_check(reference, model.path, work, None, tuning.feeds[1], tuning.measure, target, [])
+    reference.size_bytes = None if reference.error else _size_on_disk(reference.path)
+    try:
+        chosen, tried = int4.tune(model.path, work, tuning.feeds[1], tuning.measure, tuning.time_all, _size_on_disk,
+                                  target, ctx.note, reference=None if reference.error else reference)
+    except ValueError as exc:
+        raise StageFailed("quantize", f"{reason(exc, 300)}; use --method int8") from exc
+    tried.append(reference)
+    for c in tried:
+        if c.path is not None and str(c.path) in tuning.per_batch:
+            c.speedup_by_batch = tuning.per_batch[str(c.path)]
+    float_bytes = _size_on_disk(model.path)
+    ratio = float_bytes / (chosen.size_bytes or float_bytes)
+    vs_int8 = (chosen.speedup or 0.0) / reference.speedup if reference.speedup else None
+    metrics.update(chosen=chosen.name, block_size=chosen.block_size, accuracy_level=chosen.accuracy_level,
+                   size_ratio=round(ratio, 3), speedup_vs_float=chosen.speedup,
+                   speedup_vs_int8=None if vs_int8 is None else round(vs_int8, 3),
+                   candidates=[dict(c.record(), chosen=c is chosen) for c in tried])
+    why = ("the smallest that met the target" if chosen.meets_target
+           else "none met the target; the most faithful")
+    versus = f", {vs_int8:.2f}× the speed of dynamic int8" if vs_int8 else ""
+    notes.append(f"int4 recipe: {chosen.name} ({why}: cosine ≥ {target.cosine:g}, agreement ≥ {target.agreement:g}%): "
+                 f"{ratio:.2f}× smaller than float ({float_bytes} → {chosen.size_bytes} bytes), cosine "
+                 f"{int8._fmt(chosen.cosine)}; {chosen.speedup or 0:.2f}× float speed{versus} at {tuning.where}")
+    ctx.note(notes[-1])
+    out = ctx.scratch("model.int4.onnx")
+    assert chosen.path is not None
+    copy_artifact(chosen.path, out)
     ort.check_loads(out, "quantize", ctx.probe)
     return ModelRef(Repr.ONNX, out)
 
@@ -341,8 +485,13 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
                              "timed_calls": len(samples[0])}
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
     found["timed_at"] = {"batch": 1, "threads": "onnxruntime default", "shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    session = ""
+    if quantized.session:  # the package's own session settings, as serve and predict will apply them
+        found["timed_at"]["session"] = dict(quantized.session)
+        session = " (the quantized model with its recorded session settings: " + ", ".join(
+            f"{k}={v}" for k, v in quantized.session.items()) + ")"
     ctx.note(f"timed float against quantized: {len(samples[0])} interleaved batch-1 calls each, onnxruntime's "
-             f"default threads, inputs {shapes} (at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
+             f"default threads{session}, inputs {shapes} (at most {SPEED_BUDGET_S:g} s, at least 5 calls)")
     if quant_ms > float_ms * SLOWER:
         found["slower_than_float"] = True
         notes.append(f"warning: the quantized model is {quant_ms / float_ms:.2f}x slower than float on this CPU "
