@@ -1,4 +1,4 @@
-"""`modelpack deploy`: write what Docker, Kubernetes, KServe, Triton or TF Serving need to run a package."""
+"""`modelpack deploy`: write what Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve need to run a package."""
 
 from __future__ import annotations
 
@@ -11,17 +11,20 @@ from . import render, want_json
 
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(["docker", "k8s", "kserve", "triton", "tfserving"]), required=True,
+@click.option("--target", type=click.Choice(["docker", "k8s", "kserve", "triton", "tfserving", "ray"]), required=True,
               help="What to generate.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory to write.")
 @click.option("--image", help="Container image (docker, k8s, kserve).  [default: NAME:VERSION]")
 @click.option("--replicas", type=click.IntRange(1, 1000), default=2, show_default=True,
-              help="Replicas; the autoscaler's minimum (k8s, kserve).")
+              help="Replicas; the autoscaler's minimum (k8s, kserve, ray).")
 @click.option("--max-replicas", type=click.IntRange(1, 10000), help="The autoscaler's maximum.  [default: 4 x replicas]")
 @click.option("--namespace", default="default", show_default=True, help="Kubernetes namespace.")
-@click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica.")
-@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The server's port.")
+@click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica (ray: num_cpus).")
+@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica (ray: memory).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="The server's port (ray: the HTTP proxy's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="ray: the address Ray Serve's HTTP proxy binds; 0.0.0.0 serves other hosts.")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
               help="The server's KServe V2 gRPC port (docker, k8s); 0 for HTTP only. KServe routes HTTP only.")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
@@ -36,9 +39,9 @@ from . import render, want_json
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
-           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, grpc_port: int, max_batch_size: int,
+           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int, max_batch_size: int,
            model_version: str | None, requirement: str | None, platform: str, build: bool, force: bool, as_json: bool) -> None:
-    """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
+    """Write a deployment for a package: Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve."""
     from ..deploy import DeployOptions
     from ..deploy import deploy as write_deployment
     from ..deploy.docker import build as docker_build
@@ -50,7 +53,7 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         raise UsageError("--build works with --target docker.")
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
-                            requirement=requirement, platform=platform)
+                            requirement=requirement, platform=platform, host=host)
     result = write_deployment(package, target, output, options, force=force)
     if build:
         docker_build(output, result.image)
