@@ -1,0 +1,162 @@
+"""Ray Serve: `deploy --target ray` on a real two-node Ray cluster (a head and a worker node, one CPU each).
+
+The cluster is two `ray start --block` child processes on free loopback ports with a private temp dir, stopped by
+PID (tests/raycluster.py). The application goes on with the `serve` CLI from the generated config; clients talk to
+Ray's HTTP proxy only, never to a replica directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import raycluster
+import yaml
+from conftest import run_cli, wait_until
+
+import modelpack
+
+if not raycluster.available():
+    if os.environ.get("MODELPACK_CI") == "1":  # make install puts the 'ray' extra in CI's venv: never skip there
+        raise RuntimeError("ray[serve] is missing, but .ci/run installs the 'ray' extra (pip install -e '.[all]')")
+    pytest.skip("ray[serve] is not installed (pip install 'modelpack-toolkit[ray]')", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+KEY = "ray-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}  # pass copies to tritonclient: its infer() adds headers to the dict
+SRC = Path(modelpack.__file__).resolve().parent.parent  # the replicas import the modelpack under test
+
+
+def _deploy(package: Path, out: Path, *extra: str) -> dict[str, Any]:
+    result = run_cli("deploy", package, "--target", "ray", "-o", out, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load((out / "serve_config.yaml").read_text())
+
+
+def test_config_is_a_serve_config(mlp_package: Path, tmp_path: Path) -> None:
+    """The generated file passes Ray Serve's own schema (what `serve deploy` checks), fixed and autoscaling."""
+    from ray.serve.schema import ServeDeploySchema
+
+    fixed = _deploy(mlp_package, tmp_path / "fixed", "--replicas", "3", "--cpu", "500m", "--memory", "512Mi",
+                    "--port", "9000")
+    schema = ServeDeploySchema.parse_obj(fixed)
+    (app,) = schema.applications
+    assert (app.name, app.route_prefix, app.import_path) == ("mlp", "/", "modelpack.deploy.ray_app:build")
+    assert (schema.http_options.host, schema.http_options.port) == ("127.0.0.1", 9000)
+    (deployment,) = app.deployments
+    assert deployment.num_replicas == 3 and deployment.max_ongoing_requests == 64
+    assert (deployment.ray_actor_options.num_cpus, deployment.ray_actor_options.memory) == (0.5, 512 * 2**20)
+    package = Path(app.args["package"])
+    assert package.is_absolute() and (package / "modelpack.json").is_file() and (package / "model.onnx").is_file()
+    assert "MODELPACK_API_KEY" not in json.dumps(fixed["applications"][0]["args"])  # the key never goes in the file
+
+    scaled = _deploy(mlp_package, tmp_path / "scaled", "--replicas", "1", "--max-replicas", "4", "--host", "0.0.0.0")
+    ServeDeploySchema.parse_obj(scaled)
+    autoscaling = scaled["applications"][0]["deployments"][0]["autoscaling_config"]
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 4)
+    assert "num_replicas" not in scaled["applications"][0]["deployments"][0]
+    assert scaled["http_options"]["host"] == "0.0.0.0"
+    assert "# Ray adds replicas" in (tmp_path / "scaled" / "serve_config.yaml").read_text()
+
+    bad = run_cli("deploy", mlp_package, "--target", "ray", "-o", tmp_path / "bad", "--cpu", "lots")
+    assert bad.exit_code == 2 and "--cpu 'lots'" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_builder_refuses_unknown_args(mlp_package: Path) -> None:
+    from modelpack.deploy.ray_app import config_from_args
+
+    assert config_from_args({"package": str(mlp_package), "max_batch_size": 8}).max_batch_size == 8
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_args({"package": str(mlp_package), "replicas": 2})
+    with pytest.raises(ValueError, match="args.package"):
+        config_from_args({})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[raycluster.Cluster]:
+    # The key is in each node's environment, as the generated README says; the replicas read it there.
+    with raycluster.Cluster(env={"PYTHONPATH": str(SRC), "MODELPACK_API_KEY": KEY}, cpus=1) as running:
+        yield running.start(workers=1)
+
+
+def _replicas(cluster: raycluster.Cluster, app: str) -> list[dict[str, Any]] | None:
+    """The RUNNING replicas of the app once it is RUNNING, else None; a failed deploy is a failure, not a wait."""
+    status = cluster.applications().get(app)
+    if status is None:
+        return None
+    if status["status"] == "DEPLOY_FAILED":
+        details = {name: d.get("message") for name, d in status.get("deployments", {}).items()}
+        raise AssertionError(f"deploy failed: {status['message']} {details}")
+    if status["status"] != "RUNNING":
+        return None
+    (deployment,) = status["deployments"].values()
+    return [r for r in deployment["replicas"] if r["state"] == "RUNNING"]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def served(cluster: raycluster.Cluster, mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The MLP package deployed with `serve deploy` as two one-CPU replicas; the proxy's URL."""
+    out = tmp_path_factory.mktemp("ray") / "deploy"
+    port = raycluster.free_port()
+    _deploy(mlp_package, out, "--replicas", "2", "--cpu", "1", "--memory", "256Mi", "--port", str(port))
+    proc = cluster.serve("deploy", out / "serve_config.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 180, "two RUNNING replicas")
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ready(url), 60, "the proxy to route to the application")
+    return url
+
+
+def _reference(package: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["logits"], {"features": x})[0])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_through_ray_proxy(served: str, mlp_package: Path, binary: bool) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(served.removeprefix("http://"))
+    assert client.is_server_ready(headers=dict(AUTH)) and client.is_model_ready("mlp", headers=dict(AUTH))
+    assert client.get_model_metadata("mlp", headers=dict(AUTH))["inputs"][0]["shape"] == [-1, 16]
+    x = np.random.default_rng(7).standard_normal((5, 16)).astype(np.float32)
+    inp = triton.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = triton.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("mlp", [inp], outputs=[out], headers=dict(AUTH))
+    np.testing.assert_allclose(result.as_numpy("logits"), _reference(mlp_package, x), rtol=1e-5, atol=1e-6)
+
+
+def test_api_key_holds_through_ray_proxy(served: str) -> None:
+    body = {"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    assert httpx.get(f"{served}/v2/models/mlp", timeout=10).status_code == 401
+    assert httpx.get(f"{served}/v2/models/mlp", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert httpx.post(f"{served}/v2/models/mlp/infer", json=body, timeout=10).status_code == 401
+    assert httpx.get(f"{served}/v2/models/mlp", headers=AUTH, timeout=10).status_code == 200
+    answer = httpx.post(f"{served}/v2/models/mlp/infer", json=body, headers=AUTH, timeout=10)
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 4]
+    metrics = httpx.get(f"{served}/metrics", headers=AUTH, timeout=10)  # each replica's own metrics, through Ray
+    assert metrics.status_code == 200 and "modelpack_requests_total" in metrics.text
+
+
+def test_replicas_run_on_both_nodes(served: str, cluster: raycluster.Cluster) -> None:
+    """One CPU per node and one per replica: Ray must place the two replicas on the two nodes."""
+    replicas = _replicas(cluster, "mlp") or []
+    nodes = {n["node_id"] for n in cluster.alive_nodes()}
+    assert len(nodes) == 2 and {r["node_id"] for r in replicas} == nodes
