@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ if not raycluster.available():
         raise RuntimeError("ray[serve] is missing, but .ci/run installs the 'ray' extra (pip install -e '.[all]')")
     pytest.skip("ray[serve] is not installed (pip install 'modelpack-toolkit[ray]')", allow_module_level=True)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the whole module runs in 60-90 s here
 
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}  # pass copies to tritonclient: its infer() adds headers to the dict
@@ -160,3 +163,69 @@ def test_replicas_run_on_both_nodes(served: str, cluster: raycluster.Cluster) ->
     replicas = _replicas(cluster, "mlp") or []
     nodes = {n["node_id"] for n in cluster.alive_nodes()}
     assert len(nodes) == 2 and {r["node_id"] for r in replicas} == nodes
+
+
+class Load:
+    """One client sending V2 requests back to back through the proxy (no retries), counting answers by status."""
+
+    def __init__(self, url: str, limit_s: float = 150.0) -> None:
+        self.url = url
+        self.statuses: list[int] = []  # 0: no HTTP answer (connection error or timeout)
+        self.errors: list[str] = []  # the failed answers, to show what the client saw
+        self.stopped = threading.Event()
+        self.deadline = time.monotonic() + limit_s  # bounded even if the test never calls stop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        body = {"inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": [0.25] * 32}]}
+        with httpx.Client(timeout=10) as client:
+            while not self.stopped.is_set() and time.monotonic() < self.deadline:
+                try:
+                    response = client.post(f"{self.url}/v2/models/mlp/infer", json=body, headers=AUTH)
+                    status, text = response.status_code, response.text[:200]
+                except httpx.HTTPError as exc:
+                    status, text = 0, repr(exc)
+                if status != 200:
+                    self.errors.append(f"{status} {text}")
+                self.statuses.append(status)
+
+    def ok(self) -> int:
+        return self.statuses.count(200)
+
+    def stop(self) -> list[int]:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+        return self.statuses
+
+
+def test_killed_replica_is_replaced_under_load(served: str, cluster: raycluster.Cluster) -> None:
+    """SIGKILL one replica's process while a client sends requests: Ray starts a new replica, at most a few
+    requests fail (the client does not retry; the number is counted), and every request after that succeeds."""
+    before = _replicas(cluster, "mlp") or []
+    assert len(before) == 2
+    victim = before[0]
+    ours = {pid for node in cluster.nodes for pid in raycluster.session_pids(node.proc.pid)}
+    assert victim["pid"] in ours  # a process of this test's cluster, never anything else on the machine
+    load = Load(served)
+    try:
+        wait_until(lambda: load.ok() >= 20, 60, "20 answered requests before the fault")
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed_at = len(load.statuses)
+
+        def replaced() -> bool:
+            replicas = _replicas(cluster, "mlp")
+            return (replicas is not None and len(replicas) == 2
+                    and victim["replica_id"] not in {r["replica_id"] for r in replicas})
+
+        wait_until(replaced, 120, "Ray to replace the killed replica")
+        recovered_at = len(load.statuses)
+        wait_until(lambda: load.statuses[recovered_at:].count(200) >= 20, 60, "20 answers after the recovery")
+    finally:
+        statuses = load.stop()
+    failed = [s for s in statuses if s != 200]
+    print(f"replica killed: {len(failed)} of {len(statuses)} requests failed ({sorted(set(failed))}); "
+          f"{recovered_at - killed_at} requests between the kill and the new replica RUNNING: {load.errors}")
+    assert all(s == 200 for s in statuses[:killed_at])  # nothing failed before the fault
+    assert len(failed) <= 5, f"{len(failed)} requests failed: {load.errors}"
+    assert all(s == 200 for s in statuses[-20:])  # and the last ones all succeed
