@@ -108,26 +108,35 @@ class Cluster:
     def __init__(self, env: dict[str, str] | None = None, cpus: int = 1) -> None:
         # A short private temp dir: Ray's Unix sockets live under it, and their paths must stay under 108 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp"))
-        self.port = free_port()
-        self.dashboard_port = free_port()
+        self._taken: set[int] = set()
+        self.port = self.free_port()
+        self.dashboard_port = self.free_port()
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.cpus = cpus
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
         self.nodes: list[Node] = []
 
+    def free_port(self) -> int:
+        """A free port this cluster has not been given yet: a node takes six, and two draws may meet."""
+        port = free_port()
+        while port in self._taken:
+            port = free_port()
+        self._taken.add(port)
+        return port
+
     def _common(self) -> list[str]:
         return ["--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--temp-dir", str(self.temp_dir),
                 "--object-store-memory", str(100 * 2**20), "--disable-usage-stats",
-                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                "--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-                "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+                "--node-manager-port", str(self.free_port()), "--object-manager-port", str(self.free_port()),
+                "--metrics-export-port", str(self.free_port()), "--dashboard-agent-listen-port", str(self.free_port()),
+                "--dashboard-agent-grpc-port", str(self.free_port()), "--runtime-env-agent-port", str(self.free_port())]
 
     def start(self, workers: int = 1, timeout: float = 120.0) -> Cluster:
         from conftest import wait_until
 
         try:
             head = Node(["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
-                         "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
+                         "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.free_port()),
                          *self._common()], self.env)
             self.nodes.append(head)
             wait_until(head.started, timeout, "the Ray head node to start")

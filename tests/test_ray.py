@@ -114,7 +114,7 @@ def _ready(url: str) -> bool:
 def served(cluster: raycluster.Cluster, mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The MLP package deployed with `serve deploy` as two one-CPU replicas; the proxy's URL."""
     out = tmp_path_factory.mktemp("ray") / "deploy"
-    port = raycluster.free_port()
+    port = cluster.free_port()
     _deploy(mlp_package, out, "--replicas", "2", "--cpu", "1", "--memory", "256Mi", "--port", str(port))
     proc = cluster.serve("deploy", out / "serve_config.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
