@@ -46,10 +46,12 @@ def test_schemathesis_all_checks_against_our_openapi(server, tmp_path: Path) -> 
     JSON Schema cannot say, so a schema-valid request can still be one the server must refuse."""
     code, output = _schemathesis(
         tmp_path, f"{server.url}/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--max-examples", "40", parameters={"path.name": "mlp", "path.version": "1"})
+        # Unloading the one model would leave every later request a 404 (test_repository unloads and loads).
+        "--exclude-path", "/v2/repository/models/{name}/unload",
+        "--max-examples", "40", parameters={"path.name": "mlp", "path.version": "1", "path.label": "stable"})
     assert code == 0, output[-6000:]
     tested = re.search(r"Tested: (\d+)", output)
-    assert tested and int(tested[1]) == 18, output[-2000:]  # every route of the table
+    assert tested and int(tested[1]) == 23, output[-2000:]  # every route of the table but unload
     assert server.ready()  # and it is still serving
 
 

@@ -135,8 +135,20 @@ def test_docker_build_says_what_to_run_without_an_engine(digits_package: Path, t
     finally:
         os.environ["PATH"] = env_path
     assert result.exit_code == 1
-    assert f"run: docker build -t me/digits:7 {tmp_path / 'ctx'}" in result.output
+    message = " ".join(result.output.split())
+    assert f"run: docker build -t me/digits:7 {tmp_path / 'ctx'}" in message
+    assert "buildah and podman are not on PATH" in message and "buildah bud --isolation chroot" in message
     assert (tmp_path / "ctx" / "Dockerfile").is_file()  # the context is ready
+    os.environ["PATH"] = str(BIN)
+    try:
+        named = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx2", "--builder", "podman")
+        bad_push = run_cli("deploy", digits_package, "--target", "docker", "-o", tmp_path / "ctx3", "--push",
+                           "oci://registry.example.com/Digits")
+    finally:
+        os.environ["PATH"] = env_path
+    assert named.exit_code == 1 and "--builder podman: podman is not on PATH" in named.output
+    assert bad_push.exit_code == 2 and "--push 'oci://registry.example.com/Digits'" in bad_push.output
+    assert not (tmp_path / "ctx3").exists()  # refused before the context is written
 
 
 def test_kubernetes_manifests_validate(digits_package: Path, tmp_path: Path) -> None:

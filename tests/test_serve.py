@@ -493,6 +493,8 @@ def test_error_bodies_do_not_echo_a_huge_input(client) -> None:
                                                                        "data": [huge] + [0] * 63}]})
     assert response.status_code == 400 and len(response.content) < 2048
     response = client.get("/v2/models/" + "m" * 60_000)
+    assert response.status_code == 414 and len(response.content) < 2048
+    response = client.get("/v2/models/" + "m" * 1000)
     assert response.status_code == 404 and len(response.content) < 2048
 
 

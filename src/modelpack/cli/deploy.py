@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -28,40 +29,69 @@ from . import render, want_json
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
               help="The server's KServe V2 gRPC port (docker, k8s); 0 for HTTP only. KServe routes HTTP only.")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
-              help="Triton's max_batch_size.")
+              help="Triton's max_batch_size; ray: the largest batch each replica's batcher forms.")
 @click.option("--model-version", help="Integer version for Triton and TF Serving.  [default: the package's]")
 @click.option("--requirement", help="docker: pip-install this from an index instead of the wheels put in the context "
                                    "(e.g. a wheel URL).")
 @click.option("--platform", type=click.Choice(["linux/amd64", "linux/arm64"]), default="linux/amd64", show_default=True,
               help="docker: the image's platform; the context's wheels are downloaded for it.")
-@click.option("--build", is_flag=True, help="docker: run docker build when a Docker engine answers.")
+@click.option("--build", is_flag=True, help="docker: build the image (with docker, or daemonless with buildah or podman).")
+@click.option("--builder", type=click.Choice(["auto", "docker", "buildah", "podman"]), default="auto", show_default=True,
+              help="docker: build with this (implies --build); auto is docker when an engine answers, else buildah, "
+                   "else podman.")
+@click.option("--push", "push_to", metavar="oci://HOST/REPO[:TAG]",
+              help="docker: build, then push the image there with the login `modelpack push` uses.")
+@click.option("--plain-http", is_flag=True, help="--push: speak HTTP, not HTTPS, to the registry (loopback always does).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
-           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int, max_batch_size: int,
-           model_version: str | None, requirement: str | None, platform: str, build: bool, force: bool, as_json: bool) -> None:
+           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int,
+           max_batch_size: int, model_version: str | None, requirement: str | None, platform: str, build: bool,
+           builder: str, push_to: str | None, plain_http: bool, force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve."""
     from ..deploy import DeployOptions
     from ..deploy import deploy as write_deployment
-    from ..deploy.docker import build as docker_build
     from ..errors import UsageError
 
     if as_json:
         want_json(ctx)
+    named_builder = ctx.get_parameter_source("builder") is not click.core.ParameterSource.DEFAULT
+    build = build or push_to is not None or named_builder  # --push and --builder each mean: build it
     if build and target != "docker":
-        raise UsageError("--build works with --target docker.")
+        which = "--push" if push_to else "--builder" if named_builder else "--build"
+        raise UsageError(f"{which} works with --target docker.")
+    if push_to is not None:
+        from ..oci import Reference
+
+        Reference.parse(push_to, "--push")  # a bad reference fails before the build, not after it
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
                             requirement=requirement, platform=platform, host=host)
     result = write_deployment(package, target, output, options, force=force)
+    built = None
     if build:
-        docker_build(output, result.image)
+        from ..deploy import image as images
+
+        def log(line: str) -> None:
+            render.err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        built = images.build(output, result.image, builder, log=log)
+        if push_to is not None:
+            built = images.push(built, push_to, log=log, plain_http=plain_http)
+    steps = result.next_steps[1:] if built else result.next_steps  # built: no `docker build` left to run
     if as_json:
         render.print_json({"status": "ok", "target": target, "output": str(output), "files": result.files,
-                           "next_steps": result.next_steps})
+                           "next_steps": steps,
+                           **({"image": dataclasses.asdict(built)} if built else {})})
         return
     render.out.print(f"[bold green]{target}:[/] {output}  ({', '.join(result.files[:6])}"
                      f"{', …' if len(result.files) > 6 else ''})")
-    for step in result.next_steps:
+    for step in steps:
         render.out.print(f"  {step}")
+    if built is None:
+        return
+    render.out.print(f"[bold green]image:[/] {built.name}  built with {built.builder}, {render.human_size(built.size)} "
+                     f"({built.size:,} bytes)  id {built.id}" + (f"  digest {built.digest}" if built.digest else ""))
+    if built.pushed:
+        render.out.print(f"[bold green]pushed:[/] {built.pushed.reference}  digest {built.pushed.digest}")

@@ -75,16 +75,22 @@ from . import render
               help="Key of an encrypted .mpk (else MODELPACK_KEY). It is decrypted into memory only.")
 @click.option("--rate-limit", metavar="N/s|N/m",
               help="Per-key token bucket for keys that set none in the keys file; past it, 429 with Retry-After.")
+@click.option("--poll-s", type=click.FloatRange(0.05), metavar="SECONDS",
+              help="With a repository: re-scan it this often; a new version is verified, loaded and warmed up "
+                   "before it gets traffic, and the one it replaces drains, then unloads.")
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
-    """Serve a package over HTTP: KServe V2, TF Serving REST and /predict on one port (and V2 gRPC with
-    --grpc-port).
+    """Serve a package, or a model repository, over HTTP: KServe V2, TF Serving REST and /predict on one port
+    (and V2 gRPC with --grpc-port).
 
     \b
     modelpack serve build/pkg --port 8000 --grpc-port 8001
+    modelpack serve models/ --poll-s 5         # NAME/VERSION/ directories or .mpk files
+    modelpack serve repository.toml            # [models.NAME] versions, policy, labels
     """
     from ..serve.config import ServeConfig
+    from ..serve.sources import is_repository
 
     if bool(options["ssl_certfile"]) != bool(options["ssl_keyfile"]):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together.")
@@ -97,6 +103,12 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
     elif options["register_required"]:
         raise UsageError("--register-required goes with --register zk://HOST:PORT/PATH.")
     require_signature = options.pop("require_signature")
+    if is_repository(package):
+        _serve(_repository_config(package, require_signature, options), get_path)
+        return
+    if options["poll_s"] is not None:
+        raise UsageError("--poll-s goes with a model repository (a NAME/VERSION/ directory or a .toml file), "
+                         f"and '{package}' is one package.")
     with open_any(package, key_file=options["key_file"], need="memory") as pkg:
         try:  # the same checks as `modelpack verify`, without loading: the server loads the one it serves
             pkg.verify(pubkey=require_signature, load=False, option="--require-signature")
@@ -104,7 +116,28 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             raise IntegrityError(f"refusing to serve: {exc}") from exc
         pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
         where = package if pkg.encrypted else pkg.root  # an encrypted .mpk is decrypted by each worker, in memory
-        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, quiet=render.out.quiet, **options), get_path)
+        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, quiet=render.out.quiet,
+                           require_signature=require_signature, **options), get_path)
+
+
+def _repository_config(path: Path, require_signature: Path | None, options: dict[str, Any]) -> Any:
+    """Read and check the whole repository before serving: every version the policies serve is verified."""
+    from ..serve.config import ServeConfig
+    from ..serve.sources import read_repository
+
+    if options["register"]:
+        raise UsageError("--register with a model repository is not built yet; register single packages.")
+    spec = read_repository(path)
+    for source in spec.models.values():
+        for version, location in source.wanted().items():
+            with open_any(location, key_file=source.key_file or options["key_file"], need="memory") as pkg:
+                try:
+                    pkg.verify(pubkey=require_signature, load=False, option="--require-signature")
+                except IntegrityError as exc:
+                    raise IntegrityError(f"refusing to serve model {source.name} version {version}: {exc}") from exc
+                pkg.artifact(options["runtime"])
+    return ServeConfig(package_dir=path, repository=path, require_signature=require_signature,
+                       quiet=render.out.quiet, **options)
 
 
 def _serve(config: Any, get_path: str | None) -> None:

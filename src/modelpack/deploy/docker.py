@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import StageFailed
 from ..formats import Repr
 from ..package import Package
 from . import DeployOptions, default_image, dump_yaml, k8s_name, wheels
@@ -59,7 +57,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
  && groupadd --system --gid {UID} modelpack \\
  && useradd --system --uid {UID} --gid {UID} --no-create-home --shell /usr/sbin/nologin modelpack
 
-COPY --chown={UID}:{UID} package/ {model_dir}/
+# Owned by root: the server's user reads the package and cannot change it.
+COPY package/ {model_dir}/
 USER {UID}:{UID}
 EXPOSE {options.port}{f' {options.grpc_port}' if options.grpc_port else ''}
 
@@ -104,18 +103,3 @@ def write(pkg: Package, out: Path, options: DeployOptions, final: Path) -> list[
 
 def build_command(context: Path, image: str) -> list[str]:
     return ["docker", "build", "-t", image, str(context)]
-
-
-def build(context: Path, image: str) -> None:
-    """Run `docker build` when a Docker engine answers; otherwise say exactly what to run."""
-    command = " ".join(shlex.quote(c) for c in build_command(context, image))
-    docker = shutil.which("docker")
-    if docker is None:
-        raise StageFailed("deploy", f"no docker command here; the build context is ready, run: {command}")
-    probe = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1][:200]
-        raise StageFailed("deploy", f"no Docker engine answers ({reason}); the build context is ready, run: {command}")
-    proc = subprocess.run(build_command(context, image))
-    if proc.returncode != 0:
-        raise StageFailed("deploy", f"docker build failed (exit {proc.returncode}): {command}")

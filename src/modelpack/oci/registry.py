@@ -262,6 +262,12 @@ def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
     return opener
 
 
+def base_url(ref: Reference, plain_http: bool = False) -> str:
+    """Where the registry is spoken to: HTTP with --plain-http or on loopback, else HTTPS."""
+    http = plain_http or ref.registry.split(":")[0] in _LOOPBACK or ref.registry.startswith("[::1]")
+    return f"{'http' if http else 'https'}://{ref.registry}"
+
+
 class Registry:
     """One repository on one registry, authenticated on the first challenge and reused. With `timeout_s`, every
     request after that many seconds fails, and those under way are cut (`close()` stops the clock)."""
@@ -269,8 +275,7 @@ class Registry:
     def __init__(self, ref: Reference, *, plain_http: bool = False, push: bool = False,
                  timeout_s: float | None = None) -> None:
         self.ref = ref
-        http = plain_http or ref.registry.split(":")[0] in _LOOPBACK or ref.registry.startswith("[::1]")
-        self.base = f"{'http' if http else 'https'}://{ref.registry}"
+        self.base = base_url(ref, plain_http)
         self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
         self._auth: str | None = None
         self._creds = credentials(ref.registry, self.base)

@@ -31,6 +31,7 @@ from .config import ServeConfig
 from .core import Core
 from .metrics import Metrics
 from .model import ServedModel
+from .repository import HELD, release_held
 from .routes import resolve
 
 log = logging.getLogger("modelpack.serve")
@@ -50,20 +51,26 @@ class App:
         return self.core.model
 
     @property
-    def metrics(self) -> Metrics | None:
+    def metrics(self) -> Metrics:
         return self.core.metrics
 
     async def startup(self) -> None:
         await self.core.startup()
-        assert self.core.metrics is not None and self.core.model is not None
         if self.config.grpc_port is not None:
             from .protocols import grpc_v2
 
             self.grpc = await grpc_v2.start(self.core, self.config.host, self.config.grpc_port)
         self.core.ready = True
-        model = self.core.model
-        log.info("model %s version %s ready (%s, loaded in %.2fs)", model.name, model.version, model.platform,
-                 model.load_seconds)
+        if self.config.repository is None:
+            model = self.core.model
+            assert model is not None
+            log.info("model %s version %s ready (%s, loaded in %.2fs)", model.name, model.version,
+                     model.platform, model.load_seconds)
+        else:
+            served = self.core.repository.all_loaded()
+            log.info("repository %s ready: %d model(s), %d version(s)%s", self.config.repository,
+                     len(self.core.repository.models), len(served),
+                     f", polling every {self.config.poll_s:g}s" if self.config.poll_s else "")
 
     async def shutdown(self) -> None:
         self.core.ready = False
@@ -82,6 +89,7 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
+        token = HELD.set([])  # the versions this request resolves, held until it is answered
         try:
             route, params = resolve(method, path)
             route_name = route.template
@@ -108,13 +116,17 @@ class App:
         except InputError as exc:
             response = json_response(400, {"error": capped(str(exc))})
         except Disconnected:
+            release_held(token)
             return
         except Exception:  # a bug in the server or the model runtime, never the client's input
             log.exception("internal error on %s %s", method, capped(path, 200))
             response = json_response(500, {"error": "internal server error; see the server log."})
-        await send_response(send, response, head_only=method == "HEAD")
-        if self.core.metrics is not None:
-            self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key)
+        try:
+            await send_response(send, response, head_only=method == "HEAD")
+        finally:
+            used = release_held(token)
+        self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key,
+                                  used.labels if used else None)
 
 
 def build_app(config: ServeConfig, model: ServedModel | None = None) -> App:

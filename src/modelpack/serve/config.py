@@ -52,6 +52,9 @@ class ServeConfig:
     encrypted: bool = False  # package_dir is an encrypted .mpk, decrypted into memory only
     key_file: Path | None = None  # its key (else MODELPACK_KEY)
     rate_limit: str | None = None  # e.g. "50/s": the token bucket of keys that set none
+    repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
+    poll_s: float | None = None  # re-scan the repository this often for new versions
+    require_signature: Path | None = None  # the public key new versions must be signed with (polling)
 
     def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""

@@ -13,71 +13,69 @@ import signal
 
 import numpy as np
 
-from ..errors import InputError, NotFound, RequestError, reason
+from ..errors import InputError, RequestError, reason
 from .asgi import capped
 from .auth import ApiKey, KeyRing
-from .batcher import Batcher
 from .config import ServeConfig
 from .limits import Budget
 from .metrics import Metrics
 from .model import ServedModel
-from .tensors import clip
+from .repository import Repository
 
 log = logging.getLogger("modelpack.serve")
-# A model faster than this (batch 1, measured at warm-up) runs on the event loop: a thread hop costs more.
-INLINE_BELOW_MS = 0.5
 
 
 class Core:
-    """The served model with its batcher, keys and metrics. `startup()` loads and warms; `shutdown()` drains."""
+    """The repository of served models with their batchers, and the keys and metrics every protocol applies.
+
+    `startup()` loads and warms; `shutdown()` drains."""
 
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config
-        self.model = model
         self.ready = False
         self.keys = KeyRing.build(config.api_key, config.api_keys_file, config.rate_limit)
         self.budget = Budget(config.max_inflight_mb)  # request bytes held, HTTP and gRPC together
-        self.metrics: Metrics | None = None
-        self.batcher: Batcher | None = None
+        self.metrics = Metrics()
+        self.metrics.inflight_bytes = lambda: self.budget.held
+        self.repository = Repository(config, self.metrics, model)
+        self.metrics.unlabelled = self.repository.fallback_labels
+        self._rescan: asyncio.Task[None] | None = None  # the SIGHUP re-read, kept so it is not collected
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The model a request without a name goes to (the one model of `serve PKG`), when there is one."""
+        return self.repository.primary()
 
     async def startup(self) -> None:
         """Load, warm up and start batching; the caller sets `ready` once every listener is up."""
-        if self.model is None:
-            self.model = self.config.load_model()
-        model = self.model
-        self.metrics = Metrics(model.name, model.version)
-        self.metrics.load_seconds = model.load_seconds
-        self.metrics.inflight_bytes = lambda: self.budget.held
-        inline = model.warm_up() < INLINE_BELOW_MS  # batch-1 latency in ms
-        if inline and self.config.threads is None and model.prefer_one_thread():
-            log.info("one intra-op thread: it runs this model faster than a thread pool (--threads overrides)")
-        self.batcher = Batcher(model.runner.run, max_batch_size=self.config.max_batch_size,
-                               timeout_ms=self.config.batch_timeout_ms, max_queue=self.config.max_queue,
-                               on_batch=self.metrics.batch.observe, inline=inline,
-                               mergeable=model.signature.simple_batch)
-        self.batcher.start()
-        self.metrics.queue_depth = lambda: self.batcher.depth if self.batcher else 0
+        await self.repository.startup()
+        self.repository.start_polling()
         self._watch_sighup()
 
     def begin_drain(self) -> None:
         """SIGTERM: answer not-ready from now on, and run queued batches at once instead of waiting to fill them."""
         self.ready = False
-        if self.batcher is not None:
-            self.batcher.drain()
+        self.repository.begin_drain()
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self.batcher is not None:
-            await self.batcher.stop()
+        await self.repository.shutdown()
 
     def _watch_sighup(self) -> None:
-        """SIGHUP re-reads the keys file; requests in flight are not disturbed."""
-        if self.config.api_keys_file is None:
+        """SIGHUP re-reads the keys file and the repository; requests in flight are not disturbed."""
+        if self.config.api_keys_file is None and self.config.repository is None:
             return
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_keys)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no signals
             pass
+
+    def _sighup(self) -> None:
+        if self.config.api_keys_file is not None:
+            self.reload_keys()
+        if self.config.repository is not None:
+            log.info("SIGHUP: re-reading the repository %s", self.config.repository)
+            self._rescan = asyncio.get_running_loop().create_task(self.repository.rescan())
 
     def reload_keys(self) -> None:
         try:
@@ -97,15 +95,12 @@ class Core:
             self.keys.authorize(api_key, scope, target)
             self.keys.throttle(api_key)
 
-    def model_for(self, name: str | None, version: str | None) -> ServedModel:
-        """The served model, if `name` (and `version`, when given) name it and it is ready; every protocol asks."""
-        model = self.model
-        if model is None or not self.ready:
+    def model_for(self, name: str | None, version: str | None, label: str | None = None) -> ServedModel:
+        """The model a request names (its default version without `version` or `label`), if loaded and the
+        server is ready; every protocol asks. The version is held until the request is answered."""
+        if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
-        if name is not None and name != model.name:
-            raise NotFound(f"unknown model {clip(name)}; this server serves '{model.name}'.")
-        model.check_version(version)
-        return model
+        return self.repository.get(name, version, label).model
 
     async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray], eager: bool = False,
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
@@ -114,12 +109,12 @@ class Core:
         `eager` runs the request at once when there is nothing to batch it with (see `Batcher.run_now`);
         `timeout_s` is the client's own deadline (gRPC's grpc-timeout), when shorter than --timeout-s."""
         rows = model.validate(feeds)
-        assert self.batcher is not None
+        batcher = self.repository.loaded_of(model).batcher
         try:
-            if eager and (outputs := self.batcher.run_now(feeds, rows)) is not None:
+            if eager and (outputs := batcher.run_now(feeds, rows)) is not None:
                 return outputs
             limit = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
-            return await self.batcher.submit(feeds, rows, limit)
+            return await batcher.submit(feeds, rows, limit)
         except (RequestError, asyncio.CancelledError):
             raise
         except Exception as exc:

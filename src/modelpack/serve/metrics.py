@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -46,50 +47,92 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-class Metrics:
-    def __init__(self, model: str, version: str) -> None:
-        self.labels = f'model="{_escape(model)}",version="{_escape(version)}"'
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.key_requests: dict[str, int] = defaultdict(int)
-        self.latency: dict[str, Histogram] = {}
-        self.batch = Histogram(BATCH_BUCKETS)
-        self.load_seconds = 0.0
-        self.queue_depth: Callable[[], int] = lambda: 0
-        self.inflight_bytes: Callable[[], int] = lambda: 0
+def model_labels(model: str, version: str) -> str:
+    """The label pair every per-model series carries."""
+    return f'model="{_escape(model)}",version="{_escape(version)}"'
 
-    def observe(self, route: str, status: int, seconds: float, key: str | None = None) -> None:
-        self.requests[(route, status)] += 1
+
+@dataclass
+class ModelGauges:
+    """What each loaded version reports: its batches, its queue and its load time."""
+
+    load_seconds: float = 0.0
+    batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    queue_depth: Callable[[], int] = lambda: 0
+
+
+class Metrics:
+    """The server's metrics; request series are labelled by the model and version that answered."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # (model labels, route, status)
+        self.key_requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency: dict[tuple[str, str], Histogram] = {}
+        self.models: dict[str, ModelGauges] = {}  # by model labels, the loaded versions
+        self.load_failures: Counter[tuple[str, str, str]] = Counter()  # (model, version, reason)
+        self.inflight_bytes: Callable[[], int] = lambda: 0
+        self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
+        self.polls: int | None = None  # repository scans so far, with --poll-s
+
+    def add_model(self, labels: str, load_seconds: float) -> ModelGauges:
+        gauges = self.models[labels] = ModelGauges(load_seconds)
+        return gauges
+
+    def remove_model(self, labels: str) -> None:
+        self.models.pop(labels, None)
+
+    @property
+    def batch(self) -> Histogram:
+        """The batch sizes of the first loaded version (the one model of `serve PKG`)."""
+        return next(iter(self.models.values())).batch
+
+    def observe(self, route: str, status: int, seconds: float, key: str | None = None,
+                labels: str | None = None) -> None:
+        labels = labels if labels is not None else self.unlabelled()
+        self.requests[(labels, route, status)] += 1
         if key is not None:
-            self.key_requests[key] += 1
-        hist = self.latency.get(route)
+            self.key_requests[(labels, key)] += 1
+        hist = self.latency.get((labels, route))
         if hist is None:
-            hist = self.latency[route] = Histogram(LATENCY_BUCKETS)
+            hist = self.latency[(labels, route)] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
     def render(self) -> str:
         lines = [
-            "# HELP modelpack_requests_total Requests by route and HTTP status.",
+            "# HELP modelpack_requests_total Requests by model, version, route and HTTP status.",
             "# TYPE modelpack_requests_total counter",
         ]
-        for (route, status), count in sorted(self.requests.items()):
-            lines.append(f'modelpack_requests_total{{{self.labels},route="{_escape(route)}",status="{status}"}} '
+        for (labels, route, status), count in sorted(self.requests.items()):
+            lines.append(f'modelpack_requests_total{{{labels},route="{_escape(route)}",status="{status}"}} '
                          f"{count}")
-        lines += ["# HELP modelpack_request_duration_seconds Request latency by route.",
+        lines += ["# HELP modelpack_request_duration_seconds Request latency by model, version and route.",
                   "# TYPE modelpack_request_duration_seconds histogram"]
-        for route, hist in sorted(self.latency.items()):
-            lines += hist.lines("modelpack_request_duration_seconds", f'{self.labels},route="{_escape(route)}"')
+        for (labels, route), hist in sorted(self.latency.items()):
+            lines += hist.lines("modelpack_request_duration_seconds", f'{labels},route="{_escape(route)}"')
+        models = sorted(self.models.items())
         lines += ["# HELP modelpack_batch_size Rows per model call (dynamic batching).",
                   "# TYPE modelpack_batch_size histogram"]
-        lines += self.batch.lines("modelpack_batch_size", self.labels)
+        for labels, gauges in models:
+            lines += gauges.batch.lines("modelpack_batch_size", labels)
         lines += ["# HELP modelpack_queue_depth Requests waiting for the model.",
-                  "# TYPE modelpack_queue_depth gauge",
-                  f"modelpack_queue_depth{{{self.labels}}} {self.queue_depth()}",
-                  "# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
+                  "# TYPE modelpack_queue_depth gauge"]
+        lines += [f"modelpack_queue_depth{{{labels}}} {gauges.queue_depth()}" for labels, gauges in models]
+        lines += ["# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
                   "# TYPE modelpack_inflight_request_bytes gauge",
-                  f"modelpack_inflight_request_bytes{{{self.labels}}} {self.inflight_bytes()}",
-                  "# HELP modelpack_model_load_seconds Time to load the model at startup.",
-                  "# TYPE modelpack_model_load_seconds gauge",
-                  f"modelpack_model_load_seconds{{{self.labels}}} {self.load_seconds:.6f}"]
+                  f"modelpack_inflight_request_bytes{{{self.unlabelled()}}} {self.inflight_bytes()}",
+                  "# HELP modelpack_model_load_seconds Time to load the model.",
+                  "# TYPE modelpack_model_load_seconds gauge"]
+        lines += [f"modelpack_model_load_seconds{{{labels}}} {gauges.load_seconds:.6f}" for labels, gauges in models]
+        if self.load_failures:
+            lines += ["# HELP modelpack_repository_load_failures_total New versions refused: failed verification, "
+                      "load or warm-up (the versions being served stayed).",
+                      "# TYPE modelpack_repository_load_failures_total counter"]
+            for (model, version, why), count in sorted(self.load_failures.items()):
+                lines.append(f"modelpack_repository_load_failures_total{{{model_labels(model, version)},"
+                             f'reason="{why}"}} {count}')
+        if self.polls is not None:
+            lines += ["# HELP modelpack_repository_polls_total Scans of the repository (--poll-s and SIGHUP).",
+                      "# TYPE modelpack_repository_polls_total counter", f"modelpack_repository_polls_total {self.polls}"]
         if REFUSED:
             lines += ["# HELP modelpack_refused_total Connections and requests refused below the API: deadlines, "
                       "limits, malformed or abusive clients.",
@@ -99,6 +142,6 @@ class Metrics:
         if self.key_requests:
             lines += ["# HELP modelpack_key_requests_total Requests by API key name.",
                       "# TYPE modelpack_key_requests_total counter"]
-            for key, count in sorted(self.key_requests.items()):
-                lines.append(f'modelpack_key_requests_total{{{self.labels},key="{_escape(key)}"}} {count}')
+            for (labels, key), count in sorted(self.key_requests.items()):
+                lines.append(f'modelpack_key_requests_total{{{labels},key="{_escape(key)}"}} {count}')
         return "\n".join(lines) + "\n"

@@ -80,6 +80,13 @@ def schemas(model: Any) -> dict[str, Any]:
         "PredictResponse": {"type": "object", "properties": {"predictions": {"type": "array"}, "outputs": {}}},
         "SimpleRequest": {"type": "object", "required": ["input_data"], "properties": {"input_data": {}}},
         "SimpleResponse": {"type": "object", "required": ["prediction"], "properties": {"prediction": {}}},
+        "RepositoryIndexRequest": {"type": "object", "properties": {
+            "ready": {"type": "boolean", "description": "Only the versions ready to serve."}}},
+        "RepositoryRequest": {"type": "object", "properties": {"parameters": {"type": "object"}}},
+        "RepositoryIndex": {"type": "array", "items": {
+            "type": "object", "required": ["name", "version", "state"], "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]}, "reason": {"type": "string"}}}},
     }
 
 
@@ -102,6 +109,10 @@ def _example_shape(shape: list[int]) -> list[int]:
 
 def example(route: Route, model: Any) -> Any:
     """A request body the served model accepts on `route`: zeros of its inputs' real names, types and shapes."""
+    if route.body == "RepositoryIndexRequest":
+        return {"ready": False}
+    if route.body == "RepositoryRequest":
+        return {}
     if route.body is None or model is None:
         return None
     inputs = model.signature.inputs
@@ -126,8 +137,9 @@ def example(route: Route, model: Any) -> Any:
     return {"input_data": {t.name: zeros(t.name, t.dtype) for t in inputs}}
 
 
-def spec(model: Any, auth: bool) -> dict[str, Any]:
-    """The OpenAPI document of every route in the table, for this model."""
+def spec(model: Any, auth: bool, models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The OpenAPI document of every route in the table; its examples use `model`, and `models` (the
+    repository's, as `Repository.describe` gives them) are listed in `x-models` and the description."""
     name = model.name if model else "model"
     version = model.version if model else "1"
     paths: dict[str, Any] = {}
@@ -135,8 +147,8 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"summary": route.summary, "tags": [route.protocol],
                                  "operationId": _operation_id(route)}
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
-                   "example": name if p == "name" else version}
-                  for p in ("name", "version") if f"{{{p}}}" in route.template]
+                   "example": {"name": name, "version": version, "label": "stable"}[p]}
+                  for p in ("name", "version", "label") if f"{{{p}}}" in route.template]
         if params:
             entry["parameters"] = params
         if route.body is not None:
@@ -144,7 +156,9 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
             body_example = example(route, model)
             if body_example is not None:
                 content["example"] = body_example
-            entry["requestBody"] = {"required": True, "content": {"application/json": content}}
+            # The repository API's bodies are optional: tritonclient sends none to the index.
+            entry["requestBody"] = {"required": not route.body.startswith("Repository"),
+                                    "content": {"application/json": content}}
         entry["responses"] = {"200": _answer(route), **{
             str(code): {"description": STATUS_TEXT[code], "content": {"application/json": {"schema": _ref("Error")}}}
             for code in route.statuses}}
@@ -160,6 +174,12 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas(model)},
     }
+    if models:
+        document["x-models"] = models
+        document["info"]["description"] += "\n\nModels: " + "; ".join(
+            f"{m['name']} (versions {', '.join(m['versions']) or 'none loaded'}"
+            + (f"; labels {', '.join(f'{k}={v}' for k, v in m['labels'].items())}" if m["labels"] else "") + ")"
+            for m in models)
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
@@ -168,14 +188,14 @@ def spec(model: Any, auth: bool) -> dict[str, Any]:
 
 def _operation_id(route: Route) -> str:
     handler = route.handler
-    versioned = "_versioned" if "{version}" in route.template else ""
+    versioned = "_versioned" if "{version}" in route.template else "_labelled" if "{label}" in route.template else ""
     return f"{handler.__module__.rsplit('.', 1)[-1]}_{handler.__name__}{versioned}"
 
 
 def curl(route: Route, model: Any, auth: bool, base: str) -> str:
     """The curl line that calls `route` on this server (with the example body for a POST)."""
     path = route.template.replace("{name}", model.name if model else "model").replace(
-        "{version}", model.version if model else "1")
+        "{version}", model.version if model else "1").replace("{label}", "stable")
     words = ["curl", "-s"]
     if route.method != "GET":
         words += ["-X", route.method]
@@ -193,7 +213,8 @@ def _title(model: Any) -> str:
     return f"modelpack serve: {model.name if model else 'model'}"
 
 
-def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None) -> bytes:
+def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None,
+              models: list[dict[str, Any]] | None = None) -> bytes:
     title = _title(model)
     esc = html.escape
     sections = []
@@ -212,6 +233,14 @@ def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None) -
             f"<td>{list(t.shape)}</td></tr>"
             for kind, specs in (("input", model.signature.inputs), ("output", model.signature.outputs))
             for t in specs) + "</table><p>-1 marks a dynamic dimension.</p>"
+    if models and (len(models) > 1 or any(m["labels"] or len(m["versions"]) > 1 for m in models)):
+        tensors = "<h2>Models</h2><table><tr><th>model</th><th>versions</th><th>labels</th><th>default</th>" \
+            "<th>inputs</th></tr>" + "".join(
+                f"<tr><td><code>{esc(m['name'])}</code></td><td>{esc(', '.join(m['versions']))}</td>"
+                f"<td>{esc(', '.join(f'{k}={v}' for k, v in m['labels'].items()))}</td>"
+                f"<td>{esc(str(m['default_version']))}</td><td>" + esc(", ".join(
+                    f"{t['name']} {t['datatype']} {t['shape']}" for t in m.get("inputs", []))) + "</td></tr>"
+                for m in models) + "</table>" + tensors
     grpc = (f"<p>KServe V2 gRPC (<code>inference.GRPCInferenceService</code>) is on port {grpc_port}.</p>"
             if grpc_port else "")
     keys = ("<p>This server needs an API key: send <code>Authorization: Bearer KEY</code>.</p>" if auth else "")

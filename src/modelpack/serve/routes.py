@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import NotFound, RequestError
 from .asgi import Request, Response
 from .core import Core
-from .protocols import ops, simple, tfserving, v2
+from .protocols import ops, repository, simple, tfserving, v2
 
 Handler = Callable[[Core, Request], Awaitable[Response]]
 
@@ -66,7 +66,19 @@ def _model_routes() -> list[Route]:
                   "TensorFlow Serving", scope="infer", body="PredictRequest", answer="PredictResponse",
                   errors=MODEL_ERRORS + BODY_ERRORS),
         ]
-    return routes
+    return routes + _tfserving_routes("/v1/models/{name}/labels/{label}", " (the version a label points at)")
+
+
+def _tfserving_routes(base: str, note: str) -> list[Route]:
+    return [
+        Route(base, "GET", tfserving.status, "Model status" + note, "TensorFlow Serving", scope="model",
+              errors=MODEL_ERRORS),
+        Route(f"{base}/metadata", "GET", tfserving.metadata, "Model metadata: the serving_default signature_def"
+              + note, "TensorFlow Serving", scope="model", errors=MODEL_ERRORS),
+        Route(f"{base}:predict", "POST", tfserving.predict, "Predict: 'instances' (rows) or 'inputs' (columns)"
+              + note, "TensorFlow Serving", scope="infer", body="PredictRequest", answer="PredictResponse",
+              errors=MODEL_ERRORS + BODY_ERRORS),
+    ]
 
 
 ROUTES: list[Route] = [
@@ -78,11 +90,20 @@ ROUTES: list[Route] = [
     *_model_routes(),
     Route("/predict", "POST", simple.predict, "Predict, the classic Flask-style route: "
           "{\"input_data\": [...]} -> {\"prediction\": [...]}", "simple", scope="infer", body="SimpleRequest",
-          answer="SimpleResponse", errors=(503,) + BODY_ERRORS),
+          answer="SimpleResponse", errors=MODEL_ERRORS + BODY_ERRORS),
     Route("/metrics", "GET", ops.metrics, "Prometheus metrics", "operations", scope="admin", answer="text/plain"),
     Route("/openapi.json", "GET", ops.openapi, "This OpenAPI document", "operations", answer="Object"),
     Route("/docs", "GET", ops.docs, "The API's documentation page, with an example request per route",
           "operations", answer="text/html"),
+    Route("/v2/repository/index", "POST", repository.index, "Model repository index: every version the "
+          "repository offers, with its state (READY, UNAVAILABLE) and why", "model repository", scope="admin",
+          body="RepositoryIndexRequest", answer="RepositoryIndex", errors=(400,)),
+    Route("/v2/repository/models/{name}/unload", "POST", repository.unload, "Unload a model: every version "
+          "leaves service and is freed once its requests finish", "model repository", scope="admin",
+          body="RepositoryRequest", errors=(400, 404)),
+    Route("/v2/repository/models/{name}/load", "POST", repository.load, "Load (or reload) a model: read its "
+          "source again and serve the versions its policy names, each verified and warmed up first",
+          "model repository", scope="admin", body="RepositoryRequest", errors=(400, 404)),
 ]
 
 

@@ -13,6 +13,7 @@ RESOURCE_EXHAUSTED, 415 UNIMPLEMENTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
@@ -24,6 +25,7 @@ import numpy as np
 from ... import __version__
 from ...errors import InputError, RequestError
 from ..http2 import Call, Http2Server, Limits, Method, server_ssl_context
+from ..repository import HELD, release_held
 from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
 from .v2 import EXTENSIONS
 
@@ -37,6 +39,7 @@ SERVICE = "inference.GRPCInferenceService"
 # Field numbers of the KServe V2 gRPC protocol (grpc_predict_v2.proto), which Triton's service shares.
 # (name, type, number, repeated); a type starting with "." is a message; "map:.Msg" a map<string, Msg>.
 _PARAM_MAP = "map:.inference.InferParameter"
+_REPO_PARAM_MAP = "map:.inference.ModelRepositoryParameter"
 _MESSAGES: dict[str, list[tuple[str, str, int, bool]]] = {
     "ServerLiveRequest": [], "ServerLiveResponse": [("live", "bool", 1, False)],
     "ServerReadyRequest": [], "ServerReadyResponse": [("ready", "bool", 1, False)],
@@ -74,10 +77,24 @@ _MESSAGES: dict[str, list[tuple[str, str, int, bool]]] = {
                            ("id", "string", 3, False), ("parameters", _PARAM_MAP, 4, False),
                            ("outputs", ".inference.ModelInferResponse.InferOutputTensor", 5, True),
                            ("raw_output_contents", "bytes", 6, True)],
+    # Triton's model repository extension (grpc_service.proto).
+    "ModelRepositoryParameter": [("bool_param", "bool", 1, False), ("int64_param", "int64", 2, False),
+                                 ("string_param", "string", 3, False), ("bytes_param", "bytes", 4, False)],
+    "RepositoryIndexRequest": [("repository_name", "string", 1, False), ("ready", "bool", 2, False)],
+    "ModelIndex": [("name", "string", 1, False), ("version", "string", 2, False), ("state", "string", 3, False),
+                   ("reason", "string", 4, False)],
+    "RepositoryIndexResponse": [("models", ".inference.RepositoryIndexResponse.ModelIndex", 1, True)],
+    "RepositoryModelLoadRequest": [("repository_name", "string", 1, False), ("model_name", "string", 2, False),
+                                   ("parameters", _REPO_PARAM_MAP, 3, False)],
+    "RepositoryModelLoadResponse": [],
+    "RepositoryModelUnloadRequest": [("repository_name", "string", 1, False), ("model_name", "string", 2, False),
+                                     ("parameters", _REPO_PARAM_MAP, 3, False)],
+    "RepositoryModelUnloadResponse": [],
 }
 _NESTED = {"TensorMetadata": "ModelMetadataResponse", "InferInputTensor": "ModelInferRequest",
-           "InferRequestedOutputTensor": "ModelInferRequest", "InferOutputTensor": "ModelInferResponse"}
-_ONEOF = {"InferParameter": "parameter_choice"}
+           "InferRequestedOutputTensor": "ModelInferRequest", "InferOutputTensor": "ModelInferResponse",
+           "ModelIndex": "RepositoryIndexResponse"}
+_ONEOF = {"InferParameter": "parameter_choice", "ModelRepositoryParameter": "parameter_choice"}
 
 # The typed field of InferTensorContents that holds each datatype.
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -194,6 +211,9 @@ class GrpcV2:
             ("ServerMetadata", "metadata", m.ServerMetadataRequest, self.server_metadata),
             ("ModelMetadata", "model", m.ModelMetadataRequest, self.model_metadata),
             ("ModelInfer", "infer", m.ModelInferRequest, self.model_infer),
+            ("RepositoryIndex", "admin", m.RepositoryIndexRequest, self.repository_index),
+            ("RepositoryModelLoad", "admin", m.RepositoryModelLoadRequest, self.repository_load),
+            ("RepositoryModelUnload", "admin", m.RepositoryModelUnloadRequest, self.repository_unload),
         ]
         self.methods = {f"/{SERVICE}/{name}": Method(name, scope, request.FromString, _serialized(fn))
                         for name, scope, request, fn in table}
@@ -207,8 +227,7 @@ class GrpcV2:
         return api_key.name if api_key else None
 
     def observe(self, route: str, status: int, seconds: float, key: str | None) -> None:
-        if self.core.metrics is not None:
-            self.core.metrics.observe(route, status, seconds, key)
+        self.core.metrics.observe(route, status, seconds, key, USED.get())
 
     async def server_live(self, request: Any, call: Call) -> Any:
         return self.m.ServerLiveResponse(live=True)
@@ -227,7 +246,8 @@ class GrpcV2:
         return self.m.ModelReadyResponse(ready=self.core.ready)
 
     async def model_metadata(self, request: Any, call: Call) -> Any:
-        meta = self._model(request.name, request.version).metadata()
+        model = self._model(request.name, request.version)
+        meta = {**model.metadata(), "versions": self.core.repository.versions(model.name)}
         tensor = self.m.TensorMetadata
         return self.m.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -265,9 +285,35 @@ class GrpcV2:
         return response
 
 
+    async def repository_index(self, request: Any, call: Call) -> Any:
+        rows = self.core.repository.index(ready_only=request.ready)
+        return self.m.RepositoryIndexResponse(models=[self.m.ModelIndex(**row) for row in rows])
+
+    async def repository_load(self, request: Any, call: Call) -> Any:
+        if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):
+            raise RequestError("loading a model from a config or files in the request is not supported; put the "
+                               "version in the repository and load it by name.")
+        await self.core.repository.load(request.model_name)
+        return self.m.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: Any, call: Call) -> Any:
+        await self.core.repository.unload(request.model_name)
+        return self.m.RepositoryModelUnloadResponse()
+
+
+# The metric labels of the version a call used, read when the transport counts the call (in the call's task).
+USED: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpack_grpc_used", default=None)
+
+
 def _serialized(fn: Callable[[Any, Call], Awaitable[Any]]) -> Callable[[Any, Call], Awaitable[bytes]]:
     async def call(request: Any, info: Call) -> bytes:
-        return bytes((await fn(request, info)).SerializeToString())
+        token = HELD.set([])  # the versions the call resolves, held until its answer is serialized
+        try:
+            return bytes((await fn(request, info)).SerializeToString())
+        finally:
+            used = release_held(token)
+            if used is not None:
+                USED.set(used.labels)
 
     return call
 

@@ -17,9 +17,12 @@ DT = {"float32": "FLOAT", "float64": "DOUBLE", "float16": "HALF", "bool": "BOOL"
 
 
 async def status(core: Core, request: Request) -> Response:
+    """GetModelStatus: the version asked for (by number or label), or every loaded version of the model."""
     model = model_of(core, request)
+    named = request.params.get("version") or request.params.get("label")
+    versions = [model.version] if named else core.repository.versions(model.name)
     return json_response(200, {"model_version_status": [
-        {"version": model.version, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+        {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in versions]})
 
 
 async def metadata(core: Core, request: Request) -> Response:

@@ -15,11 +15,12 @@ from ..limits import parse_length
 from ..model import ServedModel
 from ..tensors import clip
 
-EXTENSIONS = ["binary_tensor_data", "tfserving_rest", "simple_predict"]
+EXTENSIONS = ["binary_tensor_data", "tfserving_rest", "simple_predict", "model_repository"]
 
 
 def model_of(core: Core, request: Request) -> ServedModel:
-    return core.model_for(request.params.get("name"), request.params.get("version"))
+    params = request.params
+    return core.model_for(params.get("name"), params.get("version"), params.get("label"))
 
 
 async def live(core: Core, request: Request) -> Response:
@@ -35,7 +36,8 @@ async def server_metadata(core: Core, request: Request) -> Response:
 
 
 async def model_metadata(core: Core, request: Request) -> Response:
-    return json_response(200, model_of(core, request).metadata())
+    model = model_of(core, request)
+    return json_response(200, {**model.metadata(), "versions": core.repository.versions(model.name)})
 
 
 async def model_ready(core: Core, request: Request) -> Response:

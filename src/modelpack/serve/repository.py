@@ -1,0 +1,501 @@
+"""The repository of loaded models, below the protocols: {name: {version: loaded model}}, labels, defaults.
+
+Every protocol asks `Repository.get(name, version, label)` for the model a request goes to; a request without a
+version goes to the model's default (its `default` label or version, else its highest). `serve PKG` is a
+repository of one model. With a repository (`serve REPO`), versions come and go while serving (polling, SIGHUP,
+the V2 repository API): a new version is verified, loaded and warmed up off the event loop before it is put in
+the table; the version it replaces leaves the table at once and is unloaded when its in-flight requests are
+done. A request holds the version it resolved (see `HELD`) until it is answered, so a version is never unloaded
+under a request that chose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, ModelpackError, NotFound, RequestError, reason
+from .batcher import Batcher
+from .metrics import Metrics, model_labels
+from .model import WARM_UP_FAILED_MS, ServedModel
+from .sources import ModelSource, RepositorySpec, read_repository
+from .tensors import clip
+
+if TYPE_CHECKING:
+    from .config import ServeConfig
+
+log = logging.getLogger("modelpack.serve")
+# A model faster than this (batch 1, measured at warm-up) runs on the event loop: a thread hop costs more.
+INLINE_BELOW_MS = 0.5
+
+
+@dataclass(eq=False)
+class Loaded:
+    """One loaded version: the model, its batcher, and the requests holding it."""
+
+    model: ServedModel
+    batcher: Batcher
+    source: Path | None = None
+    stamp: tuple[float, int] = (0.0, 0)
+    warm_failed: bool = False
+    inflight: int = 0
+    retired: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    labels: str = ""  # the metric labels of its model and version, made once
+
+    def __post_init__(self) -> None:
+        self.labels = model_labels(self.model.name, self.model.version)
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.retired:
+            self.idle.set()
+
+
+# The versions the current request resolved; the transports set a list per request and release it at the end.
+HELD: contextvars.ContextVar[list[Loaded] | None] = contextvars.ContextVar("modelpack_held", default=None)
+
+
+def release_held(token: contextvars.Token[list[Loaded] | None]) -> Loaded | None:
+    """Release what the request held (see HELD); returns the last version it used, for its metrics."""
+    held = HELD.get()
+    HELD.reset(token)
+    for loaded in held or ():
+        loaded.release()
+    return held[-1] if held else None
+
+
+@dataclass
+class Entry:
+    """One model of the repository: its live versions (replaced whole, never edited), labels and default."""
+
+    name: str
+    source: ModelSource | None  # None: the single package of `serve PKG`
+    versions: dict[str, Loaded] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    default: str | None = None
+    unloaded: bool = False  # unloaded through the repository API: polling leaves it so until it is loaded
+    refused: dict[tuple[int, tuple[float, int]], str] = field(default_factory=dict)  # not retried until changed
+    stuck: dict[str, int] = field(default_factory=dict)  # labels left where they were, and the version they wanted
+
+    def default_version(self) -> Loaded | None:
+        if self.default is not None:
+            version = self.labels.get(self.default, self.default)
+            if version in self.versions:
+                return self.versions[version]
+        if not self.versions:
+            return None
+        return self.versions[max(self.versions, key=_order)]
+
+
+def _order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _stamp(path: Path) -> tuple[float, int]:
+    """What tells a changed version from the one loaded: its manifest's (or archive's) mtime and size."""
+    target = path / "modelpack.json" if path.is_dir() else path
+    try:
+        st = target.stat()
+    except OSError:
+        return (0.0, 0)
+    return (st.st_mtime, st.st_size)
+
+
+class LoadFailed(ModelpackError):
+    """A version that could not be verified, loaded or warmed up; `stage` is the metric's reason."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class Repository:
+    def __init__(self, config: ServeConfig, metrics: Metrics, model: ServedModel | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models: dict[str, Entry] = {}
+        self.default_model: str | None = None
+        self.spec: RepositorySpec | None = None
+        self.generation = 0  # bumped on every change, so that documents built from the table are rebuilt
+        self.failures: Counter[tuple[str, str, str]] = Counter()
+        self._given = model
+        self._lock = asyncio.Lock()
+        self._by_model: dict[int, Loaded] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._spec_error: str | None = None
+        metrics.load_failures = self.failures
+
+    # -- what the protocols ask --------------------------------------------------------------------------------
+
+    def get(self, name: str | None, version: str | None = None, label: str | None = None) -> Loaded:
+        """The loaded version a request goes to, held until the request is answered; NotFound otherwise."""
+        entry = self._entry(name)
+        if label is not None:
+            target = entry.labels.get(label)
+            if target is None:
+                raise NotFound(f"model '{entry.name}' has no label {clip(label)} (labels: "
+                               f"{', '.join(sorted(entry.labels)) or 'none'}).")
+            version = target
+        if version is None:
+            loaded = entry.default_version()
+        else:
+            loaded = entry.versions.get(version)
+            if loaded is None:
+                have = sorted(entry.versions, key=_order)
+                raise NotFound(f"model '{entry.name}' has no version {clip(version)} (this server has "
+                               f"version{'s' if len(have) != 1 else ''} {', '.join(have) or 'none loaded'}).")
+        if loaded is None:
+            raise NotFound(f"model '{entry.name}' is not loaded; load it with POST "
+                           f"/v2/repository/models/{entry.name}/load.")
+        held = HELD.get()
+        if held is not None:
+            loaded.inflight += 1
+            held.append(loaded)
+        return loaded
+
+    def _entry(self, name: str | None) -> Entry:
+        if name is None:
+            name = self.default_model
+            if name is None:
+                if len(self.models) != 1:
+                    raise NotFound(f"this server serves several models ({self._names()}) and no default_model; "
+                                   "name one, e.g. POST /v2/models/NAME/infer.")
+                name = next(iter(self.models))
+        entry = self.models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model {clip(name)}; this server serves {self._names()}.")
+        return entry
+
+    def _names(self) -> str:
+        return ", ".join(f"'{n}'" for n in self.models)
+
+    def loaded_of(self, model: ServedModel) -> Loaded:
+        loaded = self._by_model.get(id(model))
+        if loaded is None:  # unloaded under a request that outlived --graceful-timeout-s
+            raise RequestError(f"model '{model.name}' version {model.version} was unloaded; retry.", status=503,
+                               headers={"Retry-After": "1"})
+        return loaded
+
+    def versions(self, name: str) -> list[str]:
+        entry = self.models.get(name)
+        return sorted(entry.versions, key=_order) if entry else []
+
+    def primary(self) -> ServedModel | None:
+        """The model a request without a name goes to, if there is one (the docs' examples use it)."""
+        try:
+            entry = self._entry(None)
+        except RequestError:
+            return None
+        loaded = entry.default_version()
+        return loaded.model if loaded else None
+
+    def all_loaded(self) -> list[Loaded]:
+        return [loaded for entry in self.models.values() for loaded in entry.versions.values()]
+
+    def fallback_labels(self) -> str:
+        """Metric labels for requests no model answered: the model's when there is one, else empty."""
+        loaded = self.all_loaded()
+        if len(loaded) == 1:
+            return loaded[0].labels
+        return model_labels("", "")
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: every version the sources offer, with its state."""
+        rows: list[dict[str, str]] = []
+        for name, entry in self.models.items():
+            offered: set[str] = set(entry.versions)
+            refused: dict[str, str] = {}
+            if entry.source is not None:
+                try:
+                    offered |= {str(v) for v in entry.source.available()}
+                except InputError:
+                    pass
+                refused = {str(v): text for (v, _), text in entry.refused.items()}
+            for version in sorted(offered, key=_order):
+                if version in entry.versions:
+                    rows.append({"name": name, "version": version, "state": "READY", "reason": ""})
+                elif not ready_only:
+                    why = "unloaded" if entry.unloaded else refused.get(version, "not served by the version policy")
+                    rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
+        return rows
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every model with its versions, labels and tensors, for /openapi.json and /docs."""
+        out = []
+        for name, entry in self.models.items():
+            loaded = entry.default_version()
+            item: dict[str, Any] = {"name": name, "versions": self.versions(name), "labels": dict(entry.labels),
+                                    "default_version": loaded.model.version if loaded else None}
+            if loaded is not None:
+                meta = loaded.model.metadata()
+                item.update(platform=meta["platform"], inputs=meta["inputs"], outputs=meta["outputs"])
+            out.append(item)
+        return out
+
+    # -- loading and unloading ---------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Load everything (a failure here stops the server: nothing has been served yet)."""
+        if self.config.repository is None:
+            model = self._given if self._given is not None else self.config.load_model()
+            entry = Entry(model.name, None)
+            self.models = {model.name: entry}
+            loaded = self._serve(model, model.warm_up(), None, allow_one_thread=True)
+            self._install(entry, {model.version: loaded})
+            return
+        self.spec = read_repository(self.config.repository)
+        self.default_model = self.spec.default_model
+        for name, source in self.spec.models.items():
+            entry = self.models[name] = Entry(name, source)
+            await self._refresh(entry, startup=True)
+
+    async def shutdown(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for loaded in self.all_loaded():
+            await loaded.batcher.stop()
+
+    def begin_drain(self) -> None:
+        for loaded in self.all_loaded():
+            loaded.batcher.drain()
+
+    def start_polling(self) -> None:
+        if self.config.poll_s and self.config.repository is not None:
+            self.metrics.polls = 0
+            self._poller = asyncio.get_running_loop().create_task(self._poll(self.config.poll_s))
+
+    async def _poll(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.rescan()
+            except Exception:  # a bug must not stop polling for good
+                log.exception("repository poll failed")
+
+    async def rescan(self) -> None:
+        """Re-read the repository (directory or file) and bring every model to what it says."""
+        if self.config.repository is None:
+            return
+        async with self._lock:
+            try:
+                if self.metrics.polls is not None:
+                    self.metrics.polls += 1
+                spec = await asyncio.to_thread(read_repository, self.config.repository)
+            except InputError as exc:
+                if str(exc) != self._spec_error:  # one line per distinct problem, not one per poll
+                    log.error("repository not re-read, the models being served stay: %s", exc)
+                    self._spec_error = str(exc)
+                return
+            self._spec_error = None
+            self.spec = spec
+            self.default_model = spec.default_model
+            for name in [n for n in self.models if n not in spec.models]:
+                log.info("model %s left the repository; unloading it", name)
+                gone = self.models.pop(name)
+                await self._retire(gone, set(gone.versions))
+            for name, source in spec.models.items():
+                entry = self.models.get(name)
+                if entry is None:
+                    entry = self.models[name] = Entry(name, source)
+                entry.source = source
+                if not entry.unloaded:
+                    await self._refresh(entry)
+
+    async def load(self, name: str) -> None:
+        """The repository API's load: (re)read the model's source and serve what its policy says."""
+        async with self._lock:
+            entry = self.models.get(name)
+            if entry is None:
+                raise NotFound(f"unknown model {clip(name)}; the repository has {self._names()}.")
+            entry.unloaded = False
+            if entry.source is None:  # the single package: load it again from where it came
+                model = await asyncio.to_thread(self.config.load_model)
+                loaded = self._serve(model, await asyncio.to_thread(model.warm_up), None, allow_one_thread=True)
+                old = list(entry.versions.values())
+                self._install(entry, {model.version: loaded})
+                await self._retire_loaded(entry, old)
+                return
+            entry.refused.clear()  # an explicit load tries again what polling refused
+            failed = await self._refresh(entry)
+            if failed:
+                raise RequestError(f"failed to load model '{name}': {failed}")
+
+    async def unload(self, name: str) -> None:
+        """The repository API's unload: take every version out of the table, then drain and free them."""
+        async with self._lock:
+            entry = self.models.get(name)
+            if entry is None:
+                raise NotFound(f"unknown model {clip(name)}; the repository has {self._names()}.")
+            entry.unloaded = True
+            await self._retire(entry, set(entry.versions))
+
+    async def _refresh(self, entry: Entry, startup: bool = False) -> str | None:
+        """Load the versions the policy wants and are not loaded, then retire those it no longer wants.
+
+        Returns the last refusal's message (None when everything wanted is served)."""
+        source = entry.source
+        assert source is not None
+        available = source.available()
+        for key in [k for k in entry.refused if available.get(k[0]) is None or _stamp(available[k[0]]) != k[1]]:
+            del entry.refused[key]  # the refused version changed or left: it may be tried again
+        loaded = dict(entry.versions)
+        failure: str | None = None
+        while True:  # a refused version leaves the choice: choose again among the rest (e.g. keep both of latest 2)
+            refused_now = {v for v, _ in entry.refused}
+            offered = {v: p for v, p in available.items() if v not in refused_now}
+            wanted = source.policy.choose(list(offered))
+            refused_here = False
+            for version in wanted:
+                path = offered[version]
+                current = loaded.get(str(version))
+                if current is not None and current.stamp == _stamp(path):
+                    continue
+                try:
+                    new = await self._load_version(entry, version, path, startup)
+                except LoadFailed as exc:
+                    if startup:
+                        raise InputError(f"{path}: {exc}") from None
+                    entry.refused[(version, _stamp(path))] = str(exc)
+                    self.failures[(entry.name, str(version), exc.stage)] += 1
+                    log.error("model %s version %s refused (%s), the versions being served stay: %s", entry.name,
+                              version, exc.stage, exc)
+                    failure, refused_here = str(exc), True
+                    continue
+                loaded[str(version)] = new
+            if not refused_here:
+                break
+        keep = {str(v) for v in wanted} & set(loaded)
+        if not keep and entry.versions and not startup:
+            keep = set(entry.versions)  # nothing wanted could load: the old versions keep serving
+        table = {v: loaded[v] for v in sorted(keep, key=_order)}
+        current_versions = set(map(id, entry.versions.values()))
+        for name, unused in loaded.items():  # loaded in an earlier pass, then not chosen: never served
+            if name not in table and id(unused) not in current_versions:
+                await unused.batcher.stop()
+                self.metrics.remove_model(unused.labels)
+        gone = [old for v, old in entry.versions.items() if table.get(v) is not old]
+        self._install(entry, table)
+        self._set_labels(entry, source)
+        for loaded_version in gone:
+            log.info("model %s version %s replaced; unloading it once its requests finish", entry.name,
+                     loaded_version.model.version)
+        await self._retire_loaded(entry, gone)
+        return failure
+
+    def _set_labels(self, entry: Entry, source: ModelSource) -> None:
+        labels = {}
+        for label, version in source.labels.items():
+            if str(version) in entry.versions:
+                labels[label] = str(version)
+            elif label in entry.labels:
+                labels[label] = entry.labels[label]  # its version is not served (refused?): the label stays
+                if entry.stuck.get(label) != version:  # one line per label and version, not one per poll
+                    entry.stuck[label] = version
+                    log.error("model %s: label %s -> %s names a version that is not loaded; it stays on %s",
+                              entry.name, label, version, entry.labels[label])
+        if labels != entry.labels:
+            entry.labels = labels
+            self.generation += 1
+        entry.default = source.default
+
+    async def _load_version(self, entry: Entry, version: int, path: Path, startup: bool) -> Loaded:
+        """Verify, load and warm up one version, off the event loop."""
+        source = entry.source
+        assert source is not None
+        model, warm_ms = await asyncio.to_thread(self._open, entry.name, version, path,
+                                                 source.key_file or self.config.key_file)
+        previous = entry.default_version()
+        warm_failed = warm_ms >= WARM_UP_FAILED_MS
+        if warm_failed and not startup and previous is not None and not previous.warm_failed:
+            raise LoadFailed("warmup", "it failed its warm-up run on random inputs (see the warning above), "
+                                       "which the version it replaces passed")
+        loaded = self._serve(model, warm_ms, path)
+        loaded.warm_failed = warm_failed
+        log.info("model %s version %s ready (%s, loaded in %.2fs)", entry.name, version, model.platform,
+                 model.load_seconds)
+        return loaded
+
+    def _open(self, name: str, version: int, path: Path, key_file: Path | None) -> tuple[ServedModel, float]:
+        from ..package import open_any
+
+        config = self.config
+        try:
+            with open_any(path, key_file=key_file, need="memory") as pkg:
+                pkg.verify(pubkey=config.require_signature, load=False, option="--require-signature")
+        except ModelpackError as exc:
+            raise LoadFailed("verify", reason(exc)) from None
+        try:
+            # Opened again: a .mpk is extracted for the load and the warm-up, and removed after them.
+            with open_any(path, key_file=key_file, need="memory") as pkg:
+                entry = pkg.artifact(config.runtime)
+                data = pkg.read(entry) if pkg.encrypted else None
+                model = ServedModel.load(pkg, entry["format"], config.max_batch_size, config.threads,
+                                         model_bytes=data)
+                model.name, model.version = name, str(version)
+                warm_ms = model.warm_up()
+                if warm_ms < INLINE_BELOW_MS and config.threads is None:
+                    model.prefer_one_thread()
+                return model, warm_ms
+        except ModelpackError as exc:
+            raise LoadFailed("load", reason(exc)) from None
+        except Exception as exc:  # the runtime refused the artifact
+            raise LoadFailed("load", reason(exc)) from None
+
+    def _serve(self, model: ServedModel, warm_ms: float, source: Path | None,
+               allow_one_thread: bool = False) -> Loaded:
+        """The batcher for a loaded, warmed-up model, started on this loop."""
+        config = self.config
+        inline = warm_ms < INLINE_BELOW_MS
+        if allow_one_thread and inline and config.threads is None and model.prefer_one_thread():
+            log.info("one intra-op thread: it runs this model faster than a thread pool (--threads overrides)")
+        labels = model_labels(model.name, model.version)
+        gauges = self.metrics.add_model(labels, model.load_seconds)
+        batcher = Batcher(model.runner.run, max_batch_size=config.max_batch_size,
+                          timeout_ms=config.batch_timeout_ms, max_queue=config.max_queue,
+                          on_batch=gauges.batch.observe, inline=inline, mergeable=model.signature.simple_batch)
+        batcher.start()
+        gauges.queue_depth = lambda: batcher.depth
+        return Loaded(model, batcher, source, _stamp(source) if source is not None else (0.0, 0))
+
+    def _install(self, entry: Entry, table: dict[str, Loaded]) -> None:
+        """Put a new version table in place, in one assignment: a request sees the old one or the new one."""
+        entry.versions = table
+        for loaded in table.values():
+            self._by_model[id(loaded.model)] = loaded
+        self.generation += 1
+
+    async def _retire(self, entry: Entry, versions: Iterable[str]) -> None:
+        names = set(versions)
+        gone = [loaded for v, loaded in entry.versions.items() if v in names]
+        self._install(entry, {v: loaded for v, loaded in entry.versions.items() if v not in names})
+        for loaded in gone:
+            log.info("model %s version %s unloading once its requests finish", entry.name, loaded.model.version)
+        await self._retire_loaded(entry, gone)
+
+    async def _retire_loaded(self, entry: Entry, gone: list[Loaded]) -> None:
+        """Wait for each version's in-flight requests (within --graceful-timeout-s), then stop and free it."""
+        for loaded in gone:
+            loaded.retired = True
+            if loaded.inflight == 0:
+                loaded.idle.set()
+            try:
+                await asyncio.wait_for(loaded.idle.wait(), self.config.graceful_timeout_s)
+            except TimeoutError:
+                log.warning("model %s version %s: %d request(s) still running after --graceful-timeout-s; "
+                            "unloading anyway", entry.name, loaded.model.version, loaded.inflight)
+            await loaded.batcher.stop()
+            self._by_model.pop(id(loaded.model), None)
+            if not any(lv.labels == loaded.labels for lv in self.all_loaded()):
+                self.metrics.remove_model(loaded.labels)
+            log.info("model %s version %s unloaded", entry.name, loaded.model.version)
+        if gone:
+            self.generation += 1
+
