@@ -27,6 +27,13 @@ RAY = BIN / "ray"
 SERVE = BIN / "serve"
 
 
+# Run argv[1:] so that Linux SIGKILLs it when the test process dies (PR_SET_PDEATHSIG survives exec): a test run
+# killed outright leaves no node behind, as `ray start --block` takes its own processes down when it dies
+# (checked: SIGKILL to the test's process, and both nodes' sessions were empty within about a minute).
+DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def available() -> bool:
     """Whether ray[serve] is installed beside this Python (the `ray` extra)."""
     try:
@@ -62,7 +69,8 @@ class Node:
     """One `ray start --block` process; its output is kept so a test can wait for a line and show it on failure."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([str(RAY), "start", "--block", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", DIE_WITH_PARENT, str(RAY), "start", "--block", *args],
+                                     stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
