@@ -111,17 +111,25 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(cluster: raycluster.Cluster, mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The MLP package deployed with `serve deploy` as two one-CPU replicas; the proxy's URL."""
+def deployed(cluster: raycluster.Cluster, mlp_package: Path, tmp_path_factory: pytest.TempPathFactory,
+             ) -> tuple[str, Path]:
+    """The MLP package put on the cluster by `deploy --apply` as two one-CPU replicas: the proxy's URL, the output."""
     out = tmp_path_factory.mktemp("ray") / "deploy"
     port = cluster.free_port()
-    _deploy(mlp_package, out, "--replicas", "2", "--cpu", "1", "--memory", "256Mi", "--port", str(port))
-    proc = cluster.serve("deploy", out / "serve_config.yaml")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 180, "two RUNNING replicas")
+    result = run_cli("deploy", mlp_package, "--target", "ray", "-o", out, "--replicas", "2", "--cpu", "1",
+                     "--memory", "256Mi", "--port", port, "--apply", cluster.dashboard, "--json")
+    assert result.exit_code == 0, result.output
+    applied = json.loads(result.stdout)["applied"]
+    print(f"deploy --apply: RUNNING and ready in {applied['seconds_to_ready']} s")
+    assert applied["seconds_to_ready"] > 0
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ready(url), 60, "the proxy to route to the application")
-    return url
+    assert _ready(url) and len(_replicas(cluster, "mlp") or []) == 2  # --apply returned only once both held
+    return url, out
+
+
+@pytest.fixture(scope="module")
+def served(deployed: tuple[str, Path]) -> str:
+    return deployed[0]
 
 
 def _reference(package: Path, x: np.ndarray) -> np.ndarray:
@@ -197,6 +205,25 @@ class Load:
         self.stopped.set()
         self.thread.join(timeout=30)
         return self.statuses
+
+
+def test_serve_deploy_takes_the_config(deployed: tuple[str, Path], cluster: raycluster.Cluster) -> None:
+    """Ray's own CLI accepts the file; the same config again changes nothing (the replicas stay)."""
+    url, out = deployed
+    before = {r["replica_id"] for r in _replicas(cluster, "mlp") or []}
+    proc = cluster.serve("deploy", out / "serve_config.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 120, "two RUNNING replicas")
+    assert {r["replica_id"] for r in _replicas(cluster, "mlp") or []} == before and _ready(url)
+
+
+def test_apply_errors(mlp_package: Path, tmp_path: Path) -> None:
+    nothing = f"http://127.0.0.1:{raycluster.free_port()}"
+    result = run_cli("deploy", mlp_package, "--target", "ray", "-o", tmp_path / "ray", "--apply", nothing)
+    assert result.exit_code == 1 and f"no Ray dashboard answers at {nothing}" in result.output
+    assert (tmp_path / "ray" / "serve_config.yaml").is_file()  # written before the apply; serve deploy it later
+    wrong = run_cli("deploy", mlp_package, "--target", "k8s", "-o", tmp_path / "k8s", "--apply", nothing)
+    assert wrong.exit_code == 2 and "--apply works with --target ray" in wrong.output
 
 
 def test_killed_replica_is_replaced_under_load(served: str, cluster: raycluster.Cluster) -> None:

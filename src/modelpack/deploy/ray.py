@@ -136,3 +136,78 @@ def write(pkg: Package, out: Path, options: DeployOptions, final: Path) -> list[
     return [f"serve deploy {final / CONFIG} --address http://HEAD:8265   # a running Ray cluster's dashboard",
             f"serve status --address http://HEAD:8265   # until application '{pkg.name}' is RUNNING",
             f"curl -H \"Authorization: Bearer $MODELPACK_API_KEY\" http://{host}:{options.port}/v2/models/{pkg.name}"]
+
+
+APPLICATIONS = "/api/serve/applications/"  # the dashboard's Serve REST API, which `serve deploy` and `serve status` use
+APPLY_TIMEOUT_S = 300.0
+
+
+def _request(method: str, url: str, body: Any = None, timeout: float = 30.0) -> Any:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        text = response.read().decode()
+    return json.loads(text) if text else None
+
+
+def apply(output: Path, address: str, timeout_s: float = APPLY_TIMEOUT_S) -> float:
+    """`serve deploy` the written config to the cluster whose dashboard is `address`, then wait until the
+    application is RUNNING and the proxy answers its readiness probe. Returns the seconds that took.
+
+    Like `serve deploy`, this declares the cluster's whole set of Serve applications: others are removed."""
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import yaml
+
+    from ..errors import StageFailed
+
+    address = address.rstrip("/")
+    if not urllib.parse.urlsplit(address).hostname:
+        raise UsageError(f"--apply '{address}': give the Ray dashboard's address, e.g. http://HEAD:8265.")
+    config = yaml.safe_load((output / CONFIG).read_text(encoding="utf-8"))
+    (app,) = config["applications"]
+
+    def status() -> dict[str, Any] | None:
+        try:
+            found = (_request("GET", address + APPLICATIONS) or {}).get("applications", {}).get(app["name"])
+        except (OSError, ValueError):  # the dashboard may drop a poll while it is busy; the deadline bounds the wait
+            return None
+        return found if isinstance(found, dict) else None
+
+    start = time.monotonic()
+    try:
+        before = _request("GET", address + APPLICATIONS)  # also: is a dashboard there at all
+        previous = ((before or {}).get("applications", {}).get(app["name"]) or {}).get("last_deployed_time_s")
+        _request("PUT", address + APPLICATIONS, config)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip().splitlines()[-1:] or [exc.reason]
+        raise StageFailed("deploy", f"Ray refused the config at {address} ({exc.code}): {detail[0][:300]}") from exc
+    except OSError as exc:
+        raise StageFailed("deploy", f"no Ray dashboard answers at {address} ({exc}); start the cluster "
+                                    f"(ray start --head) or pass its dashboard address, http://HEAD:8265.") from exc
+    host = config["http_options"]["host"]
+    probe_host = urllib.parse.urlsplit(address).hostname if host in ("0.0.0.0", "::") else host
+    ready_url = f"http://{probe_host}:{config['http_options']['port']}/v2/health/ready"
+    deadline = start + timeout_s
+    while time.monotonic() < deadline:
+        current = status()
+        # Ray stamps every apply; an older stamp is the previous deployment's state, not this one's.
+        if current is not None and current.get("last_deployed_time_s") != previous:
+            if current["status"] == "DEPLOY_FAILED":
+                reason = (current.get("message") or "no message").strip().splitlines()[0][:300]
+                raise StageFailed("deploy", f"Ray could not deploy '{app['name']}': {reason}; see `serve status`.")
+            if current["status"] == "RUNNING":
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5) as response:
+                        if response.status == 200:
+                            return time.monotonic() - start
+                except OSError:
+                    pass
+        time.sleep(0.5)
+    raise StageFailed("deploy", f"'{app['name']}' was not RUNNING and ready at {ready_url} within {timeout_s:g} s; "
+                                f"see `serve status --address {address}`.")
