@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,7 @@ def main() -> int:
                 print(json.dumps({f"{replicas}_replica": results[f"{replicas}_replica"]}), flush=True)
     finally:
         direct.stop()
+        shutil.rmtree(work, ignore_errors=True)
     for replicas in (1, 2):
         row = results[f"{replicas}_replica"]
         assert isinstance(row, dict)
