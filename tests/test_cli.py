@@ -24,7 +24,7 @@ def test_help_does_not_import_tensorflow_and_is_fast() -> None:
         "    runpy.run_module('modelpack', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx', 'onnxruntime') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'tf2onnx', 'onnxruntime', 'ray') if m in sys.modules)\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -47,6 +47,19 @@ def test_stage_help_does_not_import_tensorflow() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "--format" in proc.stdout and "TF=False" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_deploy_target_ray_does_not_import_ray(mlp_package: Path, tmp_path: Path) -> None:
+    """Writing a Ray Serve config needs no ray: only the replicas (modelpack.deploy.ray_app) import it."""
+    code = (
+        "import sys\nfrom modelpack.cli import main\n"
+        f"try:\n    main(['deploy', {str(mlp_package)!r}, '--target', 'ray', '-o', {str(tmp_path / 'ray')!r}])\n"
+        "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+        "print('RAY=' + str('ray' in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "EXIT 0" in proc.stdout and "RAY=False" in proc.stdout, proc.stdout + proc.stderr
+    assert (tmp_path / "ray" / "serve_config.yaml").is_file()
 
 
 def test_stages_lists_builtin_export_with_options() -> None:

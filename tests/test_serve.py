@@ -411,7 +411,7 @@ def test_serving_onnx_does_not_import_tensorflow(digits_package: Path) -> None:
         f"app = build_app(ServeConfig(package_dir=Path({str(digits_package)!r})))\n"
         "asyncio.run(app.startup())\n"
         "print('runtime', app.model.platform)\n"
-        "print('TF', any(m in sys.modules for m in ('tensorflow', 'keras', 'tf_keras')))\n"
+        "print('TF', any(m in sys.modules for m in ('tensorflow', 'keras', 'tf_keras', 'ray')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "runtime onnxruntime_onnx" in proc.stdout and "TF False" in proc.stdout, proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""`modelpack deploy`: write what Docker, Kubernetes, KServe, Triton or TF Serving need to run a package."""
+"""`modelpack deploy`: write what Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve need to run a package."""
 
 from __future__ import annotations
 
@@ -12,21 +12,24 @@ from . import render, want_json
 
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(["docker", "k8s", "kserve", "triton", "tfserving"]), required=True,
+@click.option("--target", type=click.Choice(["docker", "k8s", "kserve", "triton", "tfserving", "ray"]), required=True,
               help="What to generate.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory to write.")
 @click.option("--image", help="Container image (docker, k8s, kserve).  [default: NAME:VERSION]")
 @click.option("--replicas", type=click.IntRange(1, 1000), default=2, show_default=True,
-              help="Replicas; the autoscaler's minimum (k8s, kserve).")
+              help="Replicas; the autoscaler's minimum (k8s, kserve, ray).")
 @click.option("--max-replicas", type=click.IntRange(1, 10000), help="The autoscaler's maximum.  [default: 4 x replicas]")
 @click.option("--namespace", default="default", show_default=True, help="Kubernetes namespace.")
-@click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica.")
-@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The server's port.")
+@click.option("--cpu", default="1", show_default=True, help="CPU request and limit per replica (ray: num_cpus).")
+@click.option("--memory", default="1Gi", show_default=True, help="Memory request and limit per replica (ray: memory).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="The server's port (ray: the HTTP proxy's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="ray: the address Ray Serve's HTTP proxy binds; 0.0.0.0 serves other hosts.")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
               help="The server's KServe V2 gRPC port (docker, k8s); 0 for HTTP only. KServe routes HTTP only.")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
-              help="Triton's max_batch_size.")
+              help="Triton's max_batch_size; ray: the largest batch each replica's batcher forms.")
 @click.option("--model-version", help="Integer version for Triton and TF Serving.  [default: the package's]")
 @click.option("--requirement", help="docker: pip-install this from an index instead of the wheels put in the context "
                                    "(e.g. a wheel URL).")
@@ -39,14 +42,18 @@ from . import render, want_json
 @click.option("--push", "push_to", metavar="oci://HOST/REPO[:TAG]",
               help="docker: build, then push the image there with the login `modelpack push` uses.")
 @click.option("--plain-http", is_flag=True, help="--push: speak HTTP, not HTTPS, to the registry (loopback always does).")
+@click.option("--apply", "apply_to", metavar="http://HEAD:8265",
+              help="ray: deploy to the cluster with this dashboard (as `serve deploy` does) and wait until the "
+                   "application is RUNNING and ready.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
-           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, grpc_port: int, max_batch_size: int,
-           model_version: str | None, requirement: str | None, platform: str, build: bool, builder: str,
-           push_to: str | None, plain_http: bool, force: bool, as_json: bool) -> None:
-    """Write a deployment for a package: Docker, Kubernetes, KServe, Triton or TF Serving."""
+           max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int,
+           max_batch_size: int, model_version: str | None, requirement: str | None, platform: str, build: bool,
+           builder: str, push_to: str | None, plain_http: bool, apply_to: str | None, force: bool,
+           as_json: bool) -> None:
+    """Write a deployment for a package: Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve."""
     from ..deploy import DeployOptions
     from ..deploy import deploy as write_deployment
     from ..errors import UsageError
@@ -62,9 +69,11 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         from ..oci import Reference
 
         Reference.parse(push_to, "--push")  # a bad reference fails before the build, not after it
+    if apply_to is not None and target != "ray":
+        raise UsageError("--apply works with --target ray.")
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
-                            requirement=requirement, platform=platform)
+                            requirement=requirement, platform=platform, host=host)
     result = write_deployment(package, target, output, options, force=force)
     built = None
     if build:
@@ -77,15 +86,25 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         if push_to is not None:
             built = images.push(built, push_to, log=log, plain_http=plain_http)
     steps = result.next_steps[1:] if built else result.next_steps  # built: no `docker build` left to run
+    applied_s = None
+    if apply_to is not None:
+        from ..deploy import ray as ray_target
+
+        applied_s = ray_target.apply(output, apply_to)
+        steps = result.next_steps[2:]  # deployed and RUNNING: only the request is left
     if as_json:
         render.print_json({"status": "ok", "target": target, "output": str(output), "files": result.files,
                            "next_steps": steps,
-                           **({"image": dataclasses.asdict(built)} if built else {})})
+                           **({"image": dataclasses.asdict(built)} if built else {}),
+                           **({"applied": {"address": apply_to, "seconds_to_ready": round(applied_s, 2)}}
+                              if applied_s is not None else {})})
         return
     render.out.print(f"[bold green]{target}:[/] {output}  ({', '.join(result.files[:6])}"
                      f"{', …' if len(result.files) > 6 else ''})")
     for step in steps:
         render.out.print(f"  {step}")
+    if applied_s is not None:
+        render.out.print(f"[bold green]applied:[/] RUNNING and ready on {apply_to} in {applied_s:.1f} s")
     if built is None:
         return
     render.out.print(f"[bold green]image:[/] {built.name}  built with {built.builder}, {render.human_size(built.size)} "

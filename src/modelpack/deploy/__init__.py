@@ -1,6 +1,6 @@
 """`modelpack deploy`: from a package to the files a platform runs.
 
-One module per target: docker, k8s, kserve, triton, tfserving. Each exposes
+One module per target: docker, k8s, kserve, triton, tfserving, ray. Each exposes
 `write(pkg, out, options) -> list[str]` (the next steps to tell the user) and is
 written into a staging directory that is renamed into place when complete.
 """
@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..package import open_any
 from ..package.manifest import Manifest
 
-TARGETS = ("docker", "k8s", "kserve", "triton", "tfserving")
+TARGETS = ("docker", "k8s", "kserve", "triton", "tfserving", "ray")
 PORT = 8000
 GRPC_PORT = 8001  # KServe V2 gRPC, as Triton numbers it
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -38,6 +38,7 @@ class DeployOptions:
     model_version: str | None = None
     requirement: str | None = None  # install this from an index instead of the context's wheels
     platform: str = "linux/amd64"  # the image's platform: the wheels in the context are for it
+    host: str = "127.0.0.1"  # ray: the address Ray Serve's HTTP proxy binds
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""modelpack's server as a Ray Serve deployment: `import_path: modelpack.deploy.ray_app:build` in a Serve config.
+
+Each replica builds the very ASGI app `modelpack serve` runs (`serve.app.build_app`) and Ray's ASGI ingress hands
+it every request the proxy routes here, so the signature checks, the batcher, the limits, the API keys and scopes
+and the metrics are the server's own. The app is built in the replica (`__serve_build_asgi_app__`), never pickled,
+and Ray runs its lifespan: the model loads and warms up before the replica takes traffic. Importing this module
+imports ray; nothing else in modelpack imports it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from ..serve.app import App, build_app
+from ..serve.config import ServeConfig
+from .ray import DEPLOYMENT
+
+ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str}
+
+
+def config_from_args(args: dict[str, Any]) -> ServeConfig:
+    """The server's config from the Serve config's `args` (the API key is read later, in each replica)."""
+    unknown = sorted(set(args) - set(ARGS))
+    if unknown:
+        raise ValueError(f"args: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(ARGS)}.")
+    if not args.get("package"):
+        raise ValueError("args.package: give the path of the package directory on every node.")
+    for key, kind in ARGS.items():
+        if args.get(key) is not None and not isinstance(args[key], kind):
+            raise ValueError(f"args.{key}: expected {kind.__name__}, got {args[key]!r}.")
+    keys_file = args.get("api_keys_file")
+    return ServeConfig(package_dir=Path(args["package"]), runtime=args.get("runtime"),
+                       max_batch_size=args.get("max_batch_size") or 32,
+                       api_keys_file=Path(keys_file) if keys_file else None)
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress()
+class ModelpackServer:
+    """One replica: modelpack's ASGI app over the package, built and started inside the replica's process."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        # The key is taken from the replica's own environment so it is never part of the deployment's args.
+        self.config = replace(config, api_key=os.environ.get("MODELPACK_API_KEY") or None)
+        self.server: App | None = None
+
+    def __serve_build_asgi_app__(self) -> App:
+        self.server = build_app(self.config)  # not `self.app`: Ray's wrapper owns that name
+        return self.server
+
+    def check_health(self) -> None:
+        """Ray's health check: the server's readiness (model loaded and warmed, batcher running)."""
+        if self.server is None or not self.server.core.ready:
+            raise RuntimeError("modelpack server is not ready")
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application builder `serve deploy` calls with the config's `args`."""
+    application: Application = ModelpackServer.bind(config_from_args(args))  # type: ignore[attr-defined]
+    return application

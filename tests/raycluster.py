@@ -1,0 +1,195 @@
+"""A real Ray cluster for tests: a head node and worker nodes on this machine, each a child process of the test.
+
+Every node is `ray start --block` in a session of its own (start_new_session), so it is stopped by its PID: SIGTERM
+to every process in that session (Ray's actors move to process groups of their own, not to sessions of their own),
+then SIGKILL to whatever is left. Never `ray stop`, which kills every Ray process on the machine. Every
+port is a free one and the temp dir is private, so two clusters (or another user's) never meet.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+RAY = BIN / "ray"
+SERVE = BIN / "serve"
+
+
+# Run argv[1:] so that Linux SIGKILLs it when the test process dies (PR_SET_PDEATHSIG survives exec): a test run
+# killed outright leaves no node behind, as `ray start --block` takes its own processes down when it dies
+# (checked: SIGKILL to the test's process, and both nodes' sessions were empty within about a minute).
+DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def available() -> bool:
+    """Whether ray[serve] is installed beside this Python (the `ray` extra)."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        return False
+    return RAY.is_file() and SERVE.is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session is `sid`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+class Node:
+    """One `ray start --block` process; its output is kept so a test can wait for a line and show it on failure."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", DIE_WITH_PARENT, str(RAY), "start", "--block", *args],
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self._lines)
+
+    def started(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ray start exited {self.proc.returncode}:\n{self.log[-4000:]}")
+        return "Ray runtime started" in self.log
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to every process of the node's session (its actors too), SIGKILL to any left after `timeout`.
+
+        Serve's controller and proxy actors and the GCS outlive a SIGTERM by more than 15 s; nothing of a test
+        cluster needs a graceful end (its temp dir is removed next), so the wait is short.
+        """
+        sid = self.proc.pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            for pid in session_pids(sid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while session_pids(sid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+class Cluster:
+    """A head and `workers` worker nodes, each with `cpus` CPUs; `dashboard` is the address `serve deploy` takes."""
+
+    def __init__(self, env: dict[str, str] | None = None, cpus: int = 1) -> None:
+        # A short private temp dir: Ray's Unix sockets live under it, and their paths must stay under 108 bytes.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mpray-", dir="/tmp"))
+        self._taken: set[int] = set()
+        self.port = self.free_port()
+        self.dashboard_port = self.free_port()
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.cpus = cpus
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        self.nodes: list[Node] = []
+
+    def free_port(self) -> int:
+        """A free port this cluster has not been given yet: a node takes six, and two draws may meet."""
+        port = free_port()
+        while port in self._taken:
+            port = free_port()
+        self._taken.add(port)
+        return port
+
+    def _common(self) -> list[str]:
+        return ["--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus), "--temp-dir", str(self.temp_dir),
+                "--object-store-memory", str(100 * 2**20), "--disable-usage-stats",
+                "--node-manager-port", str(self.free_port()), "--object-manager-port", str(self.free_port()),
+                "--metrics-export-port", str(self.free_port()), "--dashboard-agent-listen-port", str(self.free_port()),
+                "--dashboard-agent-grpc-port", str(self.free_port()), "--runtime-env-agent-port", str(self.free_port())]
+
+    def start(self, workers: int = 1, timeout: float = 120.0) -> Cluster:
+        from conftest import wait_until
+
+        try:
+            head = Node(["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
+                         "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.free_port()),
+                         *self._common()], self.env)
+            self.nodes.append(head)
+            wait_until(head.started, timeout, "the Ray head node to start")
+            for _ in range(workers):
+                node = Node(["--address", f"127.0.0.1:{self.port}", *self._common()], self.env)
+                self.nodes.append(node)
+                wait_until(node.started, timeout, "a Ray worker node to start")
+            wait_until(lambda: len(self.alive_nodes()) == 1 + workers, timeout, f"{1 + workers} alive Ray nodes")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def get(self, path: str) -> Any:
+        """GET a dashboard endpoint as JSON; None while the dashboard does not answer."""
+        try:
+            response = httpx.get(f"{self.dashboard}{path}", timeout=10)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        listing = self.get("/api/v0/nodes?detail=1")
+        if listing is None:
+            return []
+        return [n for n in listing["data"]["result"]["result"] if n["state"] == "ALIVE"]
+
+    def applications(self) -> dict[str, Any]:
+        """Serve's view of its applications (`serve status` as JSON); {} before Serve runs."""
+        status = self.get("/api/serve/applications/")
+        return (status or {}).get("applications") or {}
+
+    def serve(self, *args: str | Path, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        """Run the `serve` CLI against this cluster's dashboard."""
+        return subprocess.run([str(SERVE), *map(str, args), "--address", self.dashboard], capture_output=True,
+                              text=True, env=self.env, timeout=timeout)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):  # workers first, then the head
+            node.stop()
+        self.nodes.clear()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
