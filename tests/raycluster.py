@@ -9,6 +9,7 @@ port is a free one and the temp dir is private, so two clusters (or another user
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -103,11 +104,27 @@ class Node:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + wait
-            while session_pids(sid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait_gone(sid, time.monotonic() + wait)
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
+
+
+def _wait_gone(sid: int, deadline: float) -> None:
+    """Until no process of session `sid` is left, or `deadline`: each exit is waited for on a pidfd, which the
+    kernel makes readable when that process ends (they are not our children, so waitpid cannot)."""
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        fds = []
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                pass
+        try:
+            for fd in fds:
+                select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 class Cluster:

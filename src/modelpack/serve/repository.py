@@ -312,9 +312,7 @@ class Repository:
     async def load(self, name: str) -> None:
         """The repository API's load: (re)read the model's source and serve what its policy says."""
         async with self._lock:
-            entry = self.models.get(name)
-            if entry is None:
-                raise NotFound(f"unknown model {clip(name)}; the repository has {self._names()}.")
+            entry = self._entry(name)
             entry.unloaded = False
             if entry.source is None:  # the single package: load it again from where it came
                 model = await asyncio.to_thread(self.config.load_model)
@@ -331,9 +329,7 @@ class Repository:
     async def unload(self, name: str) -> None:
         """The repository API's unload: take every version out of the table, then drain and free them."""
         async with self._lock:
-            entry = self.models.get(name)
-            if entry is None:
-                raise NotFound(f"unknown model {clip(name)}; the repository has {self._names()}.")
+            entry = self._entry(name)
             entry.unloaded = True
             await self._retire(entry, set(entry.versions))
 
