@@ -29,6 +29,7 @@ from .asgi import (
 )
 from .config import ServeConfig
 from .core import Core
+from .lifecycle import LIFE, RequestLife
 from .metrics import Metrics
 from .model import ServedModel
 from .repository import HELD, release_held
@@ -90,6 +91,8 @@ class App:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
         token = HELD.set([])  # the versions this request resolves, held until it is answered
+        life = scope["modelpack.life"] = RequestLife()  # the transport abandons it if the client hangs up
+        life_token = LIFE.set(life)
         try:
             route, params = resolve(method, path)
             route_name = route.template
@@ -117,6 +120,7 @@ class App:
             response = json_response(400, {"error": capped(str(exc))})
         except Disconnected:
             release_held(token)
+            LIFE.reset(life_token)
             return
         except Exception:  # a bug in the server or the model runtime, never the client's input
             log.exception("internal error on %s %s", method, capped(path, 200))
@@ -125,6 +129,7 @@ class App:
             await send_response(send, response, head_only=method == "HEAD")
         finally:
             used = release_held(token)
+            LIFE.reset(life_token)
         self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key,
                                   used.labels if used else None)
 

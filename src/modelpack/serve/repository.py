@@ -459,6 +459,7 @@ class Repository:
                           on_batch=gauges.batch.observe, inline=inline, mergeable=model.signature.simple_batch)
         batcher.start()
         gauges.queue_depth = lambda: batcher.depth
+        gauges.dropped = lambda: batcher.dropped
         return Loaded(model, batcher, source, _stamp(source) if source is not None else (0.0, 0))
 
     def _install(self, entry: Entry, table: dict[str, Loaded]) -> None:

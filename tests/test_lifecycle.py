@@ -1,0 +1,138 @@
+"""A request's life on a real server: dropped when its client goes away, traced with OTLP when asked.
+
+Each test runs `modelpack serve` as a process on a loopback port and waits on conditions (a metric, a log line,
+a span arriving), never on the clock. The model takes time in proportion to its input's `rows`, so one big
+request holds the model's one worker (`--max-batch-size 1`) while the test queues others behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import run_cli, wait_until
+from servers import Process, free_port
+
+BUSY_ROWS = 12000  # about 2 s of the model on an idle machine: long enough to queue and hang up behind it
+
+
+def make_slow_onnx(path: Path, size: int = 512, steps: int = 48) -> Path:
+    """x [batch, rows, 1] -> `steps` MatMul+Tanh of [rows, size] -> out [batch]: its time grows with rows."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = numpy_helper.from_array(np.ones((1, size), "float32"), "c")
+    w = numpy_helper.from_array((rng.standard_normal((size, size)) / np.sqrt(size)).astype("float32"), "w")
+    nodes = [helper.make_node("Mul", ["x", "c"], ["y0"])]
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [f"y{i}", "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"y{i + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"y{steps}"], ["out"], axes=[1, 2], keepdims=0))
+    graph = helper.make_graph(nodes, "slow",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "rows", 1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch"])], [c, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="handmade")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("slow")
+    out = base / "pkg"
+    result = run_cli("optimize", make_slow_onnx(base / "slow.onnx"), "-o", out, "-q", "export")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _body(rows: int) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "shape": [1, rows, 1], "datatype": "FP32", "data": [0.5] * rows}]}
+
+
+class Busy:
+    """One long request on a thread, holding the model's worker until it is answered."""
+
+    def __init__(self, server: Process) -> None:
+        self.status: int | None = None
+        runs = server.metric("modelpack_batch_size_count")
+        self.thread = threading.Thread(target=self._run, args=(server,), daemon=True)
+        self.thread.start()
+        # The batch-size histogram counts a batch as it starts: the long request is running.
+        wait_until(lambda: server.metric("modelpack_batch_size_count") > runs or self.status is not None, 120,
+                   "the long request to start running")
+
+    def _run(self, server: Process) -> None:
+        self.status = httpx.post(f"{server.url}/v2/models/slow/infer", json=_body(BUSY_ROWS), timeout=300).status_code
+
+    def join(self) -> int | None:
+        self.thread.join(timeout=300)
+        return self.status
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_package: Path):
+    grpc_port = free_port()
+    server = Process(slow_package, "--max-batch-size", "1", "--grpc-port", str(grpc_port))
+    server.grpc_port = grpc_port  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def _runs(server: Process) -> float:
+    return server.metric("modelpack_batch_size_count")
+
+
+def test_a_queued_http_request_whose_client_hangs_up_never_runs(slow_server: Process) -> None:
+    server = slow_server
+    runs, dropped = _runs(server), server.metric("modelpack_dropped_total")
+    busy = Busy(server)
+    assert busy.status is None, "the long request finished before the test could queue behind it"
+    body = json.dumps(_body(8)).encode()
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                   b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    wait_until(lambda: server.metric("modelpack_queue_depth") == 1, 60, "the short request to be queued")
+    client.close()  # the client goes away while its request waits
+    wait_until(lambda: server.metric("modelpack_dropped_total") == dropped + 1, 60, "the request to be dropped")
+    assert server.metric("modelpack_queue_depth") == 0
+    assert busy.join() == 200
+    assert busy.status is not None
+    # Only the long request ran: the dropped one never reached the model.
+    assert _runs(server) == runs + 1
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'modelpack_dropped_total{model="slow",version="' in metrics and 'reason="client_gone"}' in metrics
+    assert 'route="/v2/models/{name}/infer",status="499"} 1' in metrics
+    # The server goes on answering.
+    answer = httpx.post(f"{server.url}/v2/models/slow/infer", json=_body(8), timeout=60)
+    assert answer.status_code == 200 and _runs(server) == runs + 2
+
+
+def test_a_queued_grpc_call_cancelled_by_its_client_never_runs(slow_server: Process) -> None:
+    import tritonclient.grpc as grpcclient
+
+    server = slow_server
+    runs, dropped = _runs(server), server.metric("modelpack_dropped_total")
+    busy = Busy(server)
+    assert busy.status is None, "the long request finished before the test could queue behind it"
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")  # type: ignore[attr-defined]
+    feed = grpcclient.InferInput("x", [1, 8, 1], "FP32")
+    feed.set_data_from_numpy(np.full((1, 8, 1), 0.5, np.float32))
+    outcome: list[object] = []
+    call = client.async_infer("slow", [feed], callback=lambda result, error: outcome.append(error))
+    wait_until(lambda: server.metric("modelpack_queue_depth") == 1, 60, "the gRPC call to be queued")
+    call.cancel()  # RST_STREAM(CANCEL)
+    wait_until(lambda: server.metric("modelpack_dropped_total") == dropped + 1, 60, "the call to be dropped")
+    assert server.metric("modelpack_queue_depth") == 0
+    assert busy.join() == 200
+    assert _runs(server) == runs + 1
+    wait_until(lambda: bool(outcome), 60, "the client to hear of its cancelled call")
+    assert outcome[0] is not None and "cancel" in str(outcome[0]).lower()
+    client.close()
