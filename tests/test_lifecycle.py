@@ -136,3 +136,135 @@ def test_a_queued_grpc_call_cancelled_by_its_client_never_runs(slow_server: Proc
     wait_until(lambda: bool(outcome), 60, "the client to hear of its cancelled call")
     assert outcome[0] is not None and "cancel" in str(outcome[0]).lower()
     client.close()
+
+
+# -- tracing ---------------------------------------------------------------------------------------------------
+
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP receiver: POST /v1/traces with a protobuf ExportTraceServiceRequest; keeps every span."""
+
+    def __init__(self) -> None:
+        import gzip
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[object] = []
+        self.paths: list[str] = []
+        spans, paths = self.spans, self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                paths.append(self.path)
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        spans.extend(scope.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def named(self, name: str) -> list[object]:
+        return [s for s in list(self.spans) if s.name == name]  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _attributes(span: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in span.attributes:  # type: ignore[attr-defined]
+        value = kv.value
+        out[kv.key] = value.string_value if value.HasField("string_value") else value.int_value
+    return out
+
+
+def _check_trace(receiver: OtlpReceiver, root_name: str) -> None:
+    roots = [s for s in receiver.named(root_name) if s.trace_id.hex() == TRACE_ID]  # type: ignore[attr-defined]
+    assert len(roots) == 1, [s.name for s in receiver.spans]  # type: ignore[attr-defined]
+    root = roots[0]
+    assert root.parent_span_id.hex() == PARENT_ID  # type: ignore[attr-defined]
+    assert _attributes(root)["modelpack.model"] == "mlp" and _attributes(root)["modelpack.model_version"] == "1"
+    assert _attributes(root)["modelpack.batch_rows"] == 2
+    children = [s for s in receiver.spans if s.parent_span_id == root.span_id]  # type: ignore[attr-defined]
+    assert [s.name for s in sorted(children, key=lambda s: s.start_time_unix_nano)] == [  # type: ignore[attr-defined]
+        "decode", "queue wait", "batch", "run", "encode"]
+    for child in children:
+        assert child.trace_id.hex() == TRACE_ID  # type: ignore[attr-defined]
+        assert root.start_time_unix_nano <= child.start_time_unix_nano  # type: ignore[attr-defined]
+        assert child.end_time_unix_nano <= root.end_time_unix_nano  # type: ignore[attr-defined]
+        assert _attributes(child) == {"modelpack.model": "mlp", "modelpack.model_version": "1"}
+
+
+def test_requests_are_traced_to_an_otlp_receiver_with_the_incoming_traceparent(mlp_package: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    receiver = OtlpReceiver()
+    grpc_port = free_port()
+    x = np.ones((2, 16), np.float32)
+    server = Process(mlp_package, "--grpc-port", str(grpc_port), "--otlp-endpoint", receiver.url,
+                     env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    try:
+        assert server.logged(f"tracing requests to {receiver.url}/v1/traces")
+        answer = httpx.post(f"{server.url}/v2/models/mlp/infer", headers={"traceparent": TRACEPARENT}, json={
+            "inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: len(receiver.named("POST /v2/models/{name}/infer")) == 1, 60, "the HTTP request's trace")
+        wait_until(lambda: len(receiver.named("encode")) == 1, 60, "its encode span")
+        _check_trace(receiver, "POST /v2/models/{name}/infer")
+        assert set(receiver.paths) == {"/v1/traces"}
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200  # no model: no trace
+        http_spans = len(receiver.spans)
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        feed = grpcclient.InferInput("features", [2, 16], "FP32")
+        feed.set_data_from_numpy(x)
+        client.infer("mlp", [feed], headers={"traceparent": TRACEPARENT})
+        client.close()
+        wait_until(lambda: len(receiver.named("grpc ModelInfer")) == 1, 60, "the gRPC call's trace")
+        wait_until(lambda: len(receiver.spans) == http_spans + 6, 60, "its five stage spans")
+        _check_trace(receiver, "grpc ModelInfer")
+    finally:
+        server.stop()
+        receiver.close()
+
+
+def test_serving_without_tracing_imports_no_opentelemetry(mlp_package: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom modelpack.testing import InProcessClient\nc = InProcessClient({str(mlp_package)!r})\n"
+            "r = c.post('/v2/models/mlp/infer', json={'inputs': [{'name': 'features', 'shape': [1, 16], "
+            "'datatype': 'FP32', 'data': [0.0] * 16}]})\nassert r.status_code == 200, r.text\n"
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_otlp_endpoint_must_be_a_url(mlp_package: Path) -> None:
+    result = run_cli("serve", mlp_package, "--otlp-endpoint", "localhost:4318")
+    assert result.exit_code == 2 and "--otlp-endpoint 'localhost:4318': an http:// or https:// URL" in result.output

@@ -135,7 +135,7 @@ class Batcher:
         life = LIFE.get()
         if life is None:
             return self._run(feeds)
-        life.queued = life.started = time.perf_counter()
+        life.queued = life.batched = life.started = time.perf_counter()
         life.rows = rows
         outputs = self._run(feeds)
         life.ran = time.perf_counter()
@@ -191,6 +191,7 @@ class Batcher:
                 self.in_flight = 0
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        batched = time.perf_counter()
         rows = sum(i.rows for i in batch)
         self._on_batch(rows)
         if len(batch) == 1:
@@ -211,7 +212,8 @@ class Batcher:
         ran = time.perf_counter()
         for item in batch:
             if item.life is not None:
-                item.life.started, item.life.ran, item.life.rows = started, ran, rows
+                life = item.life
+                life.batched, life.started, life.ran, life.rows = batched, started, ran, rows
         start = 0
         for item in batch:
             if not item.future.done():

@@ -21,17 +21,20 @@ if TYPE_CHECKING:
 
 
 class RequestLife:
-    __slots__ = ("gone", "queued", "started", "ran", "rows", "_batcher", "_item", "span")
+    __slots__ = ("gone", "arrived", "queued", "batched", "started", "ran", "rows", "_batcher", "_item")
 
-    def __init__(self) -> None:
+    def __init__(self, arrived: float = 0.0) -> None:
         self.gone = False
-        self.queued = 0.0  # time.perf_counter() stamps, 0.0 until they happen
+        # time.perf_counter() stamps, 0.0 until they happen: the request read, queued, taken into a batch,
+        # the model called, the model done.
+        self.arrived = arrived
+        self.queued = 0.0
+        self.batched = 0.0
         self.started = 0.0
         self.ran = 0.0
         self.rows = 0  # rows of the batch it ran in
         self._batcher: Batcher | None = None
         self._item: Any = None
-        self.span: Any = None  # the request's trace span, with --otlp-endpoint
 
     def waiting(self, batcher: Batcher | None, item: Any) -> None:
         """The batcher holds the request in its queue (or, with None, no longer)."""
