@@ -133,8 +133,9 @@ def _repository_config(path: Path, require_signature: Path | None, options: dict
     from ..serve.config import ServeConfig
     from ..serve.sources import read_repository
 
-    if options["register"]:
-        raise UsageError("--register with a model repository is not built yet; register single packages.")
+    if options["register"] and options["workers"] > 1:
+        raise UsageError("--register with a model repository needs --workers 1 (each worker process would "
+                         "register its own versions).")
     spec = read_repository(path)
     for source in spec.models.values():
         for version, location in source.wanted().items():

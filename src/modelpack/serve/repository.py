@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,6 +117,17 @@ class LoadFailed(ModelpackError):
         self.stage = stage
 
 
+@dataclass(frozen=True)
+class Served:
+    """One version being served, as the registry lists it."""
+
+    name: str
+    version: str
+    signature: dict[str, Any]
+    default: bool  # what a request naming the model without a version gets
+    labels: tuple[str, ...]
+
+
 class Repository:
     def __init__(self, config: ServeConfig, metrics: Metrics, model: ServedModel | None = None) -> None:
         self.config = config
@@ -131,6 +142,9 @@ class Repository:
         self._by_model: dict[int, Loaded] = {}
         self._poller: asyncio.Task[None] | None = None
         self._spec_error: str | None = None
+        self._publish: Callable[[list[Served]], None] | None = None  # the ZooKeeper entries' keeper (--register)
+        self._published: list[Served] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         metrics.load_failures = self.failures
 
     # -- what the protocols ask --------------------------------------------------------------------------------
@@ -242,8 +256,33 @@ class Repository:
 
     # -- loading and unloading ---------------------------------------------------------------------------------
 
+    def served(self) -> list[Served]:
+        """Every version being served, for the registry (one ZooKeeper entry each)."""
+        out = []
+        for name, entry in self.models.items():
+            default = entry.default_version()
+            for version in sorted(entry.versions, key=_order):
+                loaded = entry.versions[version]
+                out.append(Served(name, version, loaded.model.signature.to_dict(), loaded is default,
+                                  tuple(sorted(label for label, v in entry.labels.items() if v == version))))
+        return out
+
+    def watch(self, publish: Callable[[list[Served]], None]) -> None:
+        """Call `publish` (on the event loop; it must not block) with what is served, now and on every change."""
+        self._publish, self._published = publish, None
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._publish is None:
+            return
+        served = self.served()
+        if served != self._published:
+            self._published = served
+            self._publish(served)
+
     async def startup(self) -> None:
         """Load everything (a failure here stops the server: nothing has been served yet)."""
+        self.loop = asyncio.get_running_loop()
         if self.config.repository is None:
             model = self._given if self._given is not None else self.config.load_model()
             entry = Entry(model.name, None)
@@ -308,6 +347,7 @@ class Repository:
                 entry.source = source
                 if not entry.unloaded:
                     await self._refresh(entry)
+            self._changed()
 
     async def load(self, name: str) -> None:
         """The repository API's load: (re)read the model's source and serve what its policy says."""
@@ -320,9 +360,11 @@ class Repository:
                 old = list(entry.versions.values())
                 self._install(entry, {model.version: loaded})
                 await self._retire_loaded(entry, old)
+                self._changed()
                 return
             entry.refused.clear()  # an explicit load tries again what polling refused
             failed = await self._refresh(entry)
+            self._changed()
             if failed:
                 raise RequestError(f"failed to load model '{name}': {failed}")
 
@@ -332,6 +374,7 @@ class Repository:
             entry = self._entry(name)
             entry.unloaded = True
             await self._retire(entry, set(entry.versions))
+            self._changed()
 
     async def _refresh(self, entry: Entry, startup: bool = False) -> str | None:
         """Load the versions the policy wants and are not loaded, then retire those it no longer wants.
@@ -468,6 +511,7 @@ class Repository:
         for loaded in table.values():
             self._by_model[id(loaded.model)] = loaded
         self.generation += 1
+        self._changed()  # the registry hears of it before the old versions drain
 
     async def _retire(self, entry: Entry, versions: Iterable[str]) -> None:
         names = set(versions)
