@@ -78,6 +78,9 @@ from . import render
 @click.option("--poll-s", type=click.FloatRange(0.05), metavar="SECONDS",
               help="With a repository: re-scan it this often; a new version is verified, loaded and warmed up "
                    "before it gets traffic, and the one it replaces drains, then unloads.")
+@click.option("--oci-cache", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With a repository: where oci:// sources keep the versions they pull.  "
+                   "[default: ~/.cache/modelpack/oci]")
 @click.option("--otlp-endpoint", metavar="URL",
               help="Trace each inference request (spans decode, queue wait, batch, run, encode; an incoming "
                    "traceparent is the parent) to this OTLP/HTTP receiver, e.g. http://localhost:4318. Needs the "
@@ -136,7 +139,7 @@ def _repository_config(path: Path, require_signature: Path | None, options: dict
     if options["register"] and options["workers"] > 1:
         raise UsageError("--register with a model repository needs --workers 1 (each worker process would "
                          "register its own versions).")
-    spec = read_repository(path)
+    spec = read_repository(path, options["oci_cache"])
     for source in spec.models.values():
         for version, location in source.wanted().items():
             with open_any(location, key_file=source.key_file or options["key_file"], need="memory") as pkg:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ModelpackError, NotFound, RequestError, reason
+from ..errors import InputError, IntegrityError, ModelpackError, NotFound, RequestError, reason
 from .batcher import Batcher
 from .metrics import Metrics, model_labels
 from .model import WARM_UP_FAILED_MS, ServedModel
@@ -145,6 +145,8 @@ class Repository:
         self._publish: Callable[[list[Served]], None] | None = None  # the ZooKeeper entries' keeper (--register)
         self._published: list[Served] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._oci_refused: dict[str, str] = {}  # model -> the digest whose pull failed its checks: not retried
+        self._oci_error: dict[str, str] = {}  # model -> the last pull error, logged once
         metrics.load_failures = self.failures
 
     # -- what the protocols ask --------------------------------------------------------------------------------
@@ -290,10 +292,12 @@ class Repository:
             loaded = self._serve(model, model.warm_up(), None, allow_one_thread=True)
             self._install(entry, {model.version: loaded})
             return
-        self.spec = read_repository(self.config.repository)
+        self.spec = await asyncio.to_thread(read_repository, self.config.repository, self.config.oci_cache)
         self.default_model = self.spec.default_model
         for name, source in self.spec.models.items():
             entry = self.models[name] = Entry(name, source)
+            if source.oci is not None:
+                await self._sync_oci(entry, startup=True)
             await self._refresh(entry, startup=True)
 
     async def shutdown(self) -> None:
@@ -327,7 +331,7 @@ class Repository:
             try:
                 if self.metrics.polls is not None:
                     self.metrics.polls += 1
-                spec = await asyncio.to_thread(read_repository, self.config.repository)
+                spec = await asyncio.to_thread(read_repository, self.config.repository, self.config.oci_cache)
             except InputError as exc:
                 if str(exc) != self._spec_error:  # one line per distinct problem, not one per poll
                     log.error("repository not re-read, the models being served stay: %s", exc)
@@ -346,6 +350,8 @@ class Repository:
                     entry = self.models[name] = Entry(name, source)
                 entry.source = source
                 if not entry.unloaded:
+                    if source.oci is not None:
+                        await self._sync_oci(entry)
                     await self._refresh(entry)
             self._changed()
 
@@ -363,6 +369,9 @@ class Repository:
                 self._changed()
                 return
             entry.refused.clear()  # an explicit load tries again what polling refused
+            if entry.source.oci is not None:
+                self._oci_refused.pop(name, None)
+                await self._sync_oci(entry)
             failed = await self._refresh(entry)
             self._changed()
             if failed:
@@ -375,6 +384,39 @@ class Repository:
             entry.unloaded = True
             await self._retire(entry, set(entry.versions))
             self._changed()
+
+    async def _sync_oci(self, entry: Entry, startup: bool = False) -> None:
+        """Pull the digest an oci:// source's tag points at, as a new version, if it is new (off the loop).
+
+        A pull that fails its checks (a digest, the signature) is refused until the tag moves; an unreachable
+        registry is tried again at the next poll. Either is one log line per distinct problem, and the versions
+        being served stay. At start-up, a failure stops the server unless earlier pulls left versions."""
+        from .oci_source import current_digest, pull_version, read_index
+
+        source = entry.source
+        assert source is not None and source.oci is not None and source.directory is not None
+        digest = None
+        try:
+            digest = await asyncio.to_thread(current_digest, source.oci, source.plain_http)
+            if digest in read_index(source.directory) or self._oci_refused.get(entry.name) == digest:
+                return
+            log.info("model %s: %s points at %s; pulling it", entry.name, source.oci, digest)
+            version = await asyncio.to_thread(pull_version, source.oci, digest, source.directory,
+                                              pubkey=self.config.require_signature, plain_http=source.plain_http)
+        except ModelpackError as exc:
+            if startup and not source.available():
+                raise InputError(f"{source.where}: {source.oci}: {reason(exc)}") from None
+            message = reason(exc)
+            if isinstance(exc, IntegrityError) and digest is not None:
+                self._oci_refused[entry.name] = digest
+            if self._oci_error.get(entry.name) != message:
+                self._oci_error[entry.name] = message
+                self.failures[(entry.name, "", "pull")] += 1
+                log.error("model %s: %s not pulled, the versions being served stay: %s", entry.name, source.oci,
+                          message)
+            return
+        self._oci_error.pop(entry.name, None)
+        log.info("model %s: pulled %s as version %d", entry.name, digest, version)
 
     async def _refresh(self, entry: Entry, startup: bool = False) -> str | None:
         """Load the versions the policy wants and are not loaded, then retire those it no longer wants.
