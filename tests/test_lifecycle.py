@@ -113,6 +113,7 @@ def test_a_queued_http_request_whose_client_hangs_up_never_runs(slow_server: Pro
     # The server goes on answering.
     answer = httpx.post(f"{server.url}/v2/models/slow/infer", json=_body(8), timeout=60)
     assert answer.status_code == 200 and _runs(server) == runs + 2
+    assert "Traceback" not in server.log and "Exception in ASGI" not in server.log, server.log
 
 
 def test_a_queued_grpc_call_cancelled_by_its_client_never_runs(slow_server: Process) -> None:
@@ -136,6 +137,7 @@ def test_a_queued_grpc_call_cancelled_by_its_client_never_runs(slow_server: Proc
     wait_until(lambda: bool(outcome), 60, "the client to hear of its cancelled call")
     assert outcome[0] is not None and "cancel" in str(outcome[0]).lower()
     client.close()
+    assert "Traceback" not in server.log, server.log
 
 
 # -- tracing ---------------------------------------------------------------------------------------------------
