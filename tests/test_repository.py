@@ -140,6 +140,8 @@ def test_directory_errors_and_a_corrupt_version_refused_at_start(versions, tmp_p
     assert result.exit_code == 1 and "refusing to serve model m version 1" in result.output
     result = run_cli("serve", versions[1][0], "--poll-s", "1")
     assert result.exit_code == 2 and "--poll-s goes with a model repository" in result.output
+    result = run_cli("serve", empty, "--register", "zk://127.0.0.1:1/x", "--workers", "2")
+    assert result.exit_code == 2 and "--register with a model repository needs --workers 1" in result.output
 
 
 # -- a served repository ----------------------------------------------------------------------------------------
