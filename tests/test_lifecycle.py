@@ -90,29 +90,38 @@ def _runs(server: Process) -> float:
     return server.metric("modelpack_batch_size_count")
 
 
+def _send_infer(server: Process, rows: int) -> socket.socket:
+    body = json.dumps(_body(rows)).encode()
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                   b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return client
+
+
 def test_a_queued_http_request_whose_client_hangs_up_never_runs(slow_server: Process) -> None:
     server = slow_server
     runs, dropped = _runs(server), server.metric("modelpack_dropped_total")
     busy = Busy(server)
     assert busy.status is None, "the long request finished before the test could queue behind it"
-    body = json.dumps(_body(8)).encode()
-    client = socket.create_connection(("127.0.0.1", server.port))
-    client.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                   b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    wait_until(lambda: server.metric("modelpack_queue_depth") == 1, 60, "the short request to be queued")
-    client.close()  # the client goes away while its request waits
+    stays = _send_infer(server, 8)
+    wait_until(lambda: server.metric("modelpack_queue_depth") == 1, 60, "the first short request to be queued")
+    leaves = _send_infer(server, 8)
+    wait_until(lambda: server.metric("modelpack_queue_depth") == 2, 60, "the second short request to be queued")
+    leaves.close()  # its client goes away while it waits, behind another request that stays
     wait_until(lambda: server.metric("modelpack_dropped_total") == dropped + 1, 60, "the request to be dropped")
-    assert server.metric("modelpack_queue_depth") == 0
+    assert server.metric("modelpack_queue_depth") == 1
     assert busy.join() == 200
-    assert busy.status is not None
-    # Only the long request ran: the dropped one never reached the model.
-    assert _runs(server) == runs + 1
+    stays.settimeout(120)
+    assert stays.recv(65536).startswith(b"HTTP/1.1 200 ")  # the one that stayed is answered
+    stays.close()
+    # The long request and the one that stayed ran; the dropped one never reached the model.
+    assert _runs(server) == runs + 2
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'modelpack_dropped_total{model="slow",version="' in metrics and 'reason="client_gone"}' in metrics
     assert 'route="/v2/models/{name}/infer",status="499"} 1' in metrics
     # The server goes on answering.
     answer = httpx.post(f"{server.url}/v2/models/slow/infer", json=_body(8), timeout=60)
-    assert answer.status_code == 200 and _runs(server) == runs + 2
+    assert answer.status_code == 200 and _runs(server) == runs + 3
     assert "Traceback" not in server.log and "Exception in ASGI" not in server.log, server.log
 
 

@@ -26,7 +26,7 @@ from .lifecycle import LIFE, RequestLife
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes one by `is`, never by comparing arrays
 class _Item:
     feeds: Tensors
     rows: int
