@@ -239,6 +239,11 @@ def test_requests_are_traced_to_an_otlp_receiver_with_the_incoming_traceparent(m
                      env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
     try:
         assert server.logged(f"tracing requests to {receiver.url}/v1/traces")
+        unsampled = "11111111111111111111111111111111"  # a caller that does not sample this trace (flags 00)
+        body = {"inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        answer = httpx.post(f"{server.url}/v2/models/mlp/infer", json=body,
+                            headers={"traceparent": f"00-{unsampled}-{PARENT_ID}-00"})
+        assert answer.status_code == 200, answer.text
         answer = httpx.post(f"{server.url}/v2/models/mlp/infer", headers={"traceparent": TRACEPARENT}, json={
             "inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": x.ravel().tolist()}]})
         assert answer.status_code == 200, answer.text
@@ -246,6 +251,9 @@ def test_requests_are_traced_to_an_otlp_receiver_with_the_incoming_traceparent(m
         wait_until(lambda: len(receiver.named("encode")) == 1, 60, "its encode span")
         _check_trace(receiver, "POST /v2/models/{name}/infer")
         assert set(receiver.paths) == {"/v1/traces"}
+        # Spans leave in order, so the unsampled request's would have come first: there are none.
+        assert not [sp for sp in receiver.spans if sp.trace_id.hex() == unsampled]  # type: ignore[attr-defined]
+        assert len(receiver.named("POST /v2/models/{name}/infer")) == 1 and len(receiver.named("run")) == 1
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200  # no model: no trace
         http_spans = len(receiver.spans)
 

@@ -335,9 +335,10 @@ def _serialized(fn: Callable[[Any, Call], Awaitable[Any]], name: str,
                 USED.set(used.labels)
             if life is not None:
                 LIFE.reset(life_token)
-                if tracer is not None and used is not None:
-                    tracer.record(life, f"grpc {name}", info.traceparent, used.model.name, used.model.version,
-                                  status, time.perf_counter())
+                if tracer is not None and used is not None:  # after the answer is written (the next turn)
+                    asyncio.get_running_loop().call_soon(
+                        tracer.record, life, f"grpc {name}", info.traceparent, used.model.name, used.model.version,
+                        status, time.perf_counter())
 
     return call
 
