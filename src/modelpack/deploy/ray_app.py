@@ -21,7 +21,7 @@ from ..serve.app import App, build_app
 from ..serve.config import ServeConfig
 from .ray import DEPLOYMENT
 
-ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str}
+ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str, "threads": int}
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:
@@ -36,7 +36,7 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
             raise ValueError(f"args.{key}: expected {kind.__name__}, got {args[key]!r}.")
     keys_file = args.get("api_keys_file")
     return ServeConfig(package_dir=Path(args["package"]), runtime=args.get("runtime"),
-                       max_batch_size=args.get("max_batch_size") or 32,
+                       max_batch_size=args.get("max_batch_size") or 32, threads=args.get("threads"),
                        api_keys_file=Path(keys_file) if keys_file else None)
 
 
