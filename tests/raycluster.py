@@ -127,6 +127,17 @@ def _wait_gone(sid: int, deadline: float) -> None:
                 os.close(fd)
 
 
+def process_named(sid: int, comm: str) -> int | None:
+    """The PID of the process called `comm` (as /proc/PID/comm has it) in session `sid`, if there is one."""
+    for pid in session_pids(sid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 class Cluster:
     """A head and `workers` worker nodes, each with `cpus` CPUs; `dashboard` is the address `serve deploy` takes."""
 
@@ -166,14 +177,21 @@ class Cluster:
             self.nodes.append(head)
             wait_until(head.started, timeout, "the Ray head node to start")
             for _ in range(workers):
-                node = Node(["--address", f"127.0.0.1:{self.port}", *self._common()], self.env)
-                self.nodes.append(node)
-                wait_until(node.started, timeout, "a Ray worker node to start")
+                self.add_worker(timeout)
             wait_until(lambda: len(self.alive_nodes()) == 1 + workers, timeout, f"{1 + workers} alive Ray nodes")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def add_worker(self, timeout: float = 120.0) -> Node:
+        """Start one more worker node (also: the replacement of one that was killed) and wait until it runs."""
+        from conftest import wait_until
+
+        node = Node(["--address", f"127.0.0.1:{self.port}", *self._common()], self.env)
+        self.nodes.append(node)
+        wait_until(node.started, timeout, "a Ray worker node to start")
+        return node
 
     def get(self, path: str) -> Any:
         """GET a dashboard endpoint as JSON; None while the dashboard does not answer."""

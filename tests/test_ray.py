@@ -85,7 +85,11 @@ def test_builder_refuses_unknown_args(mlp_package: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[raycluster.Cluster]:
     # The key is in each node's environment, as the generated README says; the replicas read it there.
-    with raycluster.Cluster(env={"PYTHONPATH": str(SRC), "MODELPACK_API_KEY": KEY}, cpus=1) as running:
+    # The GCS declares a node dead after 3 missed 1 s health checks (Ray's default: 5 of 3 s), so the raylet fault
+    # is seen in seconds.
+    env = {"PYTHONPATH": str(SRC), "MODELPACK_API_KEY": KEY, "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "1000"}
+    with raycluster.Cluster(env=env, cpus=1) as running:
         yield running.start(workers=1)
 
 
@@ -174,16 +178,18 @@ def test_replicas_run_on_both_nodes(served: str, cluster: raycluster.Cluster) ->
 
 
 class Load:
-    """One client sending V2 requests back to back through the proxy (no retries), counting answers by status."""
+    """`clients` clients, each sending V2 requests back to back through the proxy (no retries), counting answers
+    by status."""
 
-    def __init__(self, url: str, limit_s: float = 150.0) -> None:
+    def __init__(self, url: str, limit_s: float = 150.0, clients: int = 1) -> None:
         self.url = url
         self.statuses: list[int] = []  # 0: no HTTP answer (connection error or timeout)
         self.errors: list[str] = []  # the failed answers, to show what the client saw
         self.stopped = threading.Event()
         self.deadline = time.monotonic() + limit_s  # bounded even if the test never calls stop()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
         body = {"inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": [0.25] * 32}]}
@@ -203,7 +209,8 @@ class Load:
 
     def stop(self) -> list[int]:
         self.stopped.set()
-        self.thread.join(timeout=30)
+        for thread in self.threads:
+            thread.join(timeout=30)
         return self.statuses
 
 
@@ -256,3 +263,86 @@ def test_killed_replica_is_replaced_under_load(served: str, cluster: raycluster.
     assert all(s == 200 for s in statuses[:killed_at])  # nothing failed before the fault
     assert len(failed) <= 5, f"{len(failed)} requests failed: {load.errors}"
     assert all(s == 200 for s in statuses[-20:])  # and the last ones all succeed
+
+
+def _apply(cluster: raycluster.Cluster, package: Path, out: Path, port: int, *options: str) -> dict[str, Any]:
+    result = run_cli("deploy", package, "--target", "ray", "-o", out, "--memory", "256Mi", "--port", port,
+                     "--apply", cluster.dashboard, "--json", *options)
+    assert result.exit_code == 0, result.output
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def test_autoscales_from_measured_capacity(served: str, cluster: raycluster.Cluster, mlp_package: Path,
+                                           tmp_path: Path) -> None:
+    """Autoscaling from the measured capacity, with short delays: under load the application goes from 1 replica
+    to 2 (the cluster's CPUs), and back to 1 once the load stops, no sooner than the downscale delay."""
+    port = int(served.rsplit(":", 1)[1])
+    up_s, down_s = 1, 4
+    answer = _apply(cluster, mlp_package, tmp_path / "scaled", port, "--replicas", "1", "--max-replicas", "2",
+                    "--cpu", "1", "--upscale-delay", str(up_s), "--downscale-delay", str(down_s))
+    scaling = answer["autoscaling"]
+    target = scaling["target_ongoing"]
+    assert scaling["capacity"]["concurrency"] == target >= 1 and scaling["capacity"]["rps"] > 0
+    config = yaml.safe_load((tmp_path / "scaled" / "serve_config.yaml").read_text())
+    autoscaling = config["applications"][0]["deployments"][0]["autoscaling_config"]
+    assert (autoscaling["target_ongoing_requests"], autoscaling["upscale_delay_s"],
+            autoscaling["downscale_delay_s"]) == (target, up_s, down_s)
+    assert "# Measured " in (tmp_path / "scaled" / "serve_config.yaml").read_text()
+    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 1, 120, "the application down to its 1 minimum replica")
+
+    load = Load(served, limit_s=120, clients=4 * target)  # 4x the target in flight: the autoscaler wants 4 replicas
+    try:
+        wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 120, "Ray to add a replica under load")
+    finally:
+        statuses = load.stop()
+    stopped = time.monotonic()
+    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 1, 120, "Ray to go back to 1 replica after the load")
+    down_after = time.monotonic() - stopped
+    print(f"autoscale: target {target} in flight per replica; 1 -> 2 replicas under {4 * target} clients "
+          f"({len(statuses)} requests), back to 1 {down_after:.1f} s after the load stopped (delay {down_s} s)")
+    assert statuses and all(s == 200 for s in statuses), load.errors[:5]  # scaling never fails a request
+    assert down_after >= down_s - autoscaling["look_back_period_s"]  # not before the delay (less the metric window)
+
+
+def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluster, mlp_package: Path,
+                                          tmp_path: Path) -> None:
+    """SIGKILL the worker node's raylet while clients send requests: its replica and proxy go with it, requests
+    keep succeeding through the head's proxy apart from a few (counted; no client or proxy retry), and once the
+    test starts the node again Ray brings the second replica back on it."""
+    port = int(served.rsplit(":", 1)[1])
+    _apply(cluster, mlp_package, tmp_path / "fixed", port, "--replicas", "2", "--cpu", "1")
+    wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 120, "two RUNNING replicas")
+    worker = cluster.nodes[-1]
+    raylet = raycluster.process_named(worker.proc.pid, "raylet")
+    assert raylet is not None, worker.log[-2000:]
+    worker_id = next(n["node_id"] for n in cluster.alive_nodes() if not n["is_head_node"])
+    assert worker_id in {r["node_id"] for r in _replicas(cluster, "mlp") or []}
+    load = Load(served, clients=2)
+    try:
+        wait_until(lambda: load.ok() >= 20, 60, "20 answered requests before the fault")
+        os.kill(raylet, signal.SIGKILL)
+        killed_at = len(load.statuses)
+        wait_until(lambda: worker_id not in {n["node_id"] for n in cluster.alive_nodes()}, 60,
+                   "the GCS to declare the worker node dead")
+        dead_at = len(load.statuses)
+        wait_until(lambda: load.statuses[dead_at:].count(200) >= 20, 60, "20 answers from the head alone")
+        worker.stop()  # what was left of the node's processes
+        cluster.nodes.remove(worker)
+        cluster.add_worker()
+
+        def back() -> bool:
+            replicas = _replicas(cluster, "mlp")
+            return replicas is not None and len(replicas) == 2 and len({r["node_id"] for r in replicas}) == 2
+
+        wait_until(back, 180, "Ray to bring the second replica back on the restarted node")
+        recovered_at = len(load.statuses)
+        wait_until(lambda: load.statuses[recovered_at:].count(200) >= 20, 60, "20 answers after the recovery")
+    finally:
+        statuses = load.stop()
+    failed = [s for s in statuses if s != 200]
+    print(f"worker raylet killed: {len(failed)} of {len(statuses)} requests failed ({sorted(set(failed))}); "
+          f"{dead_at - killed_at} requests until the node was declared dead: {load.errors[:5]}")
+    assert all(s == 200 for s in statuses[:killed_at])
+    assert len(failed) <= 10, f"{len(failed)} requests failed: {load.errors}"
+    assert all(s == 200 for s in statuses[-20:])
