@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import raycluster
 import yaml
+import zookeeper
 from conftest import run_cli, wait_until
 
 import modelpack
@@ -29,6 +30,9 @@ if not raycluster.available():
     if os.environ.get("MODELPACK_CI") == "1":  # make install puts the 'ray' extra in CI's venv: never skip there
         raise RuntimeError("ray[serve] is missing, but .ci/run installs the 'ray' extra (pip install -e '.[all]')")
     pytest.skip("ray[serve] is not installed (pip install 'modelpack-toolkit[ray]')", allow_module_level=True)
+
+if not zookeeper.available() and os.environ.get("MODELPACK_CI") == "1":
+    raise RuntimeError("ZooKeeper is missing, but .ci/run installs zookeeperd")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the whole module runs in 60-90 s here
 
@@ -305,14 +309,49 @@ def test_autoscales_from_measured_capacity(served: str, cluster: raycluster.Clus
     assert down_after >= down_s - autoscaling["look_back_period_s"]  # not before the delay (less the metric window)
 
 
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zookeeper.ZooKeeper]:
+    if not zookeeper.available():
+        pytest.skip("ZooKeeper (Debian zookeeperd) is not installed")
+    server = zookeeper.ZooKeeper(tmp_path_factory.mktemp("zk"), raycluster.free_port()).start()
+    yield server
+    server.stop()
+
+
+def _registered(registry: str) -> list[dict[str, Any]] | None:
+    result = run_cli("discover", registry, "--json")
+    return json.loads(result.stdout)["instances"] if result.exit_code == 0 else None
+
+
 def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluster, mlp_package: Path,
-                                          tmp_path: Path) -> None:
-    """SIGKILL the worker node's raylet while clients send requests: its replica and proxy go with it, requests
-    keep succeeding through the head's proxy apart from a few (counted; no client or proxy retry), and once the
-    test starts the node again Ray brings the second replica back on it."""
+                                          tmp_path: Path, zk: zookeeper.ZooKeeper) -> None:
+    """Each replica registers its node's proxy in ZooKeeper, so `discover` and `predict --discover` find it. Then
+    SIGKILL the worker node's raylet while clients send requests: its replica and proxy go with it, requests
+    keep succeeding through the head's proxy apart from a few (counted; no client or proxy retry), the dead
+    replica's entry expires, and once the test starts the node again Ray brings the second replica back on it."""
     port = int(served.rsplit(":", 1)[1])
-    _apply(cluster, mlp_package, tmp_path / "fixed", port, "--replicas", "2", "--cpu", "1")
+    registry = f"zk://{zk.hosts}/modelpack/ray"
+    _apply(cluster, mlp_package, tmp_path / "fixed", port, "--replicas", "2", "--cpu", "1", "--register", registry)
     wait_until(lambda: len(_replicas(cluster, "mlp") or []) == 2, 120, "two RUNNING replicas")
+
+    def registered(count: int) -> bool:
+        listed = _registered(registry)
+        return listed is not None and len(listed) == count
+
+    wait_until(lambda: registered(2), 60, "both replicas' proxy entries in ZooKeeper")
+    listed = _registered(registry) or []
+    assert {(i["host"], i["port"], i["model"], i["via"]) for i in listed} == {("127.0.0.1", port, "mlp",
+                                                                                 "ray-serve-proxy")}
+    x = np.random.default_rng(3).standard_normal((3, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    predicted = run_cli("predict", "--discover", registry, "--model", "mlp", "--input", tmp_path / "x.npy",
+                        "--api-key", KEY, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    body = json.loads(predicted.stdout)
+    assert body["instance"] == f"127.0.0.1:{port}"
+    np.testing.assert_allclose(np.asarray(body["outputs"]["logits"]["data"], dtype=np.float32),
+                               _reference(mlp_package, x), rtol=1e-5, atol=1e-6)
+
     worker = cluster.nodes[-1]
     raylet = raycluster.process_named(worker.proc.pid, "raylet")
     assert raylet is not None, worker.log[-2000:]
@@ -327,6 +366,7 @@ def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluste
                    "the GCS to declare the worker node dead")
         dead_at = len(load.statuses)
         wait_until(lambda: load.statuses[dead_at:].count(200) >= 20, 60, "20 answers from the head alone")
+        wait_until(lambda: registered(1), 60, "the dead replica's entry to expire")
         worker.stop()  # what was left of the node's processes
         cluster.nodes.remove(worker)
         cluster.add_worker()
@@ -338,6 +378,7 @@ def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluste
         wait_until(back, 180, "Ray to bring the second replica back on the restarted node")
         recovered_at = len(load.statuses)
         wait_until(lambda: load.statuses[recovered_at:].count(200) >= 20, 60, "20 answers after the recovery")
+        wait_until(lambda: registered(2), 60, "the new replica's entry")
     finally:
         statuses = load.stop()
     failed = [s for s in statuses if s != 200]

@@ -57,6 +57,9 @@ from . import render, want_json
               help="ray, k8s: seconds over target before adding replicas.  [default: 3 x a replica's start, >= 10]")
 @click.option("--downscale-delay", type=click.FloatRange(0, 86400),
               help="ray, k8s: seconds under target before removing replicas.  [default: 10 x the upscale delay, >= 60]")
+@click.option("--register", metavar="zk://HOST:PORT/PATH",
+              help="ray: each replica registers its node's HTTP proxy there (as serve --register does), for "
+                   "discover and predict --discover.")
 @click.option("--prometheus", default="http://prometheus.monitoring.svc:9090", show_default=True,
               help="k8s: the Prometheus server KEDA's ScaledObject queries.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
@@ -66,7 +69,8 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
            max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int,
            max_batch_size: int, model_version: str | None, requirement: str | None, platform: str, build: bool,
            builder: str, push_to: str | None, plain_http: bool, apply_to: str | None, p99_ms: float, measure: bool,
-           peak_rps: float | None, upscale_delay: float | None, downscale_delay: float | None, prometheus: str,
+           peak_rps: float | None, upscale_delay: float | None, downscale_delay: float | None, register: str | None,
+           prometheus: str,
            force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve."""
     from ..deploy import DeployOptions
@@ -86,11 +90,17 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         Reference.parse(push_to, "--push")  # a bad reference fails before the build, not after it
     if apply_to is not None and target != "ray":
         raise UsageError("--apply works with --target ray.")
+    if register is not None:
+        from ..discovery import parse_zk
+
+        if target != "ray":
+            raise UsageError("--register works with --target ray (modelpack serve --register registers a server).")
+        parse_zk(register)
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
                             requirement=requirement, platform=platform, host=host, measure=measure, p99_ms=p99_ms,
                             peak_rps=peak_rps, upscale_delay_s=upscale_delay, downscale_delay_s=downscale_delay,
-                            prometheus=prometheus)
+                            prometheus=prometheus, register=register)
     result = write_deployment(package, target, output, options, force=force)
     scaling = _autoscaling(output)
     built = None

@@ -45,6 +45,7 @@ class DeployOptions:
     peak_rps: float | None = None  # the traffic to plan for: max replicas = peak / one replica's capacity
     upscale_delay_s: float | None = None  # None: derived from the replica's measured start time
     downscale_delay_s: float | None = None
+    register: str | None = None  # ray: zk://HOST:PORT/PATH where each replica registers its node's proxy
     prometheus: str = "http://prometheus.monitoring.svc:9090"  # k8s: the server KEDA's prometheus trigger queries
 
 

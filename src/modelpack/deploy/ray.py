@@ -85,6 +85,20 @@ def _replicas(options: DeployOptions, scaling: Autoscaling | None) -> str:
 """
 
 
+def _registration(options: DeployOptions) -> str:
+    if options.register is None:
+        return ""
+    return f"""\
+    # Each replica, once ready, registers its node's HTTP proxy (this port) in ZooKeeper as `modelpack serve
+    # --register` registers a server: an ephemeral entry that lives with the replica's session, so `modelpack
+    # discover` and `predict --discover` find the proxy while replicas run, and a dead replica's entry goes.
+    register: {_q(options.register)}
+    proxy_port: {options.port}
+    # The address clients dial: the proxy's bind address, or each node's own IP when it binds every address.
+    advertise_host: {_q(None if options.host in ("0.0.0.0", "::") else options.host)}
+"""
+
+
 def config(pkg: Package, options: DeployOptions, package_dir: Path, scaling: Autoscaling | None = None) -> str:
     """The Serve config file's text: one application whose only deployment is modelpack's server."""
     num_cpus, memory = cpus(options.cpu), memory_bytes(options.memory)
@@ -113,6 +127,7 @@ applications:
     max_batch_size: {options.max_batch_size}
     # The runtime's threads per replica: its CPUs, as the capacity was measured.
     threads: {max(1, math.ceil(num_cpus))}
+{_registration(options)}\
   deployments:
   - name: {DEPLOYMENT}
 {_replicas(options, scaling)}\

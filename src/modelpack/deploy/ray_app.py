@@ -21,7 +21,8 @@ from ..serve.app import App, build_app
 from ..serve.config import ServeConfig
 from .ray import DEPLOYMENT
 
-ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str, "threads": int}
+ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str, "threads": int,
+        "register": str, "proxy_port": int, "advertise_host": str}
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:
@@ -34,10 +35,41 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
     for key, kind in ARGS.items():
         if args.get(key) is not None and not isinstance(args[key], kind):
             raise ValueError(f"args.{key}: expected {kind.__name__}, got {args[key]!r}.")
+    if args.get("register") and not args.get("proxy_port"):
+        raise ValueError("args.register: give args.proxy_port too, the HTTP proxy's port to register.")
     keys_file = args.get("api_keys_file")
     return ServeConfig(package_dir=Path(args["package"]), runtime=args.get("runtime"),
+                       register=args.get("register"), port=args.get("proxy_port") or 8000,
+                       advertise_host=args.get("advertise_host"),
                        max_batch_size=args.get("max_batch_size") or 32, threads=args.get("threads"),
                        api_keys_file=Path(keys_file) if keys_file else None)
+
+
+class RegisteredApp(App):
+    """The server app that, once started, registers this node's Ray proxy in ZooKeeper, and removes it on stop."""
+
+    registration: Any = None
+
+    async def startup(self) -> None:
+        await super().startup()
+        from ray.util import get_node_ip_address
+
+        from ..discovery import Registration, instance_record, parse_zk
+
+        assert self.config.register is not None and self.model is not None
+        host = self.config.advertise_host or get_node_ip_address()  # type: ignore[no-untyped-call]
+        registration = Registration(parse_zk(self.config.register))
+        registration.connect()
+        pkg = self.config.package()
+        registration.register({**instance_record(
+            host=host, port=self.config.port, model=pkg.name,
+            version=pkg.version, signature=pkg.manifest["signature"]), "via": "ray-serve-proxy"})
+        self.registration = registration
+
+    async def shutdown(self) -> None:
+        if self.registration is not None:
+            self.registration.close()
+        await super().shutdown()
 
 
 @serve.deployment(name=DEPLOYMENT)
@@ -51,7 +83,8 @@ class ModelpackServer:
         self.server: App | None = None
 
     def __serve_build_asgi_app__(self) -> App:
-        self.server = build_app(self.config)  # not `self.app`: Ray's wrapper owns that name
+        # not `self.app`: Ray's wrapper owns that name
+        self.server = RegisteredApp(self.config) if self.config.register else build_app(self.config)
         return self.server
 
     def check_health(self) -> None:
