@@ -89,10 +89,11 @@ def test_builder_refuses_unknown_args(mlp_package: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[raycluster.Cluster]:
     # The key is in each node's environment, as the generated README says; the replicas read it there.
-    # The GCS declares a node dead after 3 missed 1 s health checks (Ray's default: 5 of 3 s), so the raylet fault
-    # is seen in seconds.
+    # The GCS checks each raylet every 1 s (Ray's default: 3 s) and declares it dead after 5 failed checks: a killed
+    # raylet refuses at once, so its fault is seen in about 5 s; the 5 s timeout per check keeps a node of a busy
+    # machine alive (1 s timeouts failed a head node's startup under load).
     env = {"PYTHONPATH": str(SRC), "MODELPACK_API_KEY": KEY, "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "1000"}
+           "RAY_health_check_failure_threshold": "5", "RAY_health_check_timeout_ms": "5000"}
     with raycluster.Cluster(env=env, cpus=1) as running:
         yield running.start(workers=1)
 
@@ -118,14 +119,19 @@ def _ready(url: str) -> bool:
         return False
 
 
+GRPC_PORT: list[int] = []
+
+
 @pytest.fixture(scope="module")
 def deployed(cluster: raycluster.Cluster, mlp_package: Path, tmp_path_factory: pytest.TempPathFactory,
              ) -> tuple[str, Path]:
     """The MLP package put on the cluster by `deploy --apply` as two one-CPU replicas: the proxy's URL, the output."""
     out = tmp_path_factory.mktemp("ray") / "deploy"
     port = cluster.free_port()
+    GRPC_PORT.append(cluster.free_port())  # Serve's proxies keep the first apply's ports: every apply passes this one
     result = run_cli("deploy", mlp_package, "--target", "ray", "-o", out, "--replicas", "2", "--cpu", "1",
-                     "--memory", "256Mi", "--port", port, "--apply", cluster.dashboard, "--json")
+                     "--memory", "256Mi", "--port", port, "--grpc-port", GRPC_PORT[0], "--apply", cluster.dashboard,
+                     "--json")
     assert result.exit_code == 0, result.output
     applied = json.loads(result.stdout)["applied"]
     print(f"deploy --apply: RUNNING and ready in {applied['seconds_to_ready']} s")
@@ -160,6 +166,31 @@ def test_tritonclient_through_ray_proxy(served: str, mlp_package: Path, binary: 
     out = triton.InferRequestedOutput("logits", binary_data=binary)
     result = client.infer("mlp", [inp], outputs=[out], headers=dict(AUTH))
     np.testing.assert_allclose(result.as_numpy("logits"), _reference(mlp_package, x), rtol=1e-5, atol=1e-6)
+
+
+def test_tritonclient_grpc_through_ray_grpc_proxy(served: str, mlp_package: Path) -> None:
+    """Unmodified tritonclient.grpc through Ray's gRPC proxy: KServe V2 gRPC with the key in metadata, and the
+    codes `serve --grpc-port` gives a call without one or with an unknown model."""
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{GRPC_PORT[0]}")
+    headers = {"authorization": f"Bearer {KEY}"}
+    assert client.is_server_live(headers=dict(headers)) and client.is_model_ready("mlp", headers=dict(headers))
+    meta = client.get_model_metadata("mlp", headers=dict(headers))
+    assert meta.name == "mlp" and list(meta.inputs[0].shape) == [-1, 16]
+    x = np.random.default_rng(11).standard_normal((4, 16)).astype(np.float32)
+    inp = triton.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], headers=dict(headers))
+    np.testing.assert_allclose(result.as_numpy("logits"), _reference(mlp_package, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("mlp", [inp])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_metadata("nope", headers=dict(headers))
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    client.close()
 
 
 def test_api_key_holds_through_ray_proxy(served: str) -> None:
@@ -271,7 +302,7 @@ def test_killed_replica_is_replaced_under_load(served: str, cluster: raycluster.
 
 def _apply(cluster: raycluster.Cluster, package: Path, out: Path, port: int, *options: str) -> dict[str, Any]:
     result = run_cli("deploy", package, "--target", "ray", "-o", out, "--memory", "256Mi", "--port", port,
-                     "--apply", cluster.dashboard, "--json", *options)
+                     "--grpc-port", GRPC_PORT[0], "--apply", cluster.dashboard, "--json", *options)
     assert result.exit_code == 0, result.output
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer

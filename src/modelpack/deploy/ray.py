@@ -85,6 +85,21 @@ def _replicas(options: DeployOptions, scaling: Autoscaling | None) -> str:
 """
 
 
+GRPC_SERVICER = "modelpack.deploy.ray_app:add_GRPCInferenceServiceServicer_to_server"
+
+
+def _grpc(options: DeployOptions) -> str:
+    if not options.grpc_port:
+        return "# No gRPC proxy (--grpc-port 0); pass --grpc-port for KServe V2 gRPC through Ray's gRPC proxy.\n"
+    return f"""\
+grpc_options:
+  # KServe V2 gRPC (inference.GRPCInferenceService) through Ray's gRPC proxy, for unmodified tritonclient.grpc.
+  # Ray binds it on every address ([::]); with one application no `application` metadata is needed.
+  port: {options.grpc_port}
+  grpc_servicer_functions: [{_q(GRPC_SERVICER)}]
+"""
+
+
 def _registration(options: DeployOptions) -> str:
     if options.register is None:
         return ""
@@ -114,6 +129,7 @@ http_options:
   host: {_q(options.host)}
   port: {options.port}
   request_timeout_s: 60
+{_grpc(options)}\
 applications:
 - name: {_q(pkg.name)}
   # modelpack's routes are absolute (/v2/..., /v1/models/..., /predict), as tritonclient expects.
