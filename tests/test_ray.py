@@ -70,7 +70,16 @@ def test_config_is_a_serve_config(mlp_package: Path, tmp_path: Path) -> None:
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 4)
     assert "num_replicas" not in scaled["applications"][0]["deployments"][0]
     assert scaled["http_options"]["host"] == "0.0.0.0"
-    assert "# Ray adds replicas" in (tmp_path / "scaled" / "serve_config.yaml").read_text()
+    text = (tmp_path / "scaled" / "serve_config.yaml").read_text()
+    assert "# Ray adds replicas" in text and "# Measured " in text  # the derivation, with the measured numbers
+    assert autoscaling["target_ongoing_requests"] >= 1 and autoscaling["upscale_delay_s"] >= 10
+    assert autoscaling["downscale_delay_s"] == max(60, 10 * autoscaling["upscale_delay_s"])
+    assert scaled["applications"][0]["args"]["threads"] == 1
+    assert (schema.grpc_options.port, schema.grpc_options.grpc_servicer_functions) == (
+        8001, ["modelpack.deploy.ray_app:add_GRPCInferenceServiceServicer_to_server"])
+    no_grpc = _deploy(mlp_package, tmp_path / "http-only", "--grpc-port", "0", "--register", "zk://127.0.0.1:1/x")
+    assert "grpc_options" not in no_grpc and no_grpc["applications"][0]["args"]["register"] == "zk://127.0.0.1:1/x"
+    ServeDeploySchema.parse_obj(no_grpc)
 
     bad = run_cli("deploy", mlp_package, "--target", "ray", "-o", tmp_path / "bad", "--cpu", "lots")
     assert bad.exit_code == 2 and "--cpu 'lots'" in bad.output and not (tmp_path / "bad").exists()
