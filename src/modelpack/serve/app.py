@@ -86,6 +86,13 @@ class App:
             return
         if scope["type"] != "http":
             return
+        self.core.metrics.inflight_requests += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self.core.metrics.inflight_requests -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

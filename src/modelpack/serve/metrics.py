@@ -72,6 +72,7 @@ class Metrics:
         self.models: dict[str, ModelGauges] = {}  # by model labels, the loaded versions
         self.load_failures: Counter[tuple[str, str, str]] = Counter()  # (model, version, reason)
         self.inflight_bytes: Callable[[], int] = lambda: 0
+        self.inflight_requests = 0  # HTTP requests received and not yet answered: what an autoscaler holds per replica
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
         self.polls: int | None = None  # repository scans so far, with --poll-s
 
@@ -125,6 +126,9 @@ class Metrics:
         lines += ["# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
                   "# TYPE modelpack_inflight_request_bytes gauge",
                   f"modelpack_inflight_request_bytes{{{self.unlabelled()}}} {self.inflight_bytes()}",
+                  "# HELP modelpack_inflight_requests HTTP requests received and not yet answered, this one included.",
+                  "# TYPE modelpack_inflight_requests gauge",
+                  f"modelpack_inflight_requests{{{self.unlabelled()}}} {self.inflight_requests}",
                   "# HELP modelpack_model_load_seconds Time to load the model.",
                   "# TYPE modelpack_model_load_seconds gauge"]
         lines += [f"modelpack_model_load_seconds{{{labels}}} {gauges.load_seconds:.6f}" for labels, gauges in models]
