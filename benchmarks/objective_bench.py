@@ -208,7 +208,7 @@ def cnn(work: Path) -> list[dict[str, Any]]:
                              settings=recorded(ours))
         rows.append({"model": name, "batch": 1, "threads": 1, "float_ms": float_ms, "ms": ms,
                      "speedup": float_ms / ms, **f, "chosen": _kept(ours),
-                     "quantize_s": ours["seconds"]})
+                     "quantize_s": ours["seconds"], "candidates": ours["metrics"].get("candidates", [])})
     return rows
 
 
@@ -271,7 +271,7 @@ def corpus_rows(work: Path, names: tuple[str, ...] = CORPUS) -> list[dict[str, A
             ours = quantized(source, model.eval_data, sub / "latency")
             small = quantized(source, model.eval_data, sub / "size", objective="size")
             (f,) = quality(source, [ours["path"]], model.eval_data)
-            row.update(f, chosen=_kept(ours),
+            row.update(f, chosen=_kept(ours), candidates=ours["metrics"].get("candidates", []),
                        size_ratio=model_size(source) / model_size(ours["path"]),
                        size_objective_ratio=(_size_of(source) / max(small["metrics"].get("archive_bytes") or 1, 1)))
             batches = (1, 8) if _batches(ours["metrics"]) else (1,)
@@ -317,6 +317,22 @@ def _ok(value: float, target: float) -> str:
     return "✓" if value >= target else "✗"
 
 
+def measured(candidates: list[dict[str, Any]]) -> str:
+    """What the quantize stage itself measured, candidate by candidate (its speed is the worst over batch 1 and 8,
+    one thread, against float in the stage's own loop)."""
+    parts = []
+    for c in candidates:
+        if c.get("method") not in ("static", "dynamic", "float"):
+            continue
+        if c.get("error"):
+            parts.append(f"{c['name']}: failed")
+            continue
+        agreement = f", agreement {c['top1_agreement']:.1f}%" if c.get("top1_agreement") is not None else ""
+        parts.append(f"{c['name']}: {c.get('speedup', 0):.2f}×, cosine {_f(c.get('cosine'))}{agreement}"
+                     + (" (kept)" if c.get("chosen") else ""))
+    return "; ".join(parts)
+
+
 def markdown(found: dict[str, Any]) -> str:
     out: list[str] = []
     if "transformer" in found:
@@ -341,7 +357,8 @@ def markdown(found: dict[str, Any]) -> str:
                 f"{_ok(t['float_bytes'] / int4[0]['bytes'], TARGETS['int4_smaller'])}, cosine {_f(int4[0]['cosine'])} "
                 f"{_ok(int4[0]['cosine'] or 0, TARGETS['int4_cosine'])}, " + ", ".join(
                     f"batch {r['batch']}: {r['speedup']:.2f}× float, {r['vs_ours']:.2f}× our int8" for r in int4) + ".",
-                ""]
+                "", "What quantize measured inside the stage (speed against float, the worst of batch 1 and 8, one "
+                "thread, at sequence 128): " + measured(t.get("candidates", [])) + ".", ""]
     if "cnn" in found:
         out += ["#### CNNs, batch 1, one thread", "",
                 "| model | float p50 ms | int8 p50 ms | vs float | target | top-1 agreement | cosine | recipe kept |",
@@ -351,6 +368,10 @@ def markdown(found: dict[str, Any]) -> str:
             out.append(f"| {r['model']} | {r['float_ms']:.2f} | {r['ms']:.2f} | {r['speedup']:.2f}× | ≥{target}× "
                        f"{_ok(r['speedup'], target)} | {_agree(r['agreement'])} | {_f(r['cosine'])} | {r['chosen']} |")
         out.append("")
+        for r in found["cnn"]:
+            if r.get("candidates"):
+                out += [f"What quantize measured on {r['model']} inside the stage (the worst of batch 1 and 8, one "
+                        f"thread): {measured(r['candidates'])}.", ""]
     if "size" in found:
         s = found["size"]
         out += [f"#### Size objective on the digits CNN (against the float ONNX export zipped: "
