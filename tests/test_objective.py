@@ -43,7 +43,7 @@ def test_latency_never_keeps_a_model_slower_than_float(tmp_path: Path) -> None:
     assert found["manifest"]["lineage"]["objective"] == "latency" and metrics["objective"] == "latency"
     chosen = next(c for c in metrics["candidates"] if c["chosen"])
     # Whatever won, it is float or it beat float at every timed batch.
-    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) > 1.0, chosen
+    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) >= 1.05, chosen
     if chosen["method"] == "float":
         assert not found["ops"] & INT8_OPS
         assert any("no int8 recipe beat float" in n and "--require-quantized" in n for n in found["record"]["notes"])
