@@ -286,6 +286,15 @@ def corpus_rows(work: Path, names: tuple[str, ...] = CORPUS) -> list[dict[str, A
     return rows
 
 
+def _as_given(row: dict[str, Any]) -> bool:
+    """Whether the latency objective kept the input file itself."""
+    return str(row.get("chosen", "")).startswith("float, as given")
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
 def model_size(path: Path) -> int:
     from modelpack.package import model_size as size_with_external_data
 
@@ -395,19 +404,26 @@ def markdown(found: dict[str, Any]) -> str:
             if "error" in r:
                 out.append(f"| {r['model']} | failed: {r['error']} |||||||||")
                 continue
-            cells = [f"{r[k]:.2f}×" if k in r else "-" for k in ("b1_t1", "b8_t1", "b1_tdefault", "b8_tdefault")]
+            same = _as_given(r)
+            cells = [(f"{r[k]:.2f}× (same file)" if same else f"{r[k]:.2f}×") if k in r else "-"
+                     for k in ("b1_t1", "b8_t1", "b1_tdefault", "b8_tdefault")]
             out.append(f"| {r['model']} | {' | '.join(cells)} | {_f(r['cosine'], '.3f')} | {_agree(r['agreement'])} | "
                        f"{r['size_ratio']:.2f}× | {r['size_objective_ratio']:.2f}× | {r['chosen']} |")
         speeds = [r["b1_t1"] for r in rows if "b1_t1" in r]
         if speeds:
-            geomean = math.exp(sum(math.log(v) for v in speeds) / len(speeds))
-            slowest = min(speeds)
+            geomean = _geomean(speeds)
+            # A package that kept its input file is that file: 1.00× by identity, whatever the timer said.
+            exact = _geomean([1.0 if _as_given(r) else r["b1_t1"] for r in rows if "b1_t1" in r])
+            changed = [r for r in rows if "b1_t1" in r and not _as_given(r)]
+            slowest = min(changed, key=lambda r: r["b1_t1"]) if changed else None
+            met = _ok(min(geomean, exact), TARGETS["geomean"])
             out += ["", "Each model runs on its corpus eval data (minilm at sequence 32; the sequence-128 numbers are "
-                    "the transformer table's). A row whose kept model is \"float, as given\" times the same file "
-                    "twice: its distance from 1.00× is this shared machine's timing noise.",
-                    "", f"Geometric mean at batch 1, one thread: {geomean:.2f}× (target ≥{TARGETS['geomean']}× "
-                    f"{_ok(geomean, TARGETS['geomean'])}); slowest {slowest:.2f}× (target ≥1.0× "
-                    f"{_ok(slowest, 0.995)}, within timing noise of 1.00×)."]
+                    "the transformer table's). A row whose kept model is \"float, as given\" (same file) times the "
+                    "input file against itself: its distance from 1.00× is this shared machine's timing noise.",
+                    "", f"Geometric mean at batch 1, one thread: {geomean:.2f}× as timed, {exact:.2f}× counting each "
+                    f"kept input as the 1.00× it is (target ≥{TARGETS['geomean']}× {met}); slowest model that changed: "
+                    + (f"{slowest['model']} {slowest['b1_t1']:.2f}× (target ≥1.0× {_ok(slowest['b1_t1'], 1.0)})."
+                       if slowest else "none changed.")]
         out.append("")
     return "\n".join(out)
 
