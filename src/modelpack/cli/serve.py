@@ -75,6 +75,9 @@ from . import render
               help="Key of an encrypted .mpk (else MODELPACK_KEY). It is decrypted into memory only.")
 @click.option("--rate-limit", metavar="N/s|N/m",
               help="Per-key token bucket for keys that set none in the keys file; past it, 429 with Retry-After.")
+@click.option("--model-rate-limit", multiple=True, metavar="MODEL=N/s|N/m",
+              help="A token bucket per model for its inferences, whoever calls (repeatable; *=N/s for every model "
+                   "without its own); past it, 429 with Retry-After (gRPC: RESOURCE_EXHAUSTED).")
 @click.option("--poll-s", type=click.FloatRange(0.05), metavar="SECONDS",
               help="With a repository: re-scan it this often; a new version is verified, loaded and warmed up "
                    "before it gets traffic, and the one it replaces drains, then unloads.")

@@ -29,6 +29,7 @@ from .asgi import (
 )
 from .config import ServeConfig
 from .core import Core
+from .guard import Caller
 from .metrics import Metrics
 from .model import ServedModel
 from .repository import HELD, release_held
@@ -89,15 +90,15 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
+        guard = self.core.guard
         token = HELD.set([])  # the versions this request resolves, held until it is answered
         try:
             route, params = resolve(method, path)
             route_name = route.template
-            if not route.public:
-                api_key = self.core.identify(headers.get("authorization"))
-                key = api_key.name if api_key else None
-                self.core.permit(api_key, route.scope, path)
-            request = Request(method, path, headers, params)
+            api_key = guard.identify(headers.get("authorization"), route.access)
+            key = api_key.name if api_key else None  # counted in the metrics even when refused below
+            guard.permit(api_key, route.access, path)
+            request = Request(method, path, headers, params, Caller(api_key, route.access))
             held = 0
             try:
                 if route.method == "POST":
@@ -125,8 +126,7 @@ class App:
             await send_response(send, response, head_only=method == "HEAD")
         finally:
             used = release_held(token)
-        self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key,
-                                  used.labels if used else None)
+        guard.observe(route_name, response[0], time.perf_counter() - start, key, used.labels if used else None)
 
 
 def build_app(config: ServeConfig, model: ServedModel | None = None) -> App:

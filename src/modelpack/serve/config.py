@@ -1,4 +1,7 @@
-"""Everything a server needs to start, as one value the CLI builds and every worker process reads."""
+"""Everything a server needs to start, as one value the CLI builds and every worker process reads.
+
+Plain data: nothing here builds the app (`server.app_from_env` does, in each worker).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from ..package import Package, open_any
 
 if TYPE_CHECKING:
-    from .app import App
     from .model import ServedModel
 
 ENV = "MODELPACK_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
@@ -52,6 +54,7 @@ class ServeConfig:
     encrypted: bool = False  # package_dir is an encrypted .mpk, decrypted into memory only
     key_file: Path | None = None  # its key (else MODELPACK_KEY)
     rate_limit: str | None = None  # e.g. "50/s": the token bucket of keys that set none
+    model_rate_limit: tuple[str, ...] = ()  # "NAME=50/s" each: one bucket per model, whoever calls
     repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
     poll_s: float | None = None  # re-scan the repository this often for new versions
     require_signature: Path | None = None  # the public key new versions must be signed with (polling)
@@ -76,17 +79,7 @@ class ServeConfig:
     def from_env(cls) -> ServeConfig:
         data = json.loads(os.environ[ENV])
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
-        values: dict[str, Any] = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()}
+        values: dict[str, Any] = {k: (Path(v) if k in paths and v is not None else tuple(v) if isinstance(v, list)
+                                      else v) for k, v in data.items()}
         return cls(**values)
 
-
-def app_from_env() -> App:
-    """The factory each worker process calls (uvicorn --factory)."""
-    from .app import build_app
-    from .http1 import configure
-    from .server import return_freed_memory
-
-    return_freed_memory()
-    config = ServeConfig.from_env()
-    configure(config.header_timeout_s, config.body_timeout_s, config.write_timeout_s, config.max_header_kb)
-    return build_app(config)
