@@ -73,6 +73,8 @@ def test_a_key_scoped_to_one_model_is_refused_on_every_protocol_for_another(serv
     assert httpx.post(f"{url}/v2/repository/index", headers=_auth(ADMIN_A)).status_code == 403
     metrics = httpx.get(f"{url}/metrics", headers=_auth(ADMIN)).text
     assert 'modelpack_model_refused_total{model="b",reason="scope"}' in metrics
+    assert 'modelpack_requests_total{model="b",version="",route="/v2/models/{name}/infer",status="403"} 1' in metrics
+    assert 'model="nosuch"' not in metrics  # an unknown name gets no series of its own
 
 
 def test_the_binary_tensor_extension_and_grpc_apply_the_same_model_scope(server) -> None:
@@ -123,6 +125,9 @@ def test_a_model_rate_limit_answers_429_and_resource_exhausted(server) -> None:
     client.close()
     metrics = httpx.get(f"{url}/metrics", headers=_auth(ADMIN)).text
     assert 'modelpack_model_refused_total{model="b",reason="rate"} 2' in metrics
+    # The refused calls are counted in model b's own request series (no version answered them).
+    assert 'modelpack_requests_total{model="b",version="",route="/v2/models/{name}/infer",status="429"} 1' in metrics
+    assert 'modelpack_requests_total{model="b",version="",route="grpc ModelInfer",status="429"} 1' in metrics
     # Per-model series: requests and latency labelled with the model and version that answered.
     assert 'modelpack_requests_total{model="a",version="1",route="/v2/models/{name}/infer",status="200"}' in metrics
     assert 'modelpack_request_duration_seconds_count{model="b",version="1",route="/v2/models/{name}/infer"} 3' \

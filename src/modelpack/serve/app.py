@@ -126,7 +126,8 @@ class App:
             await send_response(send, response, head_only=method == "HEAD")
         finally:
             used = release_held(token)
-        guard.observe(route_name, response[0], time.perf_counter() - start, key, used.labels if used else None)
+        guard.observe(route_name, response[0], time.perf_counter() - start, key,
+                      used.labels if used else guard.refused_labels())
 
 
 def build_app(config: ServeConfig, model: ServedModel | None = None) -> App:

@@ -110,7 +110,8 @@ class Core:
         key limited to some models learns nothing about the others."""
         if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
-        self.guard.check_model(caller, self.repository.name_of(name))
+        model = self.repository.name_of(name)
+        self.guard.check_model(caller, model, model in self.repository.models)
         return self.repository.get(name, version, label).model
 
     async def load(self, caller: Caller, name: str) -> None:

@@ -10,6 +10,7 @@ a model, and it asks `check_model` first, so no protocol can skip it.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 from collections import Counter
@@ -17,10 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Forbidden, InputError, RateLimited, Unauthorized
+from ..errors import InputError, RateLimited, RequestError, Unauthorized
 from .auth import ApiKey, KeyRing, Rate, TokenBucket
 from .limits import Budget
-from .metrics import Metrics
+from .metrics import Metrics, model_labels
+
+# The metric labels of a model the guard refused a call on (version ""), for the call's request series when no
+# version answered it; read once, by whoever counts the call (`Guard.refused_labels`).
+_REFUSED_ON: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpack_refused_on", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,15 +102,28 @@ class Guard:
             raise Unauthorized("the API key was revoked; send a current one.", headers={"WWW-Authenticate": "Bearer"})
         return key
 
-    def check_model(self, caller: Caller, model: str) -> None:
-        """403 unless the key may make this call on `model`; 429 when the model is over its rate limit."""
+    def check_model(self, caller: Caller, model: str, known: bool = True) -> None:
+        """403 unless the key may make this call on `model`; 429 when the model is over its rate limit. A refusal
+        on a `known` model is counted in its own request series (an unknown name is not: anyone can send one)."""
+        try:
+            self._check_model(caller, model)
+        except RequestError as exc:
+            if known:
+                self.refused[(model, "rate" if exc.status == 429 else "scope")] += 1
+                _REFUSED_ON.set(model_labels(model, ""))
+            raise
+
+    def refused_labels(self) -> str | None:
+        """The labels of the model a call was refused on, once (None when it was not)."""
+        labels = _REFUSED_ON.get()
+        if labels is not None:
+            _REFUSED_ON.set(None)
+        return labels
+
+    def _check_model(self, caller: Caller, model: str) -> None:
         key, access = caller.key, caller.access
         if key is not None and access.scope is not None:
-            try:
-                self.keys.authorize_model(key, access.scope, model)
-            except Forbidden:
-                self.refused[(model, "scope")] += 1
-                raise
+            self.keys.authorize_model(key, access.scope, model)
         rate = self.model_rates.get(model) or self.model_rates.get("*")
         if rate is None or access.scope not in ("infer", None):
             return  # a model's limit is on its inferences; metadata and readiness stay answerable
@@ -115,7 +133,6 @@ class Guard:
                 bucket = self._buckets[model] = TokenBucket(rate)
             wait = bucket.take()
         if wait > 0:
-            self.refused[(model, "rate")] += 1
             raise RateLimited(f"model {model!r} is over its rate limit ({rate.tokens:g} per "
                               f"{'second' if rate.tokens == rate.per_second else 'minute'}, --model-rate-limit); "
                               "retry later.", headers={"Retry-After": str(max(1, math.ceil(wait)))})

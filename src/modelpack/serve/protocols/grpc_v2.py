@@ -224,7 +224,7 @@ class GrpcV2:
         return api_key.name if api_key else None
 
     def observe(self, route: str, status: int, seconds: float, key: str | None) -> None:
-        self.guard.observe(route, status, seconds, key, USED.get())
+        self.guard.observe(route, status, seconds, key, USED.get() or self.guard.refused_labels())
 
     def _caller(self, call: Call, method: str) -> Caller:
         return Caller(self.guard.key_named(call.key), self.access[method])
