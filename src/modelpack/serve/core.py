@@ -110,8 +110,10 @@ class Core:
         key limited to some models learns nothing about the others."""
         if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
-        model = self.repository.name_of(name)
-        self.guard.check_model(caller, model, model in self.repository.models)
+        guard = self.guard
+        if guard.model_rates or (caller.key is not None and caller.key.models):
+            model = self.repository.name_of(name)
+            guard.check_model(caller, model, model in self.repository.models)
         return self.repository.get(name, version, label).model
 
     async def load(self, caller: Caller, name: str) -> None:

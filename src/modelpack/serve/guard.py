@@ -46,7 +46,7 @@ ADMIN = Access("admin")  # /metrics, the repository index
 MODEL_ADMIN = Access("admin", per_model=True)  # loading and unloading one model
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Caller:
     """Who is making a call and what it calls: what `Core.model_for` checks the model it names against."""
 
@@ -67,6 +67,9 @@ class Guard:
         self._lock = threading.Lock()
         self.refused: Counter[tuple[str, str]] = Counter()  # (model, scope | rate): calls refused on a model
         metrics.model_refusals = self.refused
+        # Count a finished call: (route, status, seconds, key name, model labels); the metrics' own method, bound
+        # once, since every request calls it.
+        self.observe = metrics.observe
 
     @classmethod
     def build(cls, api_key: str | None, keys_file: Path | None, rate_limit: str | None,
@@ -105,6 +108,8 @@ class Guard:
     def check_model(self, caller: Caller, model: str, known: bool = True) -> None:
         """403 unless the key may make this call on `model`; 429 when the model is over its rate limit. A refusal
         on a `known` model is counted in its own request series (an unknown name is not: anyone can send one)."""
+        if not self.model_rates and (caller.key is None or not caller.key.models):
+            return  # the key passed `permit` with a scope on every model, and no model has a limit
         try:
             self._check_model(caller, model)
         except RequestError as exc:
@@ -137,8 +142,6 @@ class Guard:
                               f"{'second' if rate.tokens == rate.per_second else 'minute'}, --model-rate-limit); "
                               "retry later.", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    def observe(self, route: str, status: int, seconds: float, key: str | None, labels: str | None) -> None:
-        self.metrics.observe(route, status, seconds, key, labels)
 
 
 def parse_model_rates(items: Sequence[str]) -> dict[str, Rate]:
