@@ -149,3 +149,19 @@ def test_keys_file_and_option_errors_say_what_to_write(tmp_path: Path) -> None:
     assert parse_model_rates(["a=5/s", "*=1/m"])["*"].per_second == pytest.approx(1 / 60)
     with pytest.raises(InputError, match="write MODEL=N/s"):
         parse_model_rates(["5/s"])
+
+
+def test_a_name_no_model_has_gets_no_rate_bucket() -> None:
+    from modelpack.serve.auth import KeyRing
+    from modelpack.serve.guard import INFER, Caller, Guard
+    from modelpack.serve.limits import Budget
+    from modelpack.serve.metrics import Metrics
+
+    guard = Guard(KeyRing([]), Budget(1), Metrics(), parse_model_rates(["*=1/m"]))
+    for i in range(100):
+        guard.check_model(Caller(None, INFER), f"stranger-{i}", known=False)
+    assert guard._buckets == {} and not guard.refused
+    guard.check_model(Caller(None, INFER), "a")
+    with pytest.raises(Exception, match="model 'a' is over its rate limit"):
+        guard.check_model(Caller(None, INFER), "a")
+    assert guard.refused == {("a", "rate"): 1}

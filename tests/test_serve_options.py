@@ -50,3 +50,13 @@ def test_the_command_and_create_app_share_one_preflight_and_name_options_their_w
         modelpack.create_app(mlp_package, poll_s=1.0)
     with pytest.raises(Exception, match="require_signature"):
         modelpack.create_app(mlp_package, require_signature=tmp_path / "missing.pem")
+
+
+def test_a_plain_mpk_is_served_from_its_extraction_for_the_life_of_the_server(mlp_package: Path,
+                                                                              tmp_path: Path) -> None:
+    archive = tmp_path / "mlp.mpk"
+    assert run_cli("pack", mlp_package, "-o", archive).exit_code == 0
+    result = run_cli("serve", archive, "--get", "/v2/health/ready")
+    assert result.exit_code == 0 and '"ready":true' in result.output.replace(" ", ""), result.output
+    with pytest.raises(UsageError, match="is a .mpk; unpack it"):
+        modelpack.create_app(archive)

@@ -129,4 +129,5 @@ def create_app(package: PathArg, **options: Any) -> App:
         raise UsageError(f"create_app: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
     if options.get("require_signature") is not None:
         options["require_signature"] = Path(options["require_signature"])
-    return build_app(preflight(Path(package), options, str, archives=False))
+    with preflight(Path(package), options, str, archives=False) as config:  # a directory: nothing to clean up
+        return build_app(config)

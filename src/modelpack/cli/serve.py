@@ -69,8 +69,8 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
     from ..serve.preflight import preflight
 
     flags = {param.name: param.opts[0] for param in serve.params if param.name}
-    config = preflight(package, {**options, "quiet": render.out.quiet}, lambda field: flags.get(field, field))
-    _serve(config, get_path)
+    with preflight(package, {**options, "quiet": render.out.quiet}, lambda field: flags.get(field, field)) as config:
+        _serve(config, get_path)  # within the block: a .mpk is served from its extraction
 
 
 def _serve(config: Any, get_path: str | None) -> None:

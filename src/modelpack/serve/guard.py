@@ -111,7 +111,7 @@ class Guard:
         if not self.model_rates and (caller.key is None or not caller.key.models):
             return  # the key passed `permit` with a scope on every model, and no model has a limit
         try:
-            self._check_model(caller, model)
+            self._check_model(caller, model, known)
         except RequestError as exc:
             if known:
                 self.refused[(model, "rate" if exc.status == 429 else "scope")] += 1
@@ -125,13 +125,15 @@ class Guard:
             _REFUSED_ON.set(None)
         return labels
 
-    def _check_model(self, caller: Caller, model: str) -> None:
+    def _check_model(self, caller: Caller, model: str, known: bool) -> None:
         key, access = caller.key, caller.access
         if key is not None and access.scope is not None:
             self.keys.authorize_model(key, access.scope, model)
         rate = self.model_rates.get(model) or self.model_rates.get("*")
-        if rate is None or access.scope not in ("infer", None):
-            return  # a model's limit is on its inferences; metadata and readiness stay answerable
+        if rate is None or not known or access.scope not in ("infer", None):
+            # A model's limit is on its inferences (metadata and readiness stay answerable), and an unknown name
+            # gets no bucket (a stranger could send any number of them): it is answered 404 next.
+            return
         with self._lock:
             bucket = self._buckets.get(model)
             if bucket is None or bucket.rate != rate:

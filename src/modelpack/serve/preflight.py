@@ -2,13 +2,15 @@
 
 Options that go together, then the package (or every version a repository's policies serve) verified without
 loading it (signature with `require_signature`, checksums) and the runtime asked for present: a mistake is a usage
-or integrity error now, not a worker that fails later. Returns the `ServeConfig` to serve with. `name` turns a
+or integrity error now, not a worker that fails later. Gives the `ServeConfig` to serve with, as a context: a
+plain `.mpk` is served from its extraction, which lasts until the `with` block ends. `name` turns a
 field into the way the caller spells it (`--ssl-certfile` on the command line, `ssl_certfile` in Python).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from .config import ServeConfig
 from .sources import is_repository, read_repository
 
 
+@contextmanager
 def preflight(source: Path, options: dict[str, Any], name: Callable[[str], str],
-              archives: bool = True) -> ServeConfig:
+              archives: bool = True) -> Iterator[ServeConfig]:
     """The config to serve `source` (a package, or a repository directory or file) with `options` (ServeConfig
     fields), after checking both; `archives=False` refuses a plain `.mpk` (an embedded app has no place to
     extract it)."""
@@ -49,7 +52,8 @@ def preflight(source: Path, options: dict[str, Any], name: Callable[[str], str],
                         raise IntegrityError(f"refusing to serve model {model.name} version {version}: {exc}") \
                             from exc
                     pkg.artifact(options.get("runtime"))
-        return ServeConfig(package_dir=source, repository=source, **options)
+        yield ServeConfig(package_dir=source, repository=source, **options)
+        return
     if options.get("poll_s") is not None:
         raise UsageError(f"{name('poll_s')} goes with a model repository (a NAME/VERSION/ directory or a .toml "
                          f"file), and '{source}' is one package.")
@@ -63,4 +67,4 @@ def preflight(source: Path, options: dict[str, Any], name: Callable[[str], str],
             raise UsageError(f"'{source}' is a .mpk; unpack it to a directory first (modelpack serve does that "
                              "itself), or pass the package directory.")
         where = source if pkg.encrypted else pkg.root  # an encrypted .mpk is decrypted by each worker, in memory
-    return ServeConfig(package_dir=where, **options)
+        yield ServeConfig(package_dir=where, **options)
