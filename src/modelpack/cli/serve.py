@@ -18,7 +18,9 @@ def _click_type(kind: str, spec: Any) -> Any:
         return click.Choice(list(spec.choices))
     if kind in ("int", "float") and (spec.low is not None or spec.high is not None):
         return (click.IntRange if kind == "int" else click.FloatRange)(spec.low, spec.high)
-    return {"int": int, "float": float, "Path": click.Path(dir_okay=False, path_type=Path)}.get(kind, str)
+    if kind == "Path":
+        return click.Path(file_okay=not spec.directory, dir_okay=spec.directory, path_type=Path)
+    return {"int": int, "float": float}.get(kind, str)
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:

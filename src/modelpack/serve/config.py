@@ -31,6 +31,7 @@ class Cli:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     envvar: str | None = None  # also read from this environment variable (and shown in --help)
+    directory: bool = False  # a Path field that names a directory (else a file)
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -105,6 +106,12 @@ class ServeConfig:
                                   "then unloads.", low=0.05, metavar="SECONDS")
     quiet: bool = False  # log warnings and errors only (the command line's -q)
     repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
+    oci_cache: Path | None = option(None, "With a repository: where oci:// sources keep the versions they pull.  "
+                                    "[default: ~/.cache/modelpack/oci]", metavar="DIR", directory=True)
+    otlp_endpoint: str | None = option(
+        None, "Trace each inference request (spans decode, queue wait, batch, run, encode; an incoming traceparent "
+        "is the parent) to this OTLP/HTTP receiver, e.g. http://localhost:4318. Needs the 'otel' extra.  "
+        "[default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off]", metavar="URL")
 
     def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""

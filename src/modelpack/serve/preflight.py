@@ -36,13 +36,17 @@ def preflight(source: Path, options: dict[str, Any], name: Callable[[str], str],
             raise UsageError(f"{name('register')} with {name('workers')} needs a fixed {name('port')}.")
     elif options.get("register_required"):
         raise UsageError(f"{name('register_required')} goes with {name('register')} zk://HOST:PORT/PATH.")
+    if options.get("otlp_endpoint"):
+        from .tracing import endpoint_from
+
+        endpoint_from(options["otlp_endpoint"])  # a malformed URL is a usage error now, not a failed start
     pubkey = options.get("require_signature")
     signature = name("require_signature")
     if is_repository(source):
-        if options.get("register"):
-            raise UsageError(f"{name('register')} with a model repository is not built yet; register single "
-                             "packages.")
-        spec = read_repository(source)
+        if options.get("register") and options.get("workers", 1) > 1:
+            raise UsageError(f"{name('register')} with a model repository needs {name('workers')} 1 (each worker "
+                             "process would register its own versions).")
+        spec = read_repository(source, options.get("oci_cache"))
         for model in spec.models.values():
             for version, location in model.wanted().items():
                 with open_any(location, key_file=model.key_file or options.get("key_file"), need="memory") as pkg:
