@@ -75,6 +75,7 @@ class Metrics:
         self.inflight_requests = 0  # HTTP requests received and not yet answered: what an autoscaler holds per replica
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
         self.polls: int | None = None  # repository scans so far, with --poll-s
+        self.model_refusals: Counter[tuple[str, str]] = Counter()  # (model, scope | rate), counted by the guard
 
     def add_model(self, labels: str, load_seconds: float) -> ModelGauges:
         gauges = self.models[labels] = ModelGauges(load_seconds)
@@ -148,6 +149,12 @@ class Metrics:
                       "# TYPE modelpack_refused_total counter"]
             for (protocol, reason), count in sorted(REFUSED.items()):
                 lines.append(f'modelpack_refused_total{{protocol="{protocol}",reason="{reason}"}} {count}')
+        if self.model_refusals:
+            lines += ["# HELP modelpack_model_refused_total Calls refused on a model: a key without the scope on it "
+                      "(reason scope), or the model over its rate limit (reason rate).",
+                      "# TYPE modelpack_model_refused_total counter"]
+            for (model, why), count in sorted(self.model_refusals.items()):
+                lines.append(f'modelpack_model_refused_total{{model="{_escape(model)}",reason="{why}"}} {count}')
         if self.key_requests:
             lines += ["# HELP modelpack_key_requests_total Requests by API key name.",
                       "# TYPE modelpack_key_requests_total counter"]
