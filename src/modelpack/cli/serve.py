@@ -78,6 +78,10 @@ from . import render
 @click.option("--poll-s", type=click.FloatRange(0.05), metavar="SECONDS",
               help="With a repository: re-scan it this often; a new version is verified, loaded and warmed up "
                    "before it gets traffic, and the one it replaces drains, then unloads.")
+@click.option("--memory-budget-mb", type=click.FloatRange(1), metavar="MB",
+              help="With a repository: load each model on its first request and unload the least recently used "
+                   "idle one when a load would go over this; a model that cannot fit gets 503. Split evenly "
+                   "between --workers.  [default: the repository file's memory_budget_mb, else load everything]")
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
@@ -106,6 +110,9 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
     if is_repository(package):
         _serve(_repository_config(package, require_signature, options), get_path)
         return
+    if options["memory_budget_mb"] is not None:
+        raise UsageError("--memory-budget-mb goes with a model repository (a NAME/VERSION/ directory or a .toml "
+                         f"file), and '{package}' is one package.")
     if options["poll_s"] is not None:
         raise UsageError("--poll-s goes with a model repository (a NAME/VERSION/ directory or a .toml file), "
                          f"and '{package}' is one package.")

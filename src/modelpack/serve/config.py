@@ -55,6 +55,7 @@ class ServeConfig:
     repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
     poll_s: float | None = None  # re-scan the repository this often for new versions
     require_signature: Path | None = None  # the public key new versions must be signed with (polling)
+    memory_budget_mb: float | None = None  # with a repository: load on first request, evict the LRU idle model
 
     def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""

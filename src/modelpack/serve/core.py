@@ -95,12 +95,13 @@ class Core:
             self.keys.authorize(api_key, scope, target)
             self.keys.throttle(api_key)
 
-    def model_for(self, name: str | None, version: str | None, label: str | None = None) -> ServedModel:
+    async def model_for(self, name: str | None, version: str | None, label: str | None = None) -> ServedModel:
         """The model a request names (its default version without `version` or `label`), if loaded and the
-        server is ready; every protocol asks. The version is held until the request is answered."""
+        server is ready; every protocol asks. The version is held until the request is answered. Under a memory
+        budget, a version not loaded yet is loaded here (503 if it cannot fit)."""
         if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
-        return self.repository.get(name, version, label).model
+        return (await self.repository.acquire(name, version, label)).model
 
     async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray], eager: bool = False,
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
