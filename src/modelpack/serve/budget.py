@@ -18,8 +18,9 @@ and just after its warm-up, the difference being what the process paid for it (w
 pre-packed weights, the warm-up's buffers; any runtime, TFLite too). onnxruntime's arena statistics are not in
 its Python API, so "arena + file size" cannot be read, only guessed. The delta is floored at the artifact's file
 size: a load that reuses heap freed by an evicted model would otherwise look free. The runtime's one-time set-up
-(its environment, kernel registry, the global pool: about 10 MB) is paid once at start-up by `prime()`, so it is
-not charged to whichever model loads first.
+(its environment and kernel registry, about 10 MB, and the modules and heap a first package load brings in) is
+paid once at start-up (`prime()`, then one load of the smallest version, let go), so it is not charged to whichever
+model loads first.
 """
 
 from __future__ import annotations

@@ -341,7 +341,7 @@ class Repository:
             memory_mb /= config.workers  # each worker holds its own models: together they stay within the budget
             self.budget_bytes = int(memory_mb * 2**20)
             self.metrics.memory_budget_bytes = self.budget_bytes
-            await asyncio.to_thread(budget.prime)
+            await asyncio.to_thread(self._prime)
         count = len(self.spec.models) if self.spec is not None else 1
         log.info("%s", self.cpu.describe(count, memory_mb if self.budget_bytes is not None else None))
         if self.config.repository is None:
@@ -356,6 +356,22 @@ class Repository:
         for name, source in self.spec.models.items():
             entry = self.models[name] = Entry(name, source)
             await self._refresh(entry, startup=True)
+
+    def _prime(self) -> None:
+        """Pay the process's one-time costs of a load (the runtime's set-up, the modules a package load imports,
+        the loading thread's heap) before any model is measured: open the smallest version and let it go."""
+        assert self.spec is not None
+        budget.prime()
+        versions = [(name, v, path) for name, source in self.spec.models.items()
+                    for v, path in source.wanted().items()]
+        if not versions:
+            return
+        name, version, path = min(versions, key=lambda item: _artifact_bytes(item[2]))
+        source = self.spec.models[name]
+        try:
+            self._open(name, version, path, source.key_file or self.config.key_file)
+        except LoadFailed:
+            pass  # its own first request will say why
 
     async def shutdown(self) -> None:
         if self._poller is not None:
