@@ -113,6 +113,7 @@ def test_directory_layout_and_repository_file(versions, tmp_path: Path) -> None:
     ("[models.a]\nversions = {one = 'PKG'}\n", "'one' is not a version"),
     ("default_model = 'z'\n[models.a]\nversions = {1 = 'PKG'}\n", "default_model 'z' is not one of"),
     ("[models.a\n", "not valid TOML"),
+    ("memory_budget_mb = 0\n[models.a]\nversions = {1 = 'PKG'}\n", "memory_budget_mb must be a number"),
 ])
 def test_repository_file_errors_name_the_file_and_field(versions, tmp_path: Path, text: str, message: str) -> None:
     file = tmp_path / "repo.toml"
@@ -138,6 +139,8 @@ def test_directory_errors_and_a_corrupt_version_refused_at_start(versions, tmp_p
     assert result.exit_code == 1 and "refusing to serve model m version 1" in result.output
     result = run_cli("serve", versions[1][0], "--poll-s", "1")
     assert result.exit_code == 2 and "--poll-s goes with a model repository" in result.output
+    result = run_cli("serve", versions[1][0], "--memory-budget-mb", "100")
+    assert result.exit_code == 2 and "--memory-budget-mb goes with a model repository" in result.output
 
 
 # -- a served repository ----------------------------------------------------------------------------------------
