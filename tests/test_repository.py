@@ -468,8 +468,9 @@ def test_memory_budget_loads_on_first_request_and_unloads_the_least_recently_use
         shutil.copytree(package, root / name / "1")
     # Room for two of a, b, c (about 8.5 MB each once loaded), not three. A 1-row request waits (10 s) for a
     # full batch of 3: that is how a request is held in flight below, released by sending the 2 rows it lacks.
+    grpc_port = free_port()
     server = Process(root, "--memory-budget-mb", "21", "--api-keys-file", str(_keys(tmp_path)), "--max-batch-size",
-                     "3", "--batch-timeout-ms", "10000")
+                     "3", "--batch-timeout-ms", "10000", "--grpc-port", str(grpc_port))
     try:
         assert server.logged("CPU budget: ") and "memory budget 21 MB" in server.log
         index = _index(server)
@@ -526,6 +527,18 @@ def test_memory_budget_loads_on_first_request_and_unloads_the_least_recently_use
         assert "model 'huge' version 1 needs" in response.text and "memory budget of 21 MB" in response.text
         assert _series(server, "modelpack_repository_loads_total", "huge") == 0
         assert _index(server)["a"]["state"] == "READY"
+
+        # Over gRPC the same: b (unloaded above) loads on its request; the index there carries no memory_mb.
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        feed = grpcclient.InferInput("features", list(XB.shape), "FP32")
+        feed.set_data_from_numpy(XB)
+        result = client.infer("b", [feed], headers=_auth())
+        np.testing.assert_allclose(result.as_numpy("logits"), sized["b"][1], rtol=1e-4, atol=1e-4)
+        states = {m.name: m.state for m in client.get_model_repository_index(headers=_auth()).models}
+        client.close()
+        assert states["b"] == "READY" and _series(server, "modelpack_repository_loads_total", "b") == 3
     finally:
         server.stop()
 
