@@ -539,6 +539,14 @@ def test_memory_budget_loads_on_first_request_and_unloads_the_least_recently_use
         states = {m.name: m.state for m in client.get_model_repository_index(headers=_auth()).models}
         client.close()
         assert states["b"] == "READY" and _series(server, "modelpack_repository_loads_total", "b") == 3
+
+        # The repository API under a budget: unload frees it at once, load loads it now (not on a request).
+        assert httpx.post(f"{server.url}/v2/repository/models/b/unload", headers=_auth()).status_code == 200
+        assert _index(server)["b"]["reason"] == "unloaded"
+        assert _infer_rows(server, "b", XB).status_code == 404
+        assert httpx.post(f"{server.url}/v2/repository/models/b/load", headers=_auth(), timeout=60).status_code == 200
+        assert _index(server)["b"]["state"] == "READY"
+        assert _series(server, "modelpack_repository_loads_total", "b") == 4
     finally:
         server.stop()
 
