@@ -233,4 +233,5 @@ class Stage(Generic[P]):
         return rep
 
     def run(self, model: ModelRef, params: P, ctx: StageContext) -> StageResult:
+        """Read `model` (never write over it; `ctx.scratch()` gives new paths) and return the new one."""
         raise NotImplementedError
