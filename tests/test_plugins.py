@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import onnx
-from conftest import run_cli, run_subprocess
+from conftest import make_onnx_mlp, run_cli, run_subprocess
 
 
 def test_plugin_stage_is_listed(plugin_site: Path) -> None:
@@ -48,6 +48,25 @@ def test_plugin_gets_conversions_from_the_pipeline(plugin, models, tmp_path: Pat
     manifest = json.loads((out / "modelpack.json").read_text())
     assert manifest["lineage"]["stages"][0]["input_format"] == "onnx"
     assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]
+
+
+def test_plugin_declares_itself_through_the_hooks_built_in_stages_use(plugin, tmp_path: Path) -> None:
+    """The engine names no stage: a plugin picks the package's codec before any work (as compress --archive
+    does) and refuses up front what the run cannot measure (as benchmark --fail-if does)."""
+    model = make_onnx_mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", model, "-o", out, "-q", "export", "squeeze", "--codec", "bzip2")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "modelpack.json").read_text())
+    assert manifest["archive"]["compression"] == "bzip2"
+    from modelpack.package.archive import compressed_size
+
+    # the source and every stage were measured with the codec the plugin picked, known from the plan
+    assert manifest["lineage"]["source"]["metrics"]["compressed_bytes"] == compressed_size(model, "bzip2")
+    refused = run_cli("optimize", model, "-o", tmp_path / "pkg-2", "export", "squeeze", "--need-labels")
+    assert refused.exit_code == 2, refused.output
+    assert "--need-labels: give --eval-data with labels" in refused.output
+    assert not (tmp_path / "pkg-2").exists()
 
 
 def test_modelpack_testing_runs_a_plugin_stage_and_serves_its_package(plugin, models, tmp_path: Path) -> None:

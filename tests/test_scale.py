@@ -131,7 +131,7 @@ def test_the_size_worker_thread_leaves_signals_to_the_main_thread() -> None:
     thread asleep in a stage, and Ctrl-C (or the parent's forwarded SIGINT) would wait for the stage to end."""
     import threading
 
-    from modelpack.pipeline.engine import _background
+    from modelpack.pipeline.writer import _background
 
     seen: list[set[signal.Signals]] = []
 

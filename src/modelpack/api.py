@@ -44,8 +44,7 @@ def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, eva
     snake_case (`("prune", {"sparsity": 0.8, "train_data": "train.npz"})`). Returns the output path and the
     package's manifest. Every stage's options are checked before any work starts.
     """
-    from .pipeline import run
-    from .pipeline.engine import PipelineSpec, StageSpec
+    from .pipeline import PipelineSpec, StageSpec, run
     from .stages import registry
 
     if isinstance(stages, (str, tuple)) or not stages:

@@ -129,7 +129,7 @@ def optimize(ctx: click.Context, /, **_: Any) -> None:
 
 @optimize.result_callback()
 @click.pass_context
-def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_config: Path | None, dry_run: bool,
+def _optimize_stages(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_config: Path | None, dry_run: bool,
          force: bool, as_json: bool, quiet: bool, verbose: bool, **settings: Any) -> None:
     """Compile the command line into a PipelineSpec, then run it."""
     if not stage_specs:
@@ -144,7 +144,7 @@ def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_
 @click.argument("pipeline_file", metavar="PIPELINE.toml", type=click.Path(path_type=Path))
 @_run_options
 @click.pass_context
-def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
+def run_file(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
         verbose: bool, **settings: Any) -> None:
     """Run a pipeline file (as written by `optimize --save-config`); options given here override its values.
 
@@ -166,7 +166,7 @@ def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, 
 # Both commands take the pipeline's settings from the one list a pipeline file is checked against
 # (pipeline.SPEC_OPTIONS): optimize's after INPUT and -o, before its own options; run's after the file.
 optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
-run.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
+run_file.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
 
 
 def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
@@ -199,7 +199,7 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
         return
     reporter = render.RichReporter(quiet=quiet or as_json)
     try:
-        result = _run_isolated(spec, reporter, ctx, verbose)
+        result = _run_guarded(spec, reporter, ctx, verbose)
     finally:
         reporter.close()
     if as_json:
@@ -211,7 +211,7 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
         render.out.print(f"[bold]{render.optimize_headline(result.manifest)}[/]")
 
 
-def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
+def _run_guarded(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
     """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
     from .. import pipeline
     from ..pipeline import isolation
@@ -226,28 +226,14 @@ def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose
 
 
 def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:
-    from .. import pipeline
-    from ..formats import detect
-    from ..pipeline import convert, engine
+    from ..pipeline import describe_plan
 
-    if spec.input is None:
-        raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
-    source = detect(spec.input)
-    steps = pipeline.plan(spec, source.rep)
-    rows = []
-    held = source.rep
-    for index, step in enumerate(steps, 1):
-        chain = convert.route(held, step.input_rep) or [held]
-        rows.append({"index": index, "stage": step.stage.name, "params": engine._jsonable(step.params),
-                     "converts": [str(r) for r in chain], "input_format": str(step.input_rep),
-                     "output_format": str(step.output_rep)})
-        held = step.output_rep
-    result = {"input": str(spec.input), "input_format": source.describe(), "output": str(spec.output),
-              "eval_data": str(spec.eval_data) if spec.eval_data else None, "atol": spec.atol, "stages": rows}
+    result = describe_plan(spec)
+    rows = result["stages"]
     if as_json:
         render.print_json(result)
     elif not quiet:
-        render.out.print(f"input: {spec.input} ({source.describe()})  ->  output: {spec.output}")
+        render.out.print(f"input: {spec.input} ({result['input_format']})  ->  output: {spec.output}")
         render.out.print(render.table("Pipeline (dry run)", ("#", "stage", "formats", "parameters"), [
             (str(r["index"]), r["stage"], " -> ".join(r["converts"] + ([r["output_format"]] if r["output_format"] != r["converts"][-1] else [])),
              ", ".join(f"{k}={v}" for k, v in r["params"].items() if v not in (None, [])))

@@ -232,5 +232,20 @@ class Stage(Generic[P]):
         """Check the parameters against the input representation before any work; return the output's."""
         return rep
 
+    # What a stage declares to the run before any work (the engine names no stage: built-ins use these too).
+    def archive_compression(self, params: P) -> str | None:
+        """The archive codec this stage picks for the package, known from its parameters; None leaves it.
+
+        The last stage to pick one wins, and every model of the run is measured with that codec."""
+        return None
+
+    def trains(self, params: P) -> bool:
+        """Whether the stage trains a model with these parameters (the run then keeps TensorFlow's
+        training stable, and says so)."""
+        return False
+
+    def check_run(self, params: P, *, labels: bool) -> None:
+        """Refuse, before any stage runs, what this run cannot measure (`labels`: the eval data has labels)."""
+
     def run(self, model: ModelRef, params: P, ctx: StageContext) -> StageResult:
         raise NotImplementedError

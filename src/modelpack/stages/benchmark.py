@@ -45,6 +45,13 @@ class BenchmarkStage(Stage[BenchmarkParams]):
         gates.parse_all(params.fail_if)
         return rep
 
+    def check_run(self, params: BenchmarkParams, *, labels: bool) -> None:
+        """--fail-if over accuracy needs labelled --eval-data, and over memory needs --memory: said up front."""
+        from ..bench import gates
+
+        gates.check_measurable(gates.parse_all(list(params.fail_if)), labels=labels, memory=params.memory,
+                               where="benchmark --fail-if")
+
     def run(self, model: ModelRef, params: BenchmarkParams, ctx: StageContext) -> StageResult:
         from ..bench import gates
         from ..bench.measure import BenchSpec, Target, benchmark

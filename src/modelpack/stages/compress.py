@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..formats import ModelRef, Repr
 from ..package.archive import COMPRESSION
 from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams
+from .fine_tuning import FINE_TUNING, FineTuning, FineTuningParams
 
 
 class CompressParams(FineTuningParams):
@@ -27,7 +27,7 @@ class CompressParams(FineTuningParams):
     archive: str | None
 
 
-class CompressStage(Stage[CompressParams]):
+class CompressStage(FineTuning, Stage[CompressParams]):
     params_type = CompressParams
     name = "compress"
     help = ("Cluster Keras weights (--clusters), optimize an ONNX graph (--graph), "
@@ -56,6 +56,9 @@ class CompressStage(Stage[CompressParams]):
         if params.archive:
             return tuple(Repr)  # only the archive codec: works on whatever the pipeline holds
         return self.accepts
+
+    def archive_compression(self, params: CompressParams) -> str | None:
+        return params.archive
 
     def plan(self, params: CompressParams, rep: Repr) -> Repr:
         if params.clusters and params.graph:

@@ -35,6 +35,13 @@ class FineTuningParams(Params):
     loss: str
 
 
+class FineTuning:
+    """A stage with the fine-tuning options: it trains when given --train-data (mixed in before `Stage`)."""
+
+    def trains(self, params: FineTuningParams) -> bool:
+        return bool(params.train_data)
+
+
 def training_from(params: FineTuningParams, ctx: StageContext) -> Training | None:
     """Fine-tuning settings from the shared options, or None without --train-data."""
     from ..frameworks.tfmot import Training

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
 from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams, save_tf_keras, training_from
+from .fine_tuning import FINE_TUNING, FineTuning, FineTuningParams, save_tf_keras, training_from
 
 ONNX_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -34,7 +34,7 @@ class PruneParams(FineTuningParams):
     scope: str
 
 
-class PruneStage(Stage[PruneParams]):
+class PruneStage(FineTuning, Stage[PruneParams]):
     params_type = PruneParams
     name = "prune"
     help = "Magnitude-prune weights to a target sparsity (Keras via tfmot; ONNX initializers)."

@@ -11,7 +11,7 @@ from ..data import Dataset
 from ..errors import StageFailed, UsageError, reason
 from ..formats import ModelRef, Repr
 from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams
+from .fine_tuning import FINE_TUNING, FineTuning, FineTuningParams
 
 METHODS = ("int8", "int4", "dynamic", "static", "float16", "qat")
 OBJECTIVES = ("latency", "size")
@@ -56,7 +56,7 @@ class QuantizeParams(FineTuningParams):
     require_quantized: bool
 
 
-class QuantizeStage(Stage[QuantizeParams]):
+class QuantizeStage(FineTuning, Stage[QuantizeParams]):
     params_type = QuantizeParams
     name = "quantize"
     help = ("Quantize to int8 (tuned per model by default; or dynamic, static, QAT) or float16: ONNX via "

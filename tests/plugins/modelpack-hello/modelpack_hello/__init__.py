@@ -1,4 +1,4 @@
-"""Two tiny stages written the way any third party would write one."""
+"""Tiny stages written the way any third party would write one."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from modelpack.errors import UsageError
 from modelpack.formats import ModelRef, Repr
 from modelpack.stages import Option, Params, Stage, StageContext, StageResult
 
@@ -62,4 +63,25 @@ class NapStage(Stage):
         ctx.scratch("napping.bin").write_bytes(b"\0" * 1024)
         ctx.note("napping")
         time.sleep(params["seconds"])
+        return StageResult(model=model)
+
+
+class SqueezeStage(Stage):
+    """The hooks a built-in stage declares itself with (compress's codec, benchmark's up-front gate check)."""
+
+    name = "squeeze"
+    help = "Pick the package's archive codec; with --need-labels, refuse a run without labelled eval data."
+    options = (
+        Option("codec", click.Choice(["deflate", "lzma", "bzip2"]), default="lzma"),
+        Option("need-labels", is_flag=True, default=False),
+    )
+
+    def archive_compression(self, params: dict[str, Any]) -> str | None:
+        return str(params["codec"])
+
+    def check_run(self, params: dict[str, Any], *, labels: bool) -> None:
+        if params["need_labels"] and not labels:
+            raise UsageError("stage 'squeeze': --need-labels: give --eval-data with labels (array 'y').")
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
         return StageResult(model=model)
