@@ -8,25 +8,21 @@ import click
 
 from modelpack.errors import UsageError
 from modelpack.formats import ModelRef, Repr
-from modelpack.stages import Option, Params, Stage, StageContext, StageResult
+from modelpack.stages import Option, Params, Stage, StageContext, StageResult, option
 
 
 class HelloParams(Params):
-    greeting: str
-    times: int
+    greeting: str = option(str, default="hello", help="Text to stamp.")
+    times: int = option(click.IntRange(1, 5), default=1, help="How often to repeat it.")
 
 
 class HelloStage(Stage[HelloParams]):
-    """Typed parameters: one annotation per option, read as attributes."""
+    """Typed parameters, each option declared once on its Params, read as attributes."""
 
     params_type = HelloParams
     name = "hello"
     help = "Stamp a greeting into the ONNX model's metadata."
     accepts = (Repr.ONNX,)
-    options = (
-        Option("greeting", str, default="hello", help="Text to stamp."),
-        Option("times", click.IntRange(1, 5), default=1, help="How often to repeat it."),
-    )
 
     def run(self, model: ModelRef, params: HelloParams, ctx: StageContext) -> StageResult:
         import onnx
@@ -41,7 +37,8 @@ class HelloStage(Stage[HelloParams]):
 
 
 class ExplodeStage(Stage):
-    """Untyped parameters, read like a dict: what a stage written before Params looks like still works."""
+    """Untyped parameters (an options tuple on the stage), read like a dict: what a stage written before Params
+    looks like still works."""
 
     name = "explode"
     help = "Always fails, after writing a file, to test that failures leave nothing behind."
