@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import onnx
-from conftest import make_onnx_mlp, run_cli, run_subprocess
-
-
-def _with(site: Path) -> dict[str, str]:
-    """PYTHONPATH with the plugin's site first, keeping the caller's (a worktree's src/, say)."""
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+from conftest import make_onnx_mlp, plugin_env, run_cli, run_subprocess
 
 
 def test_plugin_stage_is_listed(plugin_site: Path) -> None:
-    result = run_subprocess("stages", "--json", env=_with(plugin_site))
+    result = run_subprocess("stages", "--json", env=plugin_env(plugin_site))
     assert result.returncode == 0, result.stderr
     stages = {s["name"]: s for s in json.loads(result.stdout)}
     assert {"export", "hello", "explode"} <= set(stages)
     assert stages["hello"]["from"] == "modelpack-hello 0.1.0"
     assert [o["flag"] for o in stages["hello"]["options"]] == ["--greeting", "--times"]
-    help_text = run_subprocess("optimize", "--help", env=_with(plugin_site)).stdout
+    help_text = run_subprocess("optimize", "--help", env=plugin_env(plugin_site)).stdout
     assert "hello" in help_text and "Stamp a greeting" in help_text
 
 
 def test_plugin_stage_runs_in_a_pipeline(plugin_site: Path, models, tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     result = run_subprocess("optimize", models["onnx"].path, "-o", out, "hello", "--greeting", "hi", "--times", "2",
-                            env=_with(plugin_site))
+                            env=plugin_env(plugin_site))
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "modelpack.json").read_text())
     stage = manifest["lineage"]["stages"][0]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.markup import escape
 
 from ..errors import UsageError
 from ..pipeline import SPEC_OPTIONS, PipelineSpec, StageSpec
+from ..pipeline.spec import override
 from ..stages import Stage, registry
 from . import render, want_json
 
@@ -136,7 +137,7 @@ def _optimize_stages(ctx: click.Context, /, stage_specs: list[StageSpec], input:
         raise UsageError("no stages: name at least one after the options, e.g. 'export --format onnx' "
                          "(see 'modelpack stages').")
     spec = PipelineSpec(input=input, output=None, stages=list(stage_specs))
-    execute(ctx, _override(spec, settings), save_config=save_config, dry_run=dry_run, force=force,
+    execute(ctx, override(spec, settings), save_config=save_config, dry_run=dry_run, force=force,
             as_json=as_json, quiet=quiet, verbose=verbose)
 
 
@@ -159,7 +160,7 @@ def run_file(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: b
     spec = config.load(pipeline_file)
     if not spec.stages:
         raise UsageError(f"{pipeline_file}: no stages; add at least one [[stages]] table, e.g. name = \"export\".")
-    execute(ctx, _override(spec, settings), save_config=None, dry_run=dry_run, force=force, as_json=as_json,
+    execute(ctx, override(spec, settings), save_config=None, dry_run=dry_run, force=force, as_json=as_json,
             quiet=quiet, verbose=verbose)
 
 
@@ -167,17 +168,6 @@ def run_file(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: b
 # (pipeline.SPEC_OPTIONS): optimize's after INPUT and -o, before its own options; run's after the file.
 optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
 run_file.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
-
-
-def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
-    """The spec with every setting given on the command line (a flag can only turn a setting on)."""
-    for option in SPEC_OPTIONS:
-        value = settings[option.key]
-        if option.is_flag:
-            setattr(spec, option.key, getattr(spec, option.key) or value)
-        elif value is not None and value != ():
-            setattr(spec, option.key, tuple(value) if option.multiple else value)
-    return spec
 
 
 def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None, dry_run: bool, force: bool,
@@ -214,15 +204,12 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
 def _run_guarded(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
     """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
     from .. import pipeline
-    from ..pipeline import isolation
-
-    if not isolation.available() or spec.output is None:
-        return pipeline.run(spec, reporter)
     from . import _debug
 
-    value = isolation.run(lambda forward: pipeline.run(spec, forward), reporter, spec.output, debug=_debug(ctx),
-                          verbose=verbose)
-    return pipeline.RunResult(Path(value["output"]), value["manifest"])
+    def terminal(stream: TextIO) -> None:  # the child's progress still reaches the terminal
+        render.err.file = stream
+
+    return pipeline.run_isolated(spec, reporter, debug=_debug(ctx), verbose=verbose, terminal=terminal)
 
 
 def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:

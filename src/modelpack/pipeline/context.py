@@ -13,12 +13,11 @@ from ..data import SYNTHETIC_SIZE, Dataset, load_dataset, random_inputs
 from ..errors import StageFailed
 from ..evaluation import accuracy, fidelity, run_batched, token_mask
 from ..formats import ModelRef, Repr
-from ..frameworks import child
 from ..package import manifest as mf
 from ..package import model_size
 from ..runtimes import KerasRunner, load_runner
 from ..signature import Signature, parse_dims
-from . import convert
+from . import convert, isolation
 from .spec import PipelineSpec
 from .writer import Sizes
 
@@ -58,7 +57,7 @@ class RunContext:
         self.source_accuracy: float | None = None
         self.native: Any = None  # the source's Keras model, loaded once for its signature and its outputs
         # A big model's conversions run in fresh processes, so that what the framework takes is returned.
-        self.child_conversions = child.wanted(model_size(source.path))
+        self.child_conversions = isolation.spawn_wanted(model_size(source.path))
         self.sizes = sizes
         sizes.future(source.path)
         # Every measurement uses the same examples: the first --eval-limit rows, labels cut with them.

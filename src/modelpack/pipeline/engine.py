@@ -12,9 +12,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..atomic import atomic_dir, check_output
 from ..data import Dataset, load_dataset
@@ -24,7 +25,7 @@ from ..package import Digest, digest, model_size
 from ..package import manifest as mf
 from ..signature import Signature, parse_batch_axes, parse_dims
 from ..stages import StageContext, StageResult
-from . import gates
+from . import gates, isolation
 from .context import NullReporter, Reporter, RunContext
 from .spec import PipelineSpec, PlannedStage, jsonable, plan, planned_compression
 from .writer import Sizes, artifact_view, settled, write_package
@@ -58,6 +59,18 @@ def run(spec: PipelineSpec, reporter: Reporter | None = None) -> RunResult:
     # Frameworks print progress to stdout (tf_keras' export does); stdout belongs to results.
     with contextlib.redirect_stdout(sys.stderr):
         return _run_pipeline(spec, reporter or NullReporter())
+
+
+def run_isolated(spec: PipelineSpec, reporter: Reporter | None = None, *, debug: bool = False, verbose: bool = False,
+                 terminal: Callable[[TextIO], None] | None = None) -> RunResult:
+    """`run()` in a forked child when that is safe, so a crash inside a framework is a StageFailed naming the
+    stage, not a dead process; in-process otherwise (see `isolation.fork_available`)."""
+    reporter = reporter or NullReporter()
+    if not isolation.fork_available() or spec.output is None:
+        return run(spec, reporter)
+    value = isolation.run_forked(lambda forward: run(spec, forward), reporter, spec.output, debug=debug,
+                                 verbose=verbose, terminal=terminal)
+    return RunResult(Path(value["output"]), value["manifest"])
 
 
 def _run_pipeline(spec: PipelineSpec, reporter: Reporter) -> RunResult:

@@ -85,6 +85,39 @@ class PipelineSpec:
     dim: tuple[str, ...] = ()
 
 
+def override(spec: PipelineSpec, settings: Mapping[str, Any]) -> PipelineSpec:
+    """The spec with every setting given (None and () are not given; a flag can only turn a setting on)."""
+    for option in SPEC_OPTIONS:
+        value = settings.get(option.key)
+        if option.is_flag:
+            setattr(spec, option.key, getattr(spec, option.key) or bool(value))
+        elif value is not None and value != ():
+            setattr(spec, option.key, tuple(value) if option.multiple else value)
+    return spec
+
+
+def convert_settings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Settings given from Python, checked against SPEC_OPTIONS and converted by the command line's rules."""
+    by_key = {o.key: o for o in SPEC_OPTIONS if o.key != "output"}
+    unknown = sorted(set(values) - set(by_key))
+    if unknown:
+        raise UsageError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(by_key)}.")
+    found: dict[str, Any] = {}
+    for key, value in values.items():
+        option = by_key[key]
+        if value is None:
+            continue
+        try:
+            if option.multiple:
+                given = value if isinstance(value, (list, tuple)) else [value]
+                found[key] = tuple(option.param_type.convert(v, None, None) for v in given)
+            else:
+                found[key] = option.param_type.convert(value, None, None)
+        except click.BadParameter as exc:
+            raise UsageError(f"{where}: {key}={value!r}: {exc.message}") from exc
+    return found
+
+
 @dataclass
 class PlannedStage:
     stage: Stage[Any]

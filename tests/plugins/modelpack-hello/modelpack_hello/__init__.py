@@ -82,3 +82,16 @@ class SqueezeStage(Stage):
 
     def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
         return StageResult(model=model)
+
+
+class CrashStage(Stage):
+    name = "crash"
+    help = "Kill its own process with SIGKILL after writing a scratch file, as a framework crash (or the OOM killer) would."
+
+    def run(self, model: ModelRef, params: dict[str, Any], ctx: StageContext) -> StageResult:
+        import os
+        import signal
+
+        ctx.scratch("half-written.bin").write_bytes(b"\0" * 1024)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
