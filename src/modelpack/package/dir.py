@@ -14,6 +14,7 @@ from ..errors import InputError, IntegrityError, UsageError
 from ..formats import ModelRef, Repr, detect
 from ..signature import Signature
 from . import manifest as mf
+from .files import companions
 
 if TYPE_CHECKING:
     from .encryption import EncryptedPackage
@@ -290,21 +291,6 @@ def sweep_extractions() -> None:
             shutil.rmtree(stale, ignore_errors=True)
         except PermissionError:  # alive, another user's
             continue
-
-
-def companions(path: Path) -> list[Path]:
-    """Files a model reads besides itself: an ONNX model's external data (checked to stay beside it)."""
-    if not path.is_file() or path.suffix.lower() != ".onnx":
-        return []
-    import onnx
-
-    from ..formats import external_files
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX after all: no companions
-        return []
-    return [path.parent / name for name in external_files(model, path)]
 
 
 def model_size(path: Path) -> int:

@@ -329,7 +329,7 @@ class _Tuning:
 
 
 def _size_on_disk(path: Any) -> int:
-    from ..package.dir import companions
+    from ..package.files import companions
 
     return int(sum(p.stat().st_size for p in [path, *companions(path)]))
 
