@@ -120,7 +120,7 @@ def create_app(package: PathArg, **options: Any) -> App:
     from .serve.app import build_app
     from .serve.config import ServeConfig
 
-    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"package_dir", "encrypted"}
+    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"package_dir"}
     unknown = sorted(set(options) - known - {"require_signature"})
     if unknown:
         raise UsageError(f"create_app: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}, "
@@ -136,4 +136,4 @@ def create_app(package: PathArg, **options: Any) -> App:
         if not pkg.encrypted and not source.is_dir():
             raise UsageError(f"create_app: '{source}' is a .mpk; unpack it to a directory first (modelpack serve "
                              "does that itself), or pass the package directory.")
-        return build_app(ServeConfig(package_dir=source, encrypted=pkg.encrypted, **options))
+        return build_app(ServeConfig(package_dir=source, **options))

@@ -116,7 +116,7 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             raise IntegrityError(f"refusing to serve: {exc}") from exc
         pkg.artifact(options["runtime"])  # a missing runtime is a usage error now, not a failed worker later
         where = package if pkg.encrypted else pkg.root  # an encrypted .mpk is decrypted by each worker, in memory
-        _serve(ServeConfig(package_dir=where, encrypted=pkg.encrypted, quiet=render.out.quiet,
+        _serve(ServeConfig(package_dir=where, quiet=render.out.quiet,
                            require_signature=require_signature, **options), get_path)
 
 

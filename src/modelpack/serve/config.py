@@ -19,7 +19,7 @@ ENV = "MODELPACK_SERVE_CONFIG"  # how `--workers N` hands the config to each wor
 
 @dataclass
 class ServeConfig:
-    package_dir: Path  # an extracted package directory, or an encrypted .mpk (with `encrypted`)
+    package_dir: Path  # an extracted package directory, or an encrypted .mpk (with key_file)
     runtime: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -49,7 +49,6 @@ class ServeConfig:
     register: str | None = None  # zk://HOST:PORT/PATH
     register_required: bool = False
     advertise_host: str | None = None
-    encrypted: bool = False  # package_dir is an encrypted .mpk, decrypted into memory only
     key_file: Path | None = None  # its key (else MODELPACK_KEY)
     rate_limit: str | None = None  # e.g. "50/s": the token bucket of keys that set none
     repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
@@ -65,9 +64,7 @@ class ServeConfig:
         from .model import ServedModel
 
         with open_any(self.package_dir, key_file=self.key_file, need="memory") as pkg:
-            entry = pkg.artifact(self.runtime)
-            data = pkg.read(entry) if pkg.encrypted else None
-            return ServedModel.load(pkg, entry["format"], self.max_batch_size, self.threads, model_bytes=data)
+            return ServedModel.load(pkg, pkg.artifact(self.runtime)["format"], self.max_batch_size, self.threads)
 
     def to_env(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})
