@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelpack-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench bench-int8 bench-objective bench-scale bench-serve bench-corpus clean
+.PHONY: install demo test test-fast lint docs bench bench-int8 bench-objective bench-scale bench-serve bench-corpus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelpack needs Python >= 3.11; set PYTHON=python3.11")'
@@ -37,13 +37,13 @@ bench: $(STAMP)
 bench-int8: $(STAMP)  # int8 against float on the corpus transformer and MobileNetV2
 	$(BIN)/python benchmarks/int8_bench.py
 
-bench-objective: $(STAMP)  # the objective's targets against same-run float baselines; rewrites the README's tables
-	$(BIN)/python benchmarks/objective_bench.py --readme
+bench-objective: $(STAMP)  # the objective's targets against same-run float baselines; rewrites docs/corpus.md's tables
+	$(BIN)/python benchmarks/objective_bench.py --docs
 
 bench-scale: $(STAMP)  # wall time and peak memory of optimize against the plain framework steps
 	$(BIN)/python benchmarks/scale_bench.py
 
-bench-corpus: $(STAMP)  # every command on every corpus model: the README's corpus table
+bench-corpus: $(STAMP)  # every command on every corpus model: the corpus table of docs/corpus.md
 	$(BIN)/python benchmarks/corpus_table.py
 
 bench-serve: $(STAMP)  # needs wrk (apt-get install wrk)
@@ -58,6 +58,9 @@ test-fast: $(STAMP)  # under a minute: no TensorFlow conversions, README/CI exam
 lint: $(STAMP)  # ruff, and mypy --strict on src/ (settings in pyproject.toml); CI runs both before the tests
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+
+docs: $(STAMP)  # the documentation site from docs/ into build/site, offline; any warning (a broken link) fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site
 
 clean:
 	rm -rf build .pytest_cache

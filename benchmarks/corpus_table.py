@@ -1,4 +1,4 @@
-"""Every modelpack command on every model of the real-model corpus, as the README's corpus table.
+"""Every modelpack command on every model of the real-model corpus, as the corpus table in docs/corpus.md.
 
     python benchmarks/corpus_table.py            # the light corpus
     python benchmarks/corpus_table.py --all      # with ResNet50 and EfficientNetB0

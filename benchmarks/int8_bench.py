@@ -6,7 +6,7 @@ For the transformer encoder (all-MiniLM-L6-v2, sequence 128) and MobileNetV2 (22
 corpus: the float ONNX model, and the package `modelpack optimize ... quantize` makes from it (the
 recipe it chose, with its measured candidates). Both are timed interleaved in one loop at batch 1 and
 8, on one intra-op thread and on all of them, and compared on the eval examples (mean cosine of the
-worst output, top-1 agreement). Prints a markdown table; the README's int8 table comes from here.
+worst output, top-1 agreement). Prints a markdown table; the int8 table in docs/corpus.md comes from here.
 """
 
 from __future__ import annotations

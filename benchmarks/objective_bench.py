@@ -1,7 +1,7 @@
 """The objective's targets, each against a float baseline measured in the same run.
 
     python benchmarks/objective_bench.py              # everything (CPU-heavy: run it on a quiet machine)
-    python benchmarks/objective_bench.py --readme     # ... and rewrite the README's generated tables
+    python benchmarks/objective_bench.py --docs       # ... and rewrite the generated tables in docs/corpus.md
     python benchmarks/objective_bench.py --only transformer,cnn,size,corpus
 
 - transformer: all-MiniLM-L6-v2 at sequence 128, one intra-op thread, batch 1 and 8. The float ONNX model,
@@ -321,7 +321,7 @@ def markdown(found: dict[str, Any]) -> str:
     out: list[str] = []
     if "transformer" in found:
         t = found["transformer"]
-        out += ["#### all-MiniLM-L6-v2, sequence 128, one thread", "",
+        out += ["### all-MiniLM-L6-v2, sequence 128, one thread", "",
                 "| model | batch | float p50 ms | p50 ms | vs float | vs ours | cosine (worst output) | size |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
@@ -343,7 +343,7 @@ def markdown(found: dict[str, Any]) -> str:
                     f"batch {r['batch']}: {r['speedup']:.2f}× float, {r['vs_ours']:.2f}× our int8" for r in int4) + ".",
                 ""]
     if "cnn" in found:
-        out += ["#### CNNs, batch 1, one thread", "",
+        out += ["### CNNs, batch 1, one thread", "",
                 "| model | float p50 ms | int8 p50 ms | vs float | target | top-1 agreement | cosine | recipe kept |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in found["cnn"]:
@@ -353,7 +353,7 @@ def markdown(found: dict[str, Any]) -> str:
         out.append("")
     if "size" in found:
         s = found["size"]
-        out += [f"#### Size objective on the digits CNN (against the float ONNX export zipped: "
+        out += [f"### Size objective on the digits CNN (against the float ONNX export zipped: "
                 f"{s['float_zip_bytes'] / 1024:.1f} KB)", "",
                 "| pipeline | recipe | .mpk KB | smaller than float ONNX | codec | kept | accuracy drop |",
                 "|---|---|---|---|---|---|---|"]
@@ -366,7 +366,7 @@ def markdown(found: dict[str, Any]) -> str:
         out.append("")
     if "corpus" in found:
         rows = found["corpus"]
-        out += ["#### The corpus under the latency objective", "",
+        out += ["### The corpus under the latency objective", "",
                 "| model | b1, 1 thread | b8, 1 thread | b1, default threads | b8, default threads | cosine | "
                 "agreement | size (latency) | size objective | kept |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -391,29 +391,30 @@ def markdown(found: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-README_START, README_END = "<!-- objective-bench:start -->", "<!-- objective-bench:end -->"
+DOCS_PAGE = ROOT / "docs" / "corpus.md"  # the page of real-model measurements, in the documentation site
+START, END = "<!-- objective-bench:start -->", "<!-- objective-bench:end -->"
 
 
-def write_readme(table: str, header: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"{README_START}\n{header}\n\n{table}\n{README_END}"
-    if README_START in text:
-        text = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+def write_docs(table: str, header: str) -> None:
+    text = DOCS_PAGE.read_text()
+    block = f"{START}\n{header}\n\n{table}\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
-        raise SystemExit(f"README.md has no {README_START} … {README_END} section to rewrite")
-    tmp = readme.with_suffix(".md.tmp")
+        raise SystemExit(f"{DOCS_PAGE.relative_to(ROOT)} has no {START} … {END} section to rewrite")
+    tmp = DOCS_PAGE.with_suffix(".md.tmp")
     tmp.write_text(text)
-    os.replace(tmp, readme)
+    os.replace(tmp, DOCS_PAGE)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="transformer,cnn,size,corpus")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's generated section")
+    parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                        help="rewrite the generated section of docs/corpus.md")
     parser.add_argument("--from-json", type=Path, help="render a saved run (build/objective_bench.json) again")
     parser.add_argument("--corpus-models", help="with --from-json: measure these corpus models again, replacing "
-                        "their rows (after a fix; the README header says which)")
+                        "their rows (after a fix; the generated header says which)")
     args = parser.parse_args()
     sections = {"transformer": transformer, "cnn": cnn, "size": size, "corpus": corpus_rows}
     saved = ROOT / "build" / "objective_bench.json"
@@ -451,16 +452,16 @@ def main() -> None:
     print(table)
     for name, error in found.get("_errors", {}).items():
         print(f"section {name} failed: {error}", file=sys.stderr)
-    if args.readme:
+    if args.docs:
         run = found["_run"]
-        header = (f"Generated by `python benchmarks/objective_bench.py --readme` (`make bench-objective`) in one run "
+        header = (f"Generated by `python benchmarks/objective_bench.py --docs` (`make bench-objective`) in one run "
                   f"of {run.get('seconds', 0) / 60:.0f} min ({run['started']}) on this {run['cpus']}-core machine, "
                   f"which other jobs shared (load average {run.get('load', 0):.1f} at the end): every ratio is "
                   "against the float model timed in the same interleaved loop, and moves by several percent from "
                   "run to run.")
         if run.get("measured_again"):
             header += " Measured again after a fix, in a second run: " + "; ".join(run["measured_again"]) + "."
-        write_readme(table, header)
+        write_docs(table, header)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ dynamic-int8 ONNX model, each step in its own fresh process so that its peak RSS
 
 Peak RSS comes from `wait4()`, which reports the largest resident set of the process and of every
 descendant it waited for, so modelpack's conversion children count. Prints a markdown table; the
-README's scale table comes from here. Targets (the scale issue): modelpack's peak RSS at most 1.2x
+the scale table in docs/corpus.md comes from here. Targets (the scale issue): modelpack's peak RSS at most 1.2x
 the largest plain step, its wall time at most 1.5x the plain steps together.
 """
 

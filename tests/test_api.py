@@ -1,5 +1,5 @@
 """The Python API (`modelpack.optimize`, `benchmark`, `open`, `create_app`), on a handmade ONNX model: what the
-README's Python section runs on the Keras example, plus the errors and the lazy imports."""
+Python API page (docs/api.md) runs on the Keras example, plus the errors and the lazy imports."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Proving robustness: an HTTP fuzzer, property tests of parsing and decoding, and fault injection.
 
-The numbers reported in the README's Reliability section come from these tests: FUZZ_CASES
+The numbers on the Reliability page (docs/reliability.md) come from these tests: FUZZ_CASES
 requests, every one answered below 500, and the server still serving at the end.
 """
 

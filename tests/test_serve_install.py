@@ -1,10 +1,9 @@
-"""The README's Install block, run as written in a fresh venv: a wheel with the serve extra alone (no TensorFlow)
-is enough to serve an ONNX package."""
+"""The Install block (docs/install.md), run as written in a fresh venv: a wheel with the serve extra alone (no
+TensorFlow) is enough to serve an ONNX package."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,14 +11,13 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
-INSTALL_BLOCK = re.compile(r"<!-- install-test -->\s*```bash\n(.*?)```", re.S)
+from doc_pages import INSTALL, pages
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_readme_install_block_serves_onnx_without_tensorflow(digits_package: Path, tmp_path: Path) -> None:
-    (block,) = INSTALL_BLOCK.findall((ROOT / "README.md").read_text())
+def test_install_block_serves_onnx_without_tensorflow(digits_package: Path, tmp_path: Path) -> None:
+    (block,) = [block for page in pages() for block in INSTALL.findall(page.read_text())]
     source = tmp_path / "src"  # a clean copy, as a fresh clone would be
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
                                                                   "__pycache__", ".pytest_cache", ".peers"))

@@ -286,4 +286,5 @@ class Stage(Generic[P]):
         """Refuse, before any stage runs, what this run cannot measure (`labels`: the eval data has labels)."""
 
     def run(self, model: ModelRef, params: P, ctx: StageContext) -> StageResult:
+        """Read `model` (never write over it; `ctx.scratch()` gives new paths) and return the new one."""
         raise NotImplementedError
