@@ -59,6 +59,7 @@ class ModelGauges:
     load_seconds: float = 0.0
     batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     queue_depth: Callable[[], int] = lambda: 0
+    dropped: Callable[[], int] = lambda: 0  # requests taken out of its queue because their client left
 
 
 class Metrics:
@@ -71,6 +72,7 @@ class Metrics:
         self.models: dict[str, ModelGauges] = {}  # by model labels, the loaded versions
         self.load_failures: Counter[tuple[str, str, str]] = Counter()  # (model, version, reason)
         self.inflight_bytes: Callable[[], int] = lambda: 0
+        self.inflight_requests = 0  # HTTP requests received and not yet answered: what an autoscaler holds per replica
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
         self.polls: int | None = None  # repository scans so far, with --poll-s
 
@@ -117,9 +119,16 @@ class Metrics:
         lines += ["# HELP modelpack_queue_depth Requests waiting for the model.",
                   "# TYPE modelpack_queue_depth gauge"]
         lines += [f"modelpack_queue_depth{{{labels}}} {gauges.queue_depth()}" for labels, gauges in models]
+        lines += ["# HELP modelpack_dropped_total Requests dropped from the queue before they ran.",
+                  "# TYPE modelpack_dropped_total counter"]
+        lines += [f'modelpack_dropped_total{{{labels},reason="client_gone"}} {gauges.dropped()}'
+                  for labels, gauges in models]
         lines += ["# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
                   "# TYPE modelpack_inflight_request_bytes gauge",
                   f"modelpack_inflight_request_bytes{{{self.unlabelled()}}} {self.inflight_bytes()}",
+                  "# HELP modelpack_inflight_requests HTTP requests received and not yet answered, this one included.",
+                  "# TYPE modelpack_inflight_requests gauge",
+                  f"modelpack_inflight_requests{{{self.unlabelled()}}} {self.inflight_requests}",
                   "# HELP modelpack_model_load_seconds Time to load the model.",
                   "# TYPE modelpack_model_load_seconds gauge"]
         lines += [f"modelpack_model_load_seconds{{{labels}}} {gauges.load_seconds:.6f}" for labels, gauges in models]
