@@ -343,3 +343,59 @@ def test_image_pins_only_what_modelpack_needs(tmp_path: Path, monkeypatch) -> No
     assert pins["numpy"] == metadata.version("numpy") and pins["uvicorn"] == metadata.version("uvicorn")
     assert "packaging" not in pins  # two versions visible: not pinned
     assert "pytest" not in pins and "tensorflow" not in pins  # installed here, not needed by the image
+
+
+def _repository(mlp_package: Path, root: Path) -> Path:
+    """A model repository directory of two models from the MLP package: a/1, b/1 and b/2."""
+    import shutil
+
+    for model, version in (("a", 1), ("b", 1), ("b", 2)):
+        shutil.copytree(mlp_package, root / model / str(version))
+    return root
+
+
+def test_ray_config_for_a_repository(mlp_package: Path, tmp_path: Path) -> None:
+    """`deploy REPO --target ray`: the args carry the repository's path (not a copy), the capacity is measured on
+    the default model and the config says which; a broken repository exits 2 with one line and writes nothing."""
+    from modelpack.deploy.ray_app import config_from_args
+
+    repo = _repository(mlp_package, tmp_path / "repo")
+    (tmp_path / "repo.toml").write_text('default_model = "b"\n[models.a]\nsource = "repo/a"\n'
+                                        '[models.b]\nsource = "repo/b"\npolicy = "all"\ndefault = 1\n')
+    out = tmp_path / "ray"
+    answer = _deploy(tmp_path / "repo.toml", "ray", out, "--replicas", "1", "--max-replicas", "3",
+                     "--p99-ms", "250")
+    text = (out / "serve_config.yaml").read_text()
+    config = yaml.safe_load(text)
+    (app,) = config["applications"]
+    assert app["name"] == "repo" and app["import_path"] == "modelpack.deploy.ray_app:build"
+    assert app["args"]["repository"] == str((tmp_path / "repo.toml").absolute()) and "package" not in app["args"]
+    assert (app["args"]["memory_budget_mb"], app["args"]["poll_s"]) == (None, None)
+    assert "# Capacity measured on model b version 1 (the repository's default model" in text
+    scaling = app["deployments"][0]["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 3)
+    assert scaling["target_ongoing_requests"] == answer["autoscaling"]["target_ongoing"] >= 1
+    assert answer["files"] == ["README.md", "capacity.json", "serve_config.yaml"]  # the repository is not copied
+    served = config_from_args(app["args"])  # what each replica serves: the whole repository
+    assert served.repository == served.package_dir == tmp_path / "repo.toml"
+
+    fixed = _deploy(repo, "ray", tmp_path / "fixed", "--replicas", "2")
+    fixed_config = yaml.safe_load((tmp_path / "fixed" / "serve_config.yaml").read_text())
+    assert fixed_config["applications"][0]["deployments"][0]["num_replicas"] == 2
+    assert fixed_config["applications"][0]["args"]["repository"] == str(repo.absolute())
+    assert "autoscaling" not in fixed
+    with pytest.raises(ValueError, match="goes with args.repository"):
+        config_from_args({"package": str(mlp_package), "poll_s": 1.0})
+
+    (repo / "b" / "2" / "model.onnx").write_bytes(b"not the model")  # a version that fails its checksums
+    broken = run_cli("deploy", repo, "--target", "ray", "-o", tmp_path / "broken")
+    assert broken.exit_code != 0 and "model b version 2" in broken.output and not (tmp_path / "broken").exists()
+    (repo / "c").mkdir()  # a model folder with no versions
+    empty = run_cli("deploy", repo, "--target", "ray", "-o", tmp_path / "broken")
+    assert empty.exit_code == 2 and "no versions in it" in empty.output and not (tmp_path / "broken").exists()
+    assert len(empty.output.strip().splitlines()) == 1
+    other = run_cli("deploy", tmp_path / "repo.toml", "--target", "k8s", "-o", tmp_path / "k8s")
+    assert other.exit_code == 2 and "deploys with --target ray only" in other.output
+    zk = run_cli("deploy", tmp_path / "repo.toml", "--target", "ray", "-o", tmp_path / "zk", "--no-measure",
+                 "--register", "zk://127.0.0.1:1/x")
+    assert zk.exit_code == 2 and "--register works with one package" in zk.output and not (tmp_path / "zk").exists()

@@ -427,3 +427,32 @@ def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluste
     assert all(s == 200 for s in statuses[:killed_at])
     assert len(failed) <= 10, f"{len(failed)} requests failed: {load.errors}"
     assert all(s == 200 for s in statuses[-20:])
+
+
+def test_repository_through_ray_proxy(served: str, cluster: raycluster.Cluster, mlp_package: Path,
+                                      tmp_path: Path) -> None:
+    """`deploy REPO --target ray --apply`: a replica serves the whole repository (models a and b, from the MLP
+    package), and unmodified tritonclient.http answers each model and version through Ray's proxy. Last in the
+    module: applying it replaces the package's application."""
+    import shutil
+
+    import tritonclient.http as triton
+
+    for model in ("a", "b"):
+        shutil.copytree(mlp_package, tmp_path / "repo" / model / "1")
+    port = int(served.rsplit(":", 1)[1])
+    _apply(cluster, tmp_path / "repo", tmp_path / "ray", port, "--replicas", "1", "--cpu", "1")
+    assert len(_replicas(cluster, "repo") or []) == 1 and "mlp" not in cluster.applications()
+    client = triton.InferenceServerClient(served.removeprefix("http://"))
+    x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    expected = _reference(mlp_package, x)
+    for model, version in (("a", ""), ("b", "1")):
+        assert client.is_model_ready(model, version, headers=dict(AUTH))
+        assert client.get_model_metadata(model, version, headers=dict(AUTH))["inputs"][0]["shape"] == [-1, 16]
+        inp = triton.InferInput("features", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        result = client.infer(model, [inp], model_version=version, headers=dict(AUTH))
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+    index = httpx.post(f"{served}/v2/repository/index", headers=AUTH, timeout=10)
+    assert index.status_code == 200 and {(m["name"], m["version"]) for m in index.json()} == {("a", "1"), ("b", "1")}
+    assert httpx.get(f"{served}/v2/models/a", timeout=10).status_code == 401  # the key holds for every model

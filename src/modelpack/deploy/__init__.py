@@ -75,6 +75,24 @@ def deploy(package: Path, target: str, output: Path, options: DeployOptions, for
         raise UsageError(f"--target '{target}': use one of {', '.join(TARGETS)}.")
     check_output(output, force)
     module: Any = importlib.import_module(f"{__name__}.{target}")
+    from ..serve.sources import is_repository
+
+    if is_repository(package):
+        if target != "ray":
+            raise UsageError(f"'{package}' is a model repository, which deploys with --target ray only; pass one "
+                             "package directory or .mpk for the other targets.")
+        if options.register is not None:
+            raise UsageError("--register works with one package on --target ray; a repository's replicas do not "
+                             "register (run `modelpack serve REPO --register` for one entry per model and version).")
+        from ..serve.preflight import preflight
+
+        # The checks `modelpack serve REPO` runs before serving (every version verified), before anything is written.
+        with preflight(package, {}, lambda field: "--" + field.replace("_", "-")):
+            pass
+        with atomic_dir(output.absolute(), force=force) as staging:
+            steps = module.write_repository(package, staging, options, output)
+            files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        return DeployResult(target, output, files, steps, options.image or "")
     with open_any(package) as pkg:
         pkg.check_checksums()
         with atomic_dir(output.absolute(), force=force) as staging:

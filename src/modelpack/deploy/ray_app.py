@@ -23,8 +23,11 @@ from ..serve.app import App, build_app
 from ..serve.config import ServeConfig
 from .ray import DEPLOYMENT
 
-ARGS = {"package": str, "api_keys_file": str, "max_batch_size": int, "runtime": str, "threads": int,
-        "register": str, "proxy_port": int, "advertise_host": str}
+ARGS: dict[str, type | tuple[type, ...]] = {
+    "package": str, "repository": str, "memory_budget_mb": (int, float), "poll_s": (int, float),
+    "api_keys_file": str, "max_batch_size": int, "runtime": str, "threads": int, "register": str, "proxy_port": int,
+    "advertise_host": str}
+REPOSITORY_ONLY = ("memory_budget_mb", "poll_s")
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:
@@ -32,15 +35,27 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
     unknown = sorted(set(args) - set(ARGS))
     if unknown:
         raise ValueError(f"args: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(ARGS)}.")
-    if not args.get("package"):
-        raise ValueError("args.package: give the path of the package directory on every node.")
+    if bool(args.get("package")) == bool(args.get("repository")):
+        raise ValueError("args.package: give the path of the package directory on every node (or args.repository, "
+                         "a model repository's, instead).")
     for key, kind in ARGS.items():
-        if args.get(key) is not None and not isinstance(args[key], kind):
-            raise ValueError(f"args.{key}: expected {kind.__name__}, got {args[key]!r}.")
+        value = args.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ValueError(f"args.{key}: expected {names}, got {value!r}.")
+    given = [key for key in REPOSITORY_ONLY if args.get(key) is not None]
+    if given and not args.get("repository"):
+        raise ValueError(f"args.{given[0]}: goes with args.repository, a model repository.")
     if args.get("register") and not args.get("proxy_port"):
         raise ValueError("args.register: give args.proxy_port too, the HTTP proxy's port to register.")
+    if args.get("register") and args.get("repository"):
+        raise ValueError("args.register: works with args.package; a repository's replicas do not register.")
     keys_file = args.get("api_keys_file")
-    return ServeConfig(package_dir=Path(args["package"]), runtime=args.get("runtime"),
+    repository = Path(args["repository"]) if args.get("repository") else None
+    budget, poll = args.get("memory_budget_mb"), args.get("poll_s")
+    return ServeConfig(package_dir=repository or Path(args["package"]), repository=repository,
+                       memory_budget_mb=None if budget is None else float(budget),
+                       poll_s=None if poll is None else float(poll), runtime=args.get("runtime"),
                        register=args.get("register"), port=args.get("proxy_port") or 8000,
                        advertise_host=args.get("advertise_host"),
                        max_batch_size=args.get("max_batch_size") or 32, threads=args.get("threads"),
