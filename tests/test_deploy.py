@@ -357,6 +357,8 @@ def _repository(mlp_package: Path, root: Path) -> Path:
 def test_ray_config_for_a_repository(mlp_package: Path, tmp_path: Path) -> None:
     """`deploy REPO --target ray`: the args carry the repository's path (not a copy), the capacity is measured on
     the default model and the config says which; a broken repository exits 2 with one line and writes nothing."""
+    import shutil
+
     from modelpack.deploy.ray_app import config_from_args
 
     repo = _repository(mlp_package, tmp_path / "repo")
@@ -396,6 +398,9 @@ def test_ray_config_for_a_repository(mlp_package: Path, tmp_path: Path) -> None:
     assert len(empty.output.strip().splitlines()) == 1
     other = run_cli("deploy", tmp_path / "repo.toml", "--target", "k8s", "-o", tmp_path / "k8s")
     assert other.exit_code == 2 and "deploys with --target ray only" in other.output
-    zk = run_cli("deploy", tmp_path / "repo.toml", "--target", "ray", "-o", tmp_path / "zk", "--no-measure",
-                 "--register", "zk://127.0.0.1:1/x")
-    assert zk.exit_code == 2 and "--register works with one package" in zk.output and not (tmp_path / "zk").exists()
+    (repo / "c").rmdir()
+    shutil.copytree(mlp_package, repo / "b" / "2", dirs_exist_ok=True)  # whole again
+    _deploy(repo, "ray", tmp_path / "zk", "--register", "zk://127.0.0.1:1/x", "--port", "9000")
+    registered = yaml.safe_load((tmp_path / "zk" / "serve_config.yaml").read_text())["applications"][0]["args"]
+    assert (registered["register"], registered["proxy_port"]) == ("zk://127.0.0.1:1/x", 9000)
+    assert config_from_args(registered).register == "zk://127.0.0.1:1/x"

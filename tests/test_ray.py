@@ -430,10 +430,11 @@ def test_worker_raylet_killed_under_load(served: str, cluster: raycluster.Cluste
 
 
 def test_repository_through_ray_proxy(served: str, cluster: raycluster.Cluster, mlp_package: Path,
-                                      tmp_path: Path) -> None:
-    """`deploy REPO --target ray --apply`: a replica serves the whole repository (models a and b, from the MLP
-    package), and unmodified tritonclient.http answers each model and version through Ray's proxy. Last in the
-    module: applying it replaces the package's application."""
+                                      tmp_path: Path, zk: zookeeper.ZooKeeper) -> None:
+    """`deploy REPO --target ray --apply --register`: a replica serves the whole repository (models a and b, from
+    the MLP package), unmodified tritonclient.http answers each model and version through Ray's proxy, and the
+    replica registers one ZooKeeper entry per model and version. Last in the module: applying it replaces the
+    package's application."""
     import shutil
 
     import tritonclient.http as triton
@@ -441,7 +442,8 @@ def test_repository_through_ray_proxy(served: str, cluster: raycluster.Cluster, 
     for model in ("a", "b"):
         shutil.copytree(mlp_package, tmp_path / "repo" / model / "1")
     port = int(served.rsplit(":", 1)[1])
-    _apply(cluster, tmp_path / "repo", tmp_path / "ray", port, "--replicas", "1", "--cpu", "1")
+    registry = f"zk://{zk.hosts}/modelpack/ray-repo"
+    _apply(cluster, tmp_path / "repo", tmp_path / "ray", port, "--replicas", "1", "--cpu", "1", "--register", registry)
     assert len(_replicas(cluster, "repo") or []) == 1 and "mlp" not in cluster.applications()
     client = triton.InferenceServerClient(served.removeprefix("http://"))
     x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
@@ -456,3 +458,15 @@ def test_repository_through_ray_proxy(served: str, cluster: raycluster.Cluster, 
     index = httpx.post(f"{served}/v2/repository/index", headers=AUTH, timeout=10)
     assert index.status_code == 200 and {(m["name"], m["version"]) for m in index.json()} == {("a", "1"), ("b", "1")}
     assert httpx.get(f"{served}/v2/models/a", timeout=10).status_code == 401  # the key holds for every model
+
+    def entries() -> set[tuple[str, str, int, str]]:
+        return {(i["model"], i["version"], i["port"], i["via"]) for i in _registered(registry) or []}
+
+    wait_until(lambda: len(entries()) == 2, 60, "one ZooKeeper entry per model and version")
+    assert entries() == {("a", "1", port, "ray-serve-proxy"), ("b", "1", port, "ray-serve-proxy")}
+    np.save(tmp_path / "x.npy", x)
+    predicted = run_cli("predict", "--discover", registry, "--model", "b", "--input", tmp_path / "x.npy",
+                        "--api-key", KEY, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    np.testing.assert_allclose(np.asarray(json.loads(predicted.stdout)["outputs"]["logits"]["data"], dtype=np.float32),
+                               expected, rtol=1e-5, atol=1e-6)

@@ -81,9 +81,6 @@ def deploy(package: Path, target: str, output: Path, options: DeployOptions, for
         if target != "ray":
             raise UsageError(f"'{package}' is a model repository, which deploys with --target ray only; pass one "
                              "package directory or .mpk for the other targets.")
-        if options.register is not None:
-            raise UsageError("--register works with one package on --target ray; a repository's replicas do not "
-                             "register (run `modelpack serve REPO --register` for one entry per model and version).")
         from ..serve.preflight import preflight
 
         # The checks `modelpack serve REPO` runs before serving (every version verified), before anything is written.

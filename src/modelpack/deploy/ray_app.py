@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,6 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
         raise ValueError(f"args.{given[0]}: goes with args.repository, a model repository.")
     if args.get("register") and not args.get("proxy_port"):
         raise ValueError("args.register: give args.proxy_port too, the HTTP proxy's port to register.")
-    if args.get("register") and args.get("repository"):
-        raise ValueError("args.register: works with args.package; a repository's replicas do not register.")
     keys_file = args.get("api_keys_file")
     repository = Path(args["repository"]) if args.get("repository") else None
     budget, poll = args.get("memory_budget_mb"), args.get("poll_s")
@@ -63,9 +62,11 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
 
 
 class RegisteredApp(App):
-    """The server app that, once started, registers this node's Ray proxy in ZooKeeper, and removes it on stop."""
+    """The server app that, once started, registers this node's Ray proxy in ZooKeeper (for a repository, one entry
+    per model and version it serves), and removes the entries on stop."""
 
     registration: Any = None
+    syncing: ThreadPoolExecutor | None = None
 
     async def startup(self) -> None:
         await super().startup()
@@ -73,24 +74,41 @@ class RegisteredApp(App):
 
         from ..discovery import Registration, instance_record, parse_zk
 
-        assert self.config.register is not None and self.model is not None
+        assert self.config.register is not None
         host = self.config.advertise_host or get_node_ip_address()  # type: ignore[no-untyped-call]
         registration = Registration(parse_zk(self.config.register))
         registration.connect()
-        pkg = self.config.package()
-        registration.register({**instance_record(
-            host=host, port=self.config.port, model=pkg.name,
-            version=pkg.version, signature=pkg.manifest["signature"]), "via": "ray-serve-proxy"})
         self.registration = registration
+        if self.config.repository is None:
+            pkg = self.config.package()
+            registration.register({**instance_record(
+                host=host, port=self.config.port, model=pkg.name,
+                version=pkg.version, signature=pkg.manifest["signature"]), "via": "ray-serve-proxy"})
+            return
+        # A repository: one entry per model and version, kept in step with what this replica serves (as `serve
+        # REPO --register` does). The repository calls `publish` on the event loop; ZooKeeper's calls block, so
+        # one thread makes them, in order.
+        syncing = self.syncing = ThreadPoolExecutor(1, thread_name_prefix="modelpack-register")
+
+        def publish(served: list[Any]) -> None:
+            records = [{**instance_record(host=host, port=self.config.port, model=version.name,
+                                          version=version.version, signature=version.signature),
+                        "via": "ray-serve-proxy", "default": version.default, "labels": list(version.labels)}
+                       for version in served]
+            syncing.submit(registration.sync, records)
+
+        self.core.repository.watch(publish)
 
     async def shutdown(self) -> None:
+        if self.syncing is not None:
+            self.syncing.shutdown(wait=True)
         if self.registration is not None:
             self.registration.close()
         await super().shutdown()
 
 
-# The KServe V2 gRPC methods Ray's gRPC proxy carries (the repository's load and unload are not: a Ray application
-# is one package, and its replicas are Ray's to change). SERVICE is grpc_v2.SERVICE, which this module cannot import
+# The KServe V2 gRPC methods Ray's gRPC proxy carries (the repository's load and unload are not: what a replica
+# serves is its config's, and its replicas are Ray's to change). SERVICE is grpc_v2.SERVICE, which this module cannot import
 # at its top without loading the message pool in Ray's proxy.
 SERVICE = "inference.GRPCInferenceService"
 GRPC_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
