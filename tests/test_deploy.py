@@ -386,6 +386,9 @@ def test_ray_config_for_a_repository(mlp_package: Path, tmp_path: Path) -> None:
     assert fixed_config["applications"][0]["deployments"][0]["num_replicas"] == 2
     assert fixed_config["applications"][0]["args"]["repository"] == str(repo.absolute())
     assert "autoscaling" not in fixed
+    _deploy(repo, "ray", tmp_path / "defaults", "--replicas", "1", "--max-replicas", "2", "--no-measure")
+    defaults = (tmp_path / "defaults" / "serve_config.yaml").read_text()
+    assert "# Not measured (--no-measure)" in defaults and "Capacity measured on" not in defaults
     with pytest.raises(ValueError, match="goes with args.repository"):
         config_from_args({"package": str(mlp_package), "poll_s": 1.0})
 

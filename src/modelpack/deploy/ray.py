@@ -242,6 +242,9 @@ def measured_model(source: Path) -> tuple[str, int, Path]:
     name = spec.default_model or next(iter(spec.models))
     model = spec.models[name]
     wanted = model.wanted()
+    if not wanted:  # an oci:// source that has pulled nothing yet
+        raise UsageError(f"{source}: model {name} has no version here to measure the capacity on; pull one (serve "
+                         "the repository once) or pass --no-measure.")
     default = model.default
     version = max(wanted) if default is None else int(default) if default.isdigit() else model.labels[default]
     return name, version, wanted[version]
@@ -249,13 +252,20 @@ def measured_model(source: Path) -> tuple[str, int, Path]:
 
 def write_repository(source: Path, out: Path, options: DeployOptions, final: Path) -> list[str]:
     """The Ray Serve application for a model repository (checked by the caller, as `serve` checks one)."""
+    from ..serve.sources import read_repository
+
     source = source.absolute()
     name = source.stem if source.is_file() else source.name
-    model, version, location = measured_model(source)
-    scaling = plan(location, options, out, autoscaled(options)) if autoscaled(options) else None
-    (out / CONFIG).write_text(repository_config(source, name, options, scaling, (model, version)), encoding="utf-8")
+    scaling, measured = None, None
+    if autoscaled(options):
+        model, version, location = measured_model(source) if options.measure else ("", 0, source)
+        measured = (model, version) if options.measure else None
+        scaling = plan(location, options, out, True)
+    spec = read_repository(source)
+    first = spec.default_model or next(iter(spec.models))
+    (out / CONFIG).write_text(repository_config(source, name, options, scaling, measured), encoding="utf-8")
     (out / "README.md").write_text(REPOSITORY_README.format(source=source, config=CONFIG, host=options.host,
-                                                            port=options.port, model=model), encoding="utf-8")
+                                                            port=options.port, model=first), encoding="utf-8")
     return [f"serve deploy {final / CONFIG} --address http://HEAD:8265   # a running Ray cluster's dashboard",
             f"serve status --address http://HEAD:8265   # until application '{name}' is RUNNING",
             f"curl -X POST -H \"Authorization: Bearer $MODELPACK_API_KEY\" "
