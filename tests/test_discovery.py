@@ -156,3 +156,51 @@ def test_bad_registry_urls() -> None:
     assert result.exit_code == 2 and "--model" in result.output
     result = run_cli("predict", "--input", "x.npy")
     assert result.exit_code == 2 and "give a PACKAGE" in result.output
+
+
+def test_a_repository_registers_one_entry_per_model_and_version(registry: str, tmp_path: Path) -> None:
+    import shutil
+
+    import httpx
+    from conftest import make_onnx_mlp
+
+    built = {}
+    for seed in (1, 2, 3):
+        out = tmp_path / f"pkg{seed}"
+        result = run_cli("optimize", make_onnx_mlp(tmp_path / f"mlp{seed}.onnx", seed=seed), "-o", out, "-q", "export")
+        assert result.exit_code == 0, result.output
+        built[seed] = out
+    root = tmp_path / "models"
+    (root / "m").mkdir(parents=True)
+    (root / "other").mkdir()
+    shutil.copytree(built[1], root / "m" / "1")
+    shutil.copytree(built[3], root / "other" / "1")
+    grpc_port = free_port()
+    server = Process(root, "--poll-s", "0.2", "--register", registry, "--grpc-port", str(grpc_port))
+
+    def versions() -> list[tuple[str, str, bool]] | None:
+        listed = _listed(registry)
+        return None if listed is None else sorted((i["model"], i["version"], i["default"]) for i in listed)
+
+    try:
+        wait_until(lambda: versions() == [("m", "1", True), ("other", "1", True)], 30, "one entry per version")
+        entry = _instances(registry, "m")[0]
+        assert entry["port"] == server.port and entry["grpc_port"] == grpc_port
+        assert entry["protocols"] == ["v2", "tfserving-rest", "predict", "v2-grpc"]
+        assert len(entry["signature_digest"]) == 64 and entry["infer"].endswith("/v2/models/m/versions/1/infer")
+        shutil.copytree(built[2], root / "m" / ".2.tmp")
+        (root / "m" / ".2.tmp").rename(root / "m" / "2")  # a new version: it replaces 1 (the latest is served)
+        wait_until(lambda: versions() == [("m", "2", True), ("other", "1", True)], 60, "version 2 to replace 1")
+        x = tmp_path / "x.npy"
+        np.save(x, np.ones((2, 16), np.float32))
+        result = run_cli("predict", "--discover", registry, "--model", "m", "--input", x, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["instance"] == f"127.0.0.1:{server.port}"
+        assert httpx.post(f"{server.url}/v2/repository/models/other/unload").status_code == 200
+        wait_until(lambda: versions() == [("m", "2", True)], 30, "the unloaded model's entry to go")
+        assert httpx.post(f"{server.url}/v2/repository/models/other/load").status_code == 200
+        wait_until(lambda: versions() == [("m", "2", True), ("other", "1", True)], 30, "its entry to come back")
+    finally:
+        code, err = server.stop()
+    assert code == 0, err
+    assert _instances(registry) == []  # a clean stop removes every entry

@@ -109,7 +109,9 @@ def test_directory_layout_and_repository_file(versions, tmp_path: Path) -> None:
     ("[models.a]\nversions = {1 = 'PKG'}\npolicy = {newest = 1}\n", "policy must be"),
     ("[models.a]\nversions = {1 = 'PKG'}\nlabels = {stable = 2}\n", "labels.stable = 2, a version the policy"),
     ("[models.a]\nversions = {1 = 'PKG'}\ndefault = 'canary'\n", "default 'canary' is neither"),
-    ("[models.a]\nsource = 'oci://example.org/m:1'\n", "oci:// references are not supported"),
+    ("[models.a]\nsource = 'oci://example.org/m:1'\nlabels = {stable = 1}\n", "'labels' does not go with an oci://"),
+    ("[models.a]\nsource = 'oci://example.org/m@sha256:" + "0" * 64 + "'\n", "names a digest; give a tag"),
+    ("[models.a]\nversions = {1 = 'PKG'}\nplain_http = true\n", "'plain_http' goes with an oci:// source"),
     ("[models.a]\nversions = {one = 'PKG'}\n", "'one' is not a version"),
     ("default_model = 'z'\n[models.a]\nversions = {1 = 'PKG'}\n", "default_model 'z' is not one of"),
     ("[models.a\n", "not valid TOML"),
@@ -138,6 +140,8 @@ def test_directory_errors_and_a_corrupt_version_refused_at_start(versions, tmp_p
     assert result.exit_code == 1 and "refusing to serve model m version 1" in result.output
     result = run_cli("serve", versions[1][0], "--poll-s", "1")
     assert result.exit_code == 2 and "--poll-s goes with a model repository" in result.output
+    result = run_cli("serve", empty, "--register", "zk://127.0.0.1:1/x", "--workers", "2")
+    assert result.exit_code == 2 and "--register with a model repository needs --workers 1" in result.output
 
 
 # -- a served repository ----------------------------------------------------------------------------------------

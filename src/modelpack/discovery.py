@@ -2,7 +2,8 @@
 
 A running server holds one ephemeral sequential znode under the registry path,
 `<path>/instance-0000000007`, whose data is a JSON record of where and what it
-serves. The znode lives as long as the server's ZooKeeper session: a clean stop
+serves; a server of a model repository holds one per model and version, created
+and deleted as versions come and go, the default version of each model marked. The znode lives as long as the server's ZooKeeper session: a clean stop
 deletes it, a crash lets it expire with the session. Clients list the children,
 pick one (round robin or random) and call it over the V2 protocol, moving on to
 the next instance when a connection fails.
@@ -72,12 +73,17 @@ def signature_digest(signature: dict[str, Any]) -> str:
 
 
 def instance_record(*, host: str, port: int, model: str, version: str, signature: dict[str, Any],
-                    scheme: str = "http") -> dict[str, Any]:
+                    scheme: str = "http", grpc_port: int | None = None) -> dict[str, Any]:
     base = f"{scheme}://{host}:{port}"
-    return {"host": host, "port": port, "scheme": scheme, "model": model, "version": version,
-            "signature_digest": signature_digest(signature), "protocols": ["v2", "tfserving-rest", "predict"],
-            "health": f"{base}/v2/health/ready", "infer": f"{base}/v2/models/{model}/versions/{version}/infer",
-            "pid": os.getpid(), "registered_at": time.time()}
+    record: dict[str, Any] = {
+        "host": host, "port": port, "scheme": scheme, "model": model, "version": version,
+        "signature_digest": signature_digest(signature), "protocols": ["v2", "tfserving-rest", "predict"],
+        "health": f"{base}/v2/health/ready", "infer": f"{base}/v2/models/{model}/versions/{version}/infer",
+        "pid": os.getpid(), "registered_at": time.time()}
+    if grpc_port is not None:
+        record["protocols"].append("v2-grpc")
+        record["grpc_port"] = grpc_port
+    return record
 
 
 def advertised_host(bind: str) -> str:
@@ -91,15 +97,18 @@ def advertised_host(bind: str) -> str:
 
 
 class Registration:
-    """One server's entry: connect first (fail fast if required), register once ready, keep it, remove it."""
+    """One server's entries: connect first (fail fast if required), register once ready, keep them, remove them.
+
+    A single package has one entry (`register`); a repository one per model and version (`sync`), each keyed by
+    (model, version) so that a version that stays keeps its znode while others come and go."""
 
     def __init__(self, address: ZkAddress, required: bool = False,
                  note: Callable[[str], None] = log.warning) -> None:
         self.address = address
         self.required = required
         self.note = note
-        self.record: dict[str, Any] | None = None
-        self.node: str | None = None
+        self.records: dict[tuple[str, str], dict[str, Any]] | None = None  # None until there is something to hold
+        self.nodes: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self._client = _client(address, forever=not required)
         self._client.add_listener(self._state_changed)
@@ -119,46 +128,75 @@ class Registration:
                   f"registration in the background.")
         return False
 
+    @property
+    def node(self) -> str | None:
+        """The znode of a single package's entry."""
+        return next(iter(self.nodes.values()), None)
+
     def register(self, record: dict[str, Any]) -> None:
         """Create the entry now if connected, else as soon as the session comes up."""
-        self.record = record
-        if self._client.connected:
-            self._ensure_node()
+        self.sync([record])
+
+    def sync(self, records: list[dict[str, Any]]) -> None:
+        """Hold exactly these entries (one per model and version): create the new, delete those gone, and
+        replace one whose record changed. Blocking: call it off the event loop."""
+        with self._lock:
+            self.records = {(r["model"], r["version"]): r for r in records}
+            if self._client.connected:
+                self._ensure_nodes()
 
     def _state_changed(self, state: str) -> None:
         # Runs on kazoo's event thread, which must not block: hand the work to a thread.
-        if state == "CONNECTED" and self.record is not None:
-            threading.Thread(target=self._ensure_node, daemon=True).start()
+        if state == "CONNECTED" and self.records is not None:
+            threading.Thread(target=self._reconnected, daemon=True).start()
 
-    def _ensure_node(self) -> None:
+    def _reconnected(self) -> None:
         with self._lock:
-            if self.record is None:
-                return
-            try:
-                if self.node and self._client.exists(self.node):
-                    return
+            self._ensure_nodes()
+
+    def _ensure_nodes(self) -> None:
+        """Bring ZooKeeper to `records` (the lock is held)."""
+        if self.records is None:
+            return
+        try:
+            for key in [k for k in self.nodes if k not in self.records]:
+                gone = self.nodes.pop(key)
+                if self._client.exists(gone):
+                    self._client.delete(gone)
+                self.note(f"deregistered {gone} ({key[0]} version {key[1]})")
+            for key, record in self.records.items():
+                node = self.nodes.get(key)
+                if node is not None and self._client.exists(node):
+                    data, _ = self._client.get(node)
+                    if json.loads(data).get("default") == record.get("default"):
+                        continue
+                    self._client.delete(node)  # its default mark moved: its record is replaced
                 self._client.ensure_path(self.address.path)
-                self.node = self._client.create(f"{self.address.path}/{PREFIX}", json.dumps(self.record).encode(),
-                                                ephemeral=True, sequence=True)
-                self.note(f"registered {self.node} in ZooKeeper at {self.address.hosts}")
-            except Exception as exc:  # the session may drop mid-call; the next CONNECTED retries
-                self.note(f"ZooKeeper registration failed ({type(exc).__name__}); will retry on reconnect")
+                self.nodes[key] = self._client.create(f"{self.address.path}/{PREFIX}", json.dumps(record).encode(),
+                                                      ephemeral=True, sequence=True)
+                self.note(f"registered {self.nodes[key]} in ZooKeeper at {self.address.hosts}")
+        except Exception as exc:  # the session may drop mid-call; the next CONNECTED retries
+            self.note(f"ZooKeeper registration failed ({type(exc).__name__}); will retry on reconnect")
 
     def close(self) -> None:
-        """Remove the entry (a clean stop) and end the session."""
+        """Remove the entries (a clean stop) and end the session."""
         with self._lock:
-            self.record = None
-            try:
-                if self.node and self._client.connected:
-                    self._client.delete(self.node)
-            except Exception:  # gone already, or ZooKeeper down: the session's end removes it anyway
-                pass
+            self.records = None
+            for node in self.nodes.values():
+                try:
+                    if self._client.connected:
+                        self._client.delete(node)
+                except Exception:  # gone already, or ZooKeeper down: the session's end removes it anyway
+                    pass
+            self.nodes = {}
             self._client.stop()
             self._client.close()
 
 
-def discover(address: ZkAddress, model: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> list[dict[str, Any]]:
-    """The live instances under the path (optionally only those serving `model`), ordered by znode."""
+def discover(address: ZkAddress, model: str | None = None, timeout: float = CONNECT_TIMEOUT_S,
+             version: str | None = None) -> list[dict[str, Any]]:
+    """The live instances under the path (optionally only those serving `model`, and `version`), ordered by
+    znode."""
     client = _client(address)
     try:
         client.start(timeout=timeout)
@@ -174,7 +212,8 @@ def discover(address: ZkAddress, model: str | None = None, timeout: float = CONN
                 record = json.loads(data)
             except Exception:  # vanished between list and get, or not ours
                 continue
-            if isinstance(record, dict) and (model is None or record.get("model") == model):
+            if isinstance(record, dict) and (model is None or record.get("model") == model) and (
+                    version is None or record.get("version") == version):
                 found.append({"znode": f"{address.path}/{child}", **record})
         return found
     finally:
@@ -258,12 +297,22 @@ def infer_v2(instance: dict[str, Any], inputs: dict[str, np.ndarray], api_key: s
             .reshape(o["shape"]) for o in data["outputs"]}
 
 
+def pick(instances: list[dict[str, Any]], version: str | None = None) -> list[dict[str, Any]]:
+    """Without a version, each server's default version of the model: a repository server registers every
+    version it serves, a request without one goes where that server would send it."""
+    if version is not None:
+        return instances
+    return [i for i in instances if i.get("default", True)]
+
+
 def predict(address: ZkAddress, model: str, inputs: dict[str, np.ndarray], *, api_key: str | None = None,
-            balancer: Balancer | None = None, timeout: float = 30.0) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Call one live instance of `model`; on a connection failure, the next. Returns outputs and who was tried."""
-    instances = discover(address, model)
+            balancer: Balancer | None = None, timeout: float = 30.0, version: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Call one live instance of `model` (its `version`, else the default version of a repository server);
+    on a connection failure, the next. Returns outputs and who was tried."""
+    instances = pick(discover(address, model, version=version), version)
     if not instances:
-        raise RegistryError(f"no live instance of model '{model}' under {address}; is a server registered there?")
+        what = f"model '{model}'" + (f" version {version}" if version else "")
+        raise RegistryError(f"no live instance of {what} under {address}; is a server registered there?")
     tried: list[str] = []
     last: Exception | None = None
     for instance in (balancer or Balancer()).order(instances):

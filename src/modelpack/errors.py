@@ -113,6 +113,12 @@ class RequestTimeout(RequestError):
     status = 504
 
 
+class ClientGone(RequestError):
+    """The client hung up before its answer: nothing is sent; 499 is what the metrics count (nginx's code)."""
+
+    status = 499
+
+
 def reason(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, or its class name when it has none (e.g. a bare assert)."""
     text = str(exc).strip()

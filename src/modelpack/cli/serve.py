@@ -78,6 +78,13 @@ from . import render
 @click.option("--poll-s", type=click.FloatRange(0.05), metavar="SECONDS",
               help="With a repository: re-scan it this often; a new version is verified, loaded and warmed up "
                    "before it gets traffic, and the one it replaces drains, then unloads.")
+@click.option("--oci-cache", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With a repository: where oci:// sources keep the versions they pull.  "
+                   "[default: ~/.cache/modelpack/oci]")
+@click.option("--otlp-endpoint", metavar="URL",
+              help="Trace each inference request (spans decode, queue wait, batch, run, encode; an incoming "
+                   "traceparent is the parent) to this OTLP/HTTP receiver, e.g. http://localhost:4318. Needs the "
+                   "'otel' extra.  [default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off]")
 @click.option("--get", "get_path", metavar="PATH",
               help="Make one GET request in-process, print the response and exit (a smoke test).")
 def serve(package: Path, get_path: str | None, **options: Any) -> None:
@@ -102,6 +109,10 @@ def serve(package: Path, get_path: str | None, **options: Any) -> None:
             raise UsageError("--register with --workers needs a fixed --port.")
     elif options["register_required"]:
         raise UsageError("--register-required goes with --register zk://HOST:PORT/PATH.")
+    if options["otlp_endpoint"]:
+        from ..serve.tracing import endpoint_from
+
+        endpoint_from(options["otlp_endpoint"])  # a malformed URL is a usage error now, not a failed start
     require_signature = options.pop("require_signature")
     if is_repository(package):
         _serve(_repository_config(package, require_signature, options), get_path)
@@ -125,9 +136,10 @@ def _repository_config(path: Path, require_signature: Path | None, options: dict
     from ..serve.config import ServeConfig
     from ..serve.sources import read_repository
 
-    if options["register"]:
-        raise UsageError("--register with a model repository is not built yet; register single packages.")
-    spec = read_repository(path)
+    if options["register"] and options["workers"] > 1:
+        raise UsageError("--register with a model repository needs --workers 1 (each worker process would "
+                         "register its own versions).")
+    spec = read_repository(path, options["oci_cache"])
     for source in spec.models.values():
         for version, location in source.wanted().items():
             with open_any(location, key_file=source.key_file or options["key_file"], need="memory") as pkg:

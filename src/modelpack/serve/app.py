@@ -29,6 +29,7 @@ from .asgi import (
 )
 from .config import ServeConfig
 from .core import Core
+from .lifecycle import LIFE, RequestLife
 from .metrics import Metrics
 from .model import ServedModel
 from .repository import HELD, release_held
@@ -90,6 +91,8 @@ class App:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
         token = HELD.set([])  # the versions this request resolves, held until it is answered
+        life = scope["modelpack.life"] = RequestLife(start)  # the transport abandons it if the client hangs up
+        life_token = LIFE.set(life)
         try:
             route, params = resolve(method, path)
             route_name = route.template
@@ -117,16 +120,22 @@ class App:
             response = json_response(400, {"error": capped(str(exc))})
         except Disconnected:
             release_held(token)
+            LIFE.reset(life_token)
             return
         except Exception:  # a bug in the server or the model runtime, never the client's input
             log.exception("internal error on %s %s", method, capped(path, 200))
             response = json_response(500, {"error": "internal server error; see the server log."})
+        tracer, done = self.core.tracer, time.perf_counter()
         try:
             await send_response(send, response, head_only=method == "HEAD")
         finally:
             used = release_held(token)
+            LIFE.reset(life_token)
         self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key,
                                   used.labels if used else None)
+        if tracer is not None and used is not None:  # a request that reached a model is a trace
+            tracer.record(life, f"{method} {route_name}", headers.get("traceparent"), used.model.name,
+                          used.model.version, response[0], done)
 
 
 def build_app(config: ServeConfig, model: ServedModel | None = None) -> App:

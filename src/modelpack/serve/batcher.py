@@ -20,17 +20,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Overloaded, RequestTimeout
+from ..errors import ClientGone, Overloaded, RequestTimeout
+from .lifecycle import LIFE, RequestLife
 
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes one by `is`, never by comparing arrays
 class _Item:
     feeds: Tensors
     rows: int
     future: asyncio.Future[Tensors]
     key: tuple[tuple[int, ...], ...] = field(default=())
+    life: RequestLife | None = None
 
 
 class Batcher:
@@ -52,6 +54,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpack-model")
         self.in_flight = 0
         self.draining = False
+        self.dropped = 0  # requests whose client went away while they waited: never run
 
     @property
     def depth(self) -> int:
@@ -84,18 +87,40 @@ class Batcher:
         if len(self._pending) >= self.max_queue:
             raise Overloaded(f"the server is at capacity ({self.max_queue} requests queued); retry shortly.",
                              headers={"Retry-After": "1"})
+        life = LIFE.get()
+        if life is not None and life.gone:  # the client left while the request was being decoded
+            self.dropped += 1
+            raise ClientGone("the client went away before its request ran.")
         loop = asyncio.get_running_loop()
         key = tuple(v.shape[1:] for v in feeds.values())
-        item = _Item(feeds, rows, loop.create_future(), key)
+        item = _Item(feeds, rows, loop.create_future(), key, life)
         self._pending.append(item)
         assert self._wakeup is not None
         self._wakeup.set()
         # One timer per request (cheaper than wait_for, which wraps the future in tasks).
         timer = loop.call_later(timeout_s, _expire, item.future, timeout_s)
+        if life is not None:
+            life.queued = time.perf_counter()
+            life.waiting(self, item)
         try:
             return await item.future
+        except asyncio.CancelledError:  # gRPC: the call was reset, which cancels its task and this future
+            self.drop(item)
+            raise
         finally:
             timer.cancel()
+            if life is not None:
+                life.waiting(None, None)
+
+    def drop(self, item: _Item) -> None:
+        """Take a request whose client went away out of the queue, if it has not run yet, and count it."""
+        try:
+            self._pending.remove(item)  # O(queue); only on a hang-up
+        except ValueError:
+            return  # running or done already: it finishes, its answer goes nowhere
+        self.dropped += 1
+        if not item.future.done():
+            item.future.set_exception(ClientGone("the client went away before its request ran."))
 
     def run_now(self, feeds: Tensors, rows: int) -> Tensors | None:
         """Run a request at once, in the caller's turn of the event loop, when there is nothing to batch it
@@ -107,7 +132,14 @@ class Batcher:
         if not self.inline or self._pending or self.in_flight or self.timeout_s > 0:
             return None
         self._on_batch(rows)
-        return self._run(feeds)
+        life = LIFE.get()
+        if life is None:
+            return self._run(feeds)
+        life.queued = life.batched = life.started = time.perf_counter()
+        life.rows = rows
+        outputs = self._run(feeds)
+        life.ran = time.perf_counter()
+        return outputs
 
     def _take(self) -> list[_Item]:
         """Pop a batch: same-shaped requests, oldest first, up to max_batch_size rows."""
@@ -159,12 +191,14 @@ class Batcher:
                 self.in_flight = 0
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        batched = time.perf_counter()
         rows = sum(i.rows for i in batch)
         self._on_batch(rows)
         if len(batch) == 1:
             feeds = batch[0].feeds
         else:
             feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in batch[0].feeds}
+        started = time.perf_counter()
         try:
             if self.inline:
                 outputs = self._run(feeds)
@@ -175,6 +209,11 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        ran = time.perf_counter()
+        for item in batch:
+            if item.life is not None:
+                life = item.life
+                life.batched, life.started, life.ran, life.rows = batched, started, ran, rows
         start = 0
         for item in batch:
             if not item.future.done():

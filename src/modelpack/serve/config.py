@@ -55,6 +55,8 @@ class ServeConfig:
     repository: Path | None = None  # a model repository (directory or TOML file) instead of one package
     poll_s: float | None = None  # re-scan the repository this often for new versions
     require_signature: Path | None = None  # the public key new versions must be signed with (polling)
+    oci_cache: Path | None = None  # where oci:// repository sources keep their pulls (else ~/.cache/modelpack/oci)
+    otlp_endpoint: str | None = None  # OTLP/HTTP receiver for request traces (else OTEL_EXPORTER_OTLP_ENDPOINT)
 
     def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""

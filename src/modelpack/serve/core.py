@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +24,29 @@ from .metrics import Metrics
 from .model import ServedModel
 from .repository import Repository
 
+if TYPE_CHECKING:
+    from .tracing import Tracer
+
 log = logging.getLogger("modelpack.serve")
+
+
+def _tracer(option: str | None) -> Tracer | None:
+    """The OTLP tracer with --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT); None, importing nothing, without."""
+    if option is None and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    from .tracing import Tracer, endpoint_from
+
+    url = endpoint_from(option)
+    assert url is not None
+    try:
+        tracer = Tracer(url)
+    except InputError as exc:
+        if option is not None:
+            raise
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but requests are not traced: %s", exc)
+        return None
+    log.info("tracing requests to %s (OTLP/HTTP)", url)
+    return tracer
 
 
 class Core:
@@ -40,6 +64,7 @@ class Core:
         self.repository = Repository(config, self.metrics, model)
         self.metrics.unlabelled = self.repository.fallback_labels
         self._rescan: asyncio.Task[None] | None = None  # the SIGHUP re-read, kept so it is not collected
+        self.tracer: Tracer | None = _tracer(config.otlp_endpoint)
 
     @property
     def model(self) -> ServedModel | None:
@@ -60,6 +85,8 @@ class Core:
     async def shutdown(self) -> None:
         self.ready = False
         await self.repository.shutdown()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # the spans still buffered are sent
 
     def _watch_sighup(self) -> None:
         """SIGHUP re-reads the keys file and the repository; requests in flight are not disturbed."""

@@ -16,6 +16,9 @@ Here every connection gets:
 - a head limit (`--max-header-kb`): a request line and headers larger than that are answered 431 and
   the connection is closed, before the parser sees more than one read past the limit.
 
+A connection that closes before its answer has started abandons the request (`lifecycle.RequestLife`): still
+queued, it is taken out of the batcher's queue and never runs.
+
 The app itself caps the request bytes in flight across all connections (503 beyond them), and
 uvicorn's `limit_concurrency` caps connections (`--max-connections`).
 
@@ -42,6 +45,7 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .lifecycle import RequestLife
 from .metrics import REFUSED
 
 
@@ -192,6 +196,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.write_deadline = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:  # the client left before its answer: drop it
+            life = cycle.scope.get("modelpack.life")
+            if isinstance(life, RequestLife):
+                life.abandon()
         sweeper = _sweepers.get(self.loop)
         if sweeper is not None:
             sweeper.connections.discard(self)

@@ -150,6 +150,7 @@ class Call:
 
     timeout_s: float | None  # the client's grpc-timeout, if any
     key: str | None  # the API key's name
+    traceparent: str | None = None  # the W3C trace context in the call's metadata
 
 
 class Service(Protocol):
@@ -188,7 +189,8 @@ class _ConnectionError(Exception):
 
 class _Stream:
     __slots__ = ("id", "method", "key", "buffer", "held", "deadline", "encoding", "timeout_s", "task",
-                 "send_window", "recv_unacked", "pending", "trailers", "start", "status", "ended", "finished")
+                 "send_window", "recv_unacked", "pending", "trailers", "start", "status", "ended", "finished",
+                 "traceparent")
 
     def __init__(self, stream_id: int, method: Method, key: str | None, encoding: str, timeout_s: float | None,
                  send_window: int, deadline: float) -> None:
@@ -209,6 +211,7 @@ class _Stream:
         self.status = 200  # the HTTP status the outcome stands for, for the metrics
         self.ended = False  # the client's half is closed
         self.finished = False  # released and counted
+        self.traceparent: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -585,6 +588,7 @@ class Connection(asyncio.Protocol):
         stream = _Stream(stream_id, method, key, encoding, grpc_timeout(headers.get("grpc-timeout")),
                          self.peer_window, self.loop.time() + self.limits.body_timeout_s)
         stream.start = start
+        stream.traceparent = headers.get("traceparent")
         self.streams[stream_id] = stream
         if end_stream:
             self._end_of_request(stream)
@@ -680,7 +684,7 @@ class Connection(asyncio.Protocol):
                 finally:
                     del payload
                     message.release()
-                answer = await method.call(request, Call(stream.timeout_s, stream.key))
+                answer = await method.call(request, Call(stream.timeout_s, stream.key, stream.traceparent))
             except RequestError as exc:
                 stream.status = exc.status
                 self._fail(stream, CODE_OF_STATUS.get(exc.status, INVALID_ARGUMENT), str(exc))

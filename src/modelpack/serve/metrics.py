@@ -59,6 +59,7 @@ class ModelGauges:
     load_seconds: float = 0.0
     batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     queue_depth: Callable[[], int] = lambda: 0
+    dropped: Callable[[], int] = lambda: 0  # requests taken out of its queue because their client left
 
 
 class Metrics:
@@ -117,6 +118,10 @@ class Metrics:
         lines += ["# HELP modelpack_queue_depth Requests waiting for the model.",
                   "# TYPE modelpack_queue_depth gauge"]
         lines += [f"modelpack_queue_depth{{{labels}}} {gauges.queue_depth()}" for labels, gauges in models]
+        lines += ["# HELP modelpack_dropped_total Requests dropped from the queue before they ran.",
+                  "# TYPE modelpack_dropped_total counter"]
+        lines += [f'modelpack_dropped_total{{{labels},reason="client_gone"}} {gauges.dropped()}'
+                  for labels, gauges in models]
         lines += ["# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
                   "# TYPE modelpack_inflight_request_bytes gauge",
                   f"modelpack_inflight_request_bytes{{{self.unlabelled()}}} {self.inflight_bytes()}",

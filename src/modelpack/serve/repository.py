@@ -15,12 +15,12 @@ import asyncio
 import contextvars
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, ModelpackError, NotFound, RequestError, reason
+from ..errors import InputError, IntegrityError, ModelpackError, NotFound, RequestError, reason
 from .batcher import Batcher
 from .metrics import Metrics, model_labels
 from .model import WARM_UP_FAILED_MS, ServedModel
@@ -117,6 +117,17 @@ class LoadFailed(ModelpackError):
         self.stage = stage
 
 
+@dataclass(frozen=True)
+class Served:
+    """One version being served, as the registry lists it."""
+
+    name: str
+    version: str
+    signature: dict[str, Any]
+    default: bool  # what a request naming the model without a version gets
+    labels: tuple[str, ...]
+
+
 class Repository:
     def __init__(self, config: ServeConfig, metrics: Metrics, model: ServedModel | None = None) -> None:
         self.config = config
@@ -131,6 +142,11 @@ class Repository:
         self._by_model: dict[int, Loaded] = {}
         self._poller: asyncio.Task[None] | None = None
         self._spec_error: str | None = None
+        self._publish: Callable[[list[Served]], None] | None = None  # the ZooKeeper entries' keeper (--register)
+        self._published: list[Served] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._oci_refused: dict[str, str] = {}  # model -> the digest whose pull failed its checks: not retried
+        self._oci_error: dict[str, str] = {}  # model -> the last pull error, logged once
         metrics.load_failures = self.failures
 
     # -- what the protocols ask --------------------------------------------------------------------------------
@@ -242,8 +258,33 @@ class Repository:
 
     # -- loading and unloading ---------------------------------------------------------------------------------
 
+    def served(self) -> list[Served]:
+        """Every version being served, for the registry (one ZooKeeper entry each)."""
+        out = []
+        for name, entry in self.models.items():
+            default = entry.default_version()
+            for version in sorted(entry.versions, key=_order):
+                loaded = entry.versions[version]
+                out.append(Served(name, version, loaded.model.signature.to_dict(), loaded is default,
+                                  tuple(sorted(label for label, v in entry.labels.items() if v == version))))
+        return out
+
+    def watch(self, publish: Callable[[list[Served]], None]) -> None:
+        """Call `publish` (on the event loop; it must not block) with what is served, now and on every change."""
+        self._publish, self._published = publish, None
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._publish is None:
+            return
+        served = self.served()
+        if served != self._published:
+            self._published = served
+            self._publish(served)
+
     async def startup(self) -> None:
         """Load everything (a failure here stops the server: nothing has been served yet)."""
+        self.loop = asyncio.get_running_loop()
         if self.config.repository is None:
             model = self._given if self._given is not None else self.config.load_model()
             entry = Entry(model.name, None)
@@ -251,10 +292,12 @@ class Repository:
             loaded = self._serve(model, model.warm_up(), None, allow_one_thread=True)
             self._install(entry, {model.version: loaded})
             return
-        self.spec = read_repository(self.config.repository)
+        self.spec = await asyncio.to_thread(read_repository, self.config.repository, self.config.oci_cache)
         self.default_model = self.spec.default_model
         for name, source in self.spec.models.items():
             entry = self.models[name] = Entry(name, source)
+            if source.oci is not None:
+                await self._sync_oci(entry, startup=True)
             await self._refresh(entry, startup=True)
 
     async def shutdown(self) -> None:
@@ -288,7 +331,7 @@ class Repository:
             try:
                 if self.metrics.polls is not None:
                     self.metrics.polls += 1
-                spec = await asyncio.to_thread(read_repository, self.config.repository)
+                spec = await asyncio.to_thread(read_repository, self.config.repository, self.config.oci_cache)
             except InputError as exc:
                 if str(exc) != self._spec_error:  # one line per distinct problem, not one per poll
                     log.error("repository not re-read, the models being served stay: %s", exc)
@@ -307,7 +350,10 @@ class Repository:
                     entry = self.models[name] = Entry(name, source)
                 entry.source = source
                 if not entry.unloaded:
+                    if source.oci is not None:
+                        await self._sync_oci(entry)
                     await self._refresh(entry)
+            self._changed()
 
     async def load(self, name: str) -> None:
         """The repository API's load: (re)read the model's source and serve what its policy says."""
@@ -320,9 +366,14 @@ class Repository:
                 old = list(entry.versions.values())
                 self._install(entry, {model.version: loaded})
                 await self._retire_loaded(entry, old)
+                self._changed()
                 return
             entry.refused.clear()  # an explicit load tries again what polling refused
+            if entry.source.oci is not None:
+                self._oci_refused.pop(name, None)
+                await self._sync_oci(entry)
             failed = await self._refresh(entry)
+            self._changed()
             if failed:
                 raise RequestError(f"failed to load model '{name}': {failed}")
 
@@ -332,6 +383,40 @@ class Repository:
             entry = self._entry(name)
             entry.unloaded = True
             await self._retire(entry, set(entry.versions))
+            self._changed()
+
+    async def _sync_oci(self, entry: Entry, startup: bool = False) -> None:
+        """Pull the digest an oci:// source's tag points at, as a new version, if it is new (off the loop).
+
+        A pull that fails its checks (a digest, the signature) is refused until the tag moves; an unreachable
+        registry is tried again at the next poll. Either is one log line per distinct problem, and the versions
+        being served stay. At start-up, a failure stops the server unless earlier pulls left versions."""
+        from .oci_source import current_digest, pull_version, read_index
+
+        source = entry.source
+        assert source is not None and source.oci is not None and source.directory is not None
+        digest = None
+        try:
+            digest = await asyncio.to_thread(current_digest, source.oci, source.plain_http)
+            if digest in read_index(source.directory) or self._oci_refused.get(entry.name) == digest:
+                return
+            log.info("model %s: %s points at %s; pulling it", entry.name, source.oci, digest)
+            version = await asyncio.to_thread(pull_version, source.oci, digest, source.directory,
+                                              pubkey=self.config.require_signature, plain_http=source.plain_http)
+        except ModelpackError as exc:
+            if startup and not source.available():
+                raise InputError(f"{source.where}: {source.oci}: {reason(exc)}") from None
+            message = reason(exc)
+            if isinstance(exc, IntegrityError) and digest is not None:
+                self._oci_refused[entry.name] = digest
+            if self._oci_error.get(entry.name) != message:
+                self._oci_error[entry.name] = message
+                self.failures[(entry.name, "", "pull")] += 1
+                log.error("model %s: %s not pulled, the versions being served stay: %s", entry.name, source.oci,
+                          message)
+            return
+        self._oci_error.pop(entry.name, None)
+        log.info("model %s: pulled %s as version %d", entry.name, digest, version)
 
     async def _refresh(self, entry: Entry, startup: bool = False) -> str | None:
         """Load the versions the policy wants and are not loaded, then retire those it no longer wants.
@@ -459,6 +544,7 @@ class Repository:
                           on_batch=gauges.batch.observe, inline=inline, mergeable=model.signature.simple_batch)
         batcher.start()
         gauges.queue_depth = lambda: batcher.depth
+        gauges.dropped = lambda: batcher.dropped
         return Loaded(model, batcher, source, _stamp(source) if source is not None else (0.0, 0))
 
     def _install(self, entry: Entry, table: dict[str, Loaded]) -> None:
@@ -467,6 +553,7 @@ class Repository:
         for loaded in table.values():
             self._by_model[id(loaded.model)] = loaded
         self.generation += 1
+        self._changed()  # the registry hears of it before the old versions drain
 
     async def _retire(self, entry: Entry, versions: Iterable[str]) -> None:
         names = set(versions)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import logging.config
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -85,7 +86,8 @@ def run(config: ServeConfig) -> int:
         app = build_app(config)
         server = _draining_server(uvicorn.Config(app, **options), app)
         if registration is not None:
-            _register_when(registration, config, lambda: server.started and _bound_port(server))
+            _register_when(registration, config, lambda: server.started and _bound_port(server),
+                           app if config.repository is not None else None)
         server.run()
         return 0 if server.started else 1
     finally:
@@ -125,10 +127,15 @@ def _registration(config: ServeConfig) -> Any:
     return registration
 
 
-def _register_when(registration: Any, config: ServeConfig, ready: Callable[[], Any]) -> None:
-    """Register from a helper thread as soon as `ready()` returns the bound port."""
+def _register_when(registration: Any, config: ServeConfig, ready: Callable[[], Any], app: Any = None) -> None:
+    """Register from a helper thread as soon as `ready()` returns the bound port.
+
+    A repository (`app` given) registers one entry per model and version, and the thread then keeps ZooKeeper
+    in step with what the repository serves: the repository hands each change to it (latest first)."""
     from ..discovery import advertised_host, instance_record
-    pkg = config.package()
+
+    host = config.advertise_host or advertised_host(config.host)
+    scheme = "https" if config.ssl_certfile else "http"
 
     def wait_then_register() -> None:
         while True:
@@ -136,9 +143,26 @@ def _register_when(registration: Any, config: ServeConfig, ready: Callable[[], A
             if port:
                 break
             time.sleep(0.05)
-        registration.register(instance_record(
-            host=config.advertise_host or advertised_host(config.host), port=int(port), model=pkg.name,
-            version=pkg.version, signature=pkg.manifest["signature"], scheme="https" if config.ssl_certfile else "http"))
+        if app is None:
+            pkg = config.package()
+            registration.register(instance_record(
+                host=host, port=int(port), model=pkg.name, version=pkg.version, signature=pkg.manifest["signature"],
+                scheme=scheme, grpc_port=config.grpc_port))
+            return
+        changes: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+        repository = app.core.repository
+        repository.loop.call_soon_threadsafe(repository.watch, changes.put)
+        while True:
+            served = changes.get()
+            while not changes.empty():  # only the latest state matters
+                served = changes.get()
+            records = []
+            for version in served:
+                record = instance_record(host=host, port=int(port), model=version.name, version=version.version,
+                                         signature=version.signature, scheme=scheme, grpc_port=config.grpc_port)
+                record.update(default=version.default, labels=list(version.labels))
+                records.append(record)
+            registration.sync(records)
 
     threading.Thread(target=wait_then_register, name="modelpack-register", daemon=True).start()
 

@@ -16,6 +16,10 @@ models with their sources, version policy, labels and default:
     source = "models/mlp"               # a directory of VERSION entries, re-scanned when polling
     key_file = "keys/mlp.key"           # the key of its encrypted .mpk versions
 
+    [models.ranker]
+    source = "oci://registry.example.com/models/ranker:stable"   # each digest the tag takes is a version
+    plain_http = false                  # true: speak HTTP to the registry (loopback always does)
+
 Everything here is plain data and checks; nothing is loaded. A mistake is an InputError naming the file and field.
 """
 
@@ -70,11 +74,13 @@ class ModelSource:
     labels: dict[str, int] = field(default_factory=dict)
     default: str | None = None  # a label or a version number, as text
     where: str = ""  # the file (and table) it was read from, for messages
+    oci: str | None = None  # `source = "oci://..."`: versions are pulled into `directory` (see oci_source)
+    plain_http: bool = False
 
     def available(self) -> dict[int, Path]:
         """Every version the source offers now: the listed ones and those in its directory."""
         found = dict(self.versions)
-        if self.directory is not None:
+        if self.directory is not None and (self.oci is None or self.directory.is_dir()):
             found.update(scan_versions(self.directory, self.where))
         return found
 
@@ -98,11 +104,13 @@ def is_repository(path: Path) -> bool:
     return path.is_dir() and not (path / MANIFEST_NAME).is_file()
 
 
-def read_repository(path: Path) -> RepositorySpec:
-    """The repository at `path` (a directory or a TOML file), checked; InputError names what is wrong."""
+def read_repository(path: Path, oci_cache: Path | None = None) -> RepositorySpec:
+    """The repository at `path` (a directory or a TOML file), checked; InputError names what is wrong.
+
+    `oci_cache` is where oci:// sources keep their pulled versions (see oci_source)."""
     if path.is_dir():
         return _from_directory(path)
-    return _from_file(path)
+    return _from_file(path, oci_cache)
 
 
 def _is_version_entry(entry: Path) -> int | None:
@@ -154,10 +162,10 @@ def _from_directory(root: Path) -> RepositorySpec:
     return RepositorySpec(models, None, root)
 
 
-MODEL_FIELDS = {"versions", "source", "key_file", "policy", "labels", "default"}
+MODEL_FIELDS = {"versions", "source", "key_file", "policy", "labels", "default", "plain_http"}
 
 
-def _from_file(path: Path) -> RepositorySpec:
+def _from_file(path: Path, oci_cache: Path | None = None) -> RepositorySpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -172,7 +180,7 @@ def _from_file(path: Path) -> RepositorySpec:
     if not isinstance(tables, dict) or not tables:
         raise InputError(f"{path}: no [models.NAME] tables; list at least one model.")
     base = path.parent
-    models = {name: _model(path, base, name, table) for name, table in tables.items()}
+    models = {name: _model(path, base, name, table, oci_cache) for name, table in tables.items()}
     default_model = data.get("default_model")
     if default_model is not None and default_model not in models:
         raise InputError(f"{path}: default_model '{default_model}' is not one of the models "
@@ -180,7 +188,7 @@ def _from_file(path: Path) -> RepositorySpec:
     return RepositorySpec(models, default_model, path)
 
 
-def _model(path: Path, base: Path, name: str, table: Any) -> ModelSource:
+def _model(path: Path, base: Path, name: str, table: Any, oci_cache: Path | None = None) -> ModelSource:
     where = f"{path} [models.{name}]"
     if not NAME_RE.match(name):
         raise InputError(f"{where}: '{name}' is not a model name (letters, digits, '_', '.', '-').")
@@ -208,12 +216,13 @@ def _model(path: Path, base: Path, name: str, table: Any) -> ModelSource:
         if not isinstance(table["source"], str):
             raise InputError(f"{where}: 'source' must be a directory path.")
         if table["source"].startswith("oci://"):
-            raise InputError(f"{where}: source: oci:// references are not supported in a repository yet; pull the "
-                             "package ('modelpack pull') and list its directory.")
+            return _oci_model(source, table, oci_cache)
         directory = base / table["source"]
         if not directory.is_dir():
             raise InputError(f"{where}: source: '{directory}' is not a directory.")
         source.directory = directory
+    if "plain_http" in table:
+        raise InputError(f"{where}: 'plain_http' goes with an oci:// source.")
     if "key_file" in table:
         if not isinstance(table["key_file"], str):
             raise InputError(f"{where}: 'key_file' must be a path.")
@@ -248,6 +257,36 @@ def _model(path: Path, base: Path, name: str, table: Any) -> ModelSource:
                              f"{', '.join(map(str, sorted(served)))}.")
     if source.default is not None and source.default.isdigit() and int(source.default) not in served:
         raise InputError(f"{where}: default {source.default} is a version the policy does not serve.")
+    return source
+
+
+def _oci_model(source: ModelSource, table: dict[str, Any], oci_cache: Path | None) -> ModelSource:
+    """A model pulled from a registry tag: its versions are the digests the tag has taken, numbered in order."""
+    from ..errors import UsageError
+    from ..oci.registry import Reference
+    from .oci_source import cache_dir, default_cache
+
+    where = source.where
+    try:
+        ref = Reference.parse(table["source"], "source")
+    except UsageError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if ref.digest is not None:
+        raise InputError(f"{where}: source: '{ref}' names a digest; give a tag (oci://HOST/REPO:TAG), which "
+                         "polling follows.")
+    for field_name in ("versions", "labels", "default"):
+        if field_name in table:
+            raise InputError(f"{where}: '{field_name}' does not go with an oci:// source (its versions are the "
+                             "digests its tag takes, numbered as they are pulled); use policy.")
+    plain_http = table.get("plain_http", False)
+    if not isinstance(plain_http, bool):
+        raise InputError(f"{where}: 'plain_http' must be true or false.")
+    if "key_file" in table:
+        raise InputError(f"{where}: 'key_file' does not go with an oci:// source (registries hold unencrypted "
+                         "packages).")
+    source.oci, source.plain_http = str(ref), plain_http
+    source.policy = _policy(where, table.get("policy"))
+    source.directory = cache_dir(oci_cache or default_cache(), source.name, source.oci)
     return source
 
 

@@ -13,8 +13,10 @@ RESOURCE_EXHAUSTED, 415 UNIMPLEMENTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ import numpy as np
 from ... import __version__
 from ...errors import InputError, RequestError
 from ..http2 import Call, Http2Server, Limits, Method, server_ssl_context
+from ..lifecycle import LIFE, RequestLife
 from ..repository import HELD, release_held
 from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
 from .v2 import EXTENSIONS
@@ -215,7 +218,8 @@ class GrpcV2:
             ("RepositoryModelLoad", "admin", m.RepositoryModelLoadRequest, self.repository_load),
             ("RepositoryModelUnload", "admin", m.RepositoryModelUnloadRequest, self.repository_unload),
         ]
-        self.methods = {f"/{SERVICE}/{name}": Method(name, scope, request.FromString, _serialized(fn))
+        self.methods = {f"/{SERVICE}/{name}": Method(name, scope, request.FromString,
+                                                                  _serialized(fn, name, core))
                         for name, scope, request, fn in table}
 
     def admit(self, authorization: str | None, scope: str, target: str) -> str | None:
@@ -305,15 +309,36 @@ class GrpcV2:
 USED: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelpack_grpc_used", default=None)
 
 
-def _serialized(fn: Callable[[Any, Call], Awaitable[Any]]) -> Callable[[Any, Call], Awaitable[bytes]]:
+def _serialized(fn: Callable[[Any, Call], Awaitable[Any]], name: str,
+                core: Core) -> Callable[[Any, Call], Awaitable[bytes]]:
     async def call(request: Any, info: Call) -> bytes:
         token = HELD.set([])  # the versions the call resolves, held until its answer is serialized
+        tracer = core.tracer
+        life, status = None, 200
+        if tracer is not None:  # the batcher stamps the call's stages on it, for its spans
+            life = RequestLife(time.perf_counter())
+            life_token = LIFE.set(life)
         try:
             return bytes((await fn(request, info)).SerializeToString())
+        except RequestError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:  # the client cancelled the call
+            status = 499
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
             used = release_held(token)
             if used is not None:
                 USED.set(used.labels)
+            if life is not None:
+                LIFE.reset(life_token)
+                if tracer is not None and used is not None:  # after the answer is written (the next turn)
+                    asyncio.get_running_loop().call_soon(
+                        tracer.record, life, f"grpc {name}", info.traceparent, used.model.name, used.model.version,
+                        status, time.perf_counter())
 
     return call
 
