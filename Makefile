@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelpack-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint docs bench bench-int8 bench-objective bench-scale bench-serve bench-corpus clean
+.PHONY: install demo test test-fast lint docs bench bench-objective bench-scale bench-serve bench-corpus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelpack needs Python >= 3.11; set PYTHON=python3.11")'
@@ -34,17 +34,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/optimize_bench.py
 
-bench-int8: $(STAMP)  # int8 against float on the corpus transformer and MobileNetV2
-	$(BIN)/python benchmarks/int8_bench.py
-
 bench-objective: $(STAMP)  # the objective's targets against same-run float baselines; rewrites docs/corpus.md's tables
 	$(BIN)/python benchmarks/objective_bench.py --docs
 
 bench-scale: $(STAMP)  # wall time and peak memory of optimize against the plain framework steps
 	$(BIN)/python benchmarks/scale_bench.py
 
-bench-corpus: $(STAMP)  # every command on every corpus model: the corpus table of docs/corpus.md
-	$(BIN)/python benchmarks/corpus_table.py
+bench-corpus: $(STAMP)  # every command on every corpus model: rewrites the corpus table of docs/corpus.md, dated
+	$(BIN)/python benchmarks/corpus_table.py --docs
 
 bench-serve: $(STAMP)  # needs wrk (apt-get install wrk)
 	$(BIN)/python benchmarks/serve_bench.py

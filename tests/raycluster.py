@@ -127,6 +127,17 @@ def _wait_gone(sid: int, deadline: float) -> None:
                 os.close(fd)
 
 
+def process_named(sid: int, comm: str) -> int | None:
+    """The PID of the process called `comm` (as /proc/PID/comm has it) in session `sid`, if there is one."""
+    for pid in session_pids(sid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 class Cluster:
     """A head and `workers` worker nodes, each with `cpus` CPUs; `dashboard` is the address `serve deploy` takes."""
 
@@ -160,20 +171,39 @@ class Cluster:
         from conftest import wait_until
 
         try:
-            head = Node(["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
-                         "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.free_port()),
-                         *self._common()], self.env)
-            self.nodes.append(head)
-            wait_until(head.started, timeout, "the Ray head node to start")
+            self._start_node(["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
+                              "--dashboard-port", str(self.dashboard_port),
+                              "--ray-client-server-port", str(self.free_port())], "the Ray head node", timeout)
             for _ in range(workers):
-                node = Node(["--address", f"127.0.0.1:{self.port}", *self._common()], self.env)
-                self.nodes.append(node)
-                wait_until(node.started, timeout, "a Ray worker node to start")
+                self.add_worker(timeout)
             wait_until(lambda: len(self.alive_nodes()) == 1 + workers, timeout, f"{1 + workers} alive Ray nodes")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def add_worker(self, timeout: float = 120.0) -> Node:
+        """Start one more worker node (also: the replacement of one that was killed) and wait until it runs."""
+        return self._start_node(["--address", f"127.0.0.1:{self.port}"], "a Ray worker node", timeout)
+
+    def _start_node(self, args: list[str], what: str, timeout: float, attempts: int = 3) -> Node:
+        """Start a node and wait until it runs. `ray start` gives a raylet a fixed 30 s to register with the GCS
+        (ray/_private/node.py) and exits 1 after that; a machine shared with busy jobs has exceeded it, so a node
+        that exits for that reason alone is started again, with fresh ports, up to `attempts` times."""
+        from conftest import wait_until
+
+        for attempt in range(attempts):
+            node = Node([*args, *self._common()], self.env)
+            self.nodes.append(node)
+            try:
+                wait_until(node.started, timeout, f"{what} to start")
+                return node
+            except RuntimeError:
+                if "timed out during startup" not in node.log or attempt == attempts - 1:
+                    raise
+                node.stop()
+                self.nodes.remove(node)
+        raise AssertionError("unreachable")
 
     def get(self, path: str) -> Any:
         """GET a dashboard endpoint as JSON; None while the dashboard does not answer."""

@@ -46,7 +46,7 @@ QUANTIZE = ("int8", "dynamic", "static", "float16")
 
 @pytest.mark.parametrize("name", corpus.LIGHT)
 def test_every_command_on_the_corpus_model(name: str, tmp_path: Path) -> None:
-    from corpus_table import exercise  # the same routine that writes the README's corpus table
+    from corpus_table import exercise  # the same routine that writes the corpus table of docs/corpus.md
 
     model = corpus.get(name)
     before = tree_digest(model.path)

@@ -186,6 +186,57 @@ def test_kubernetes_manifests_validate(digits_package: Path, tmp_path: Path) -> 
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
+DATA = Path(__file__).parent / "data"
+
+
+def test_autoscalers_from_measured_capacity_validate(mlp_package: Path, tmp_path: Path) -> None:
+    """The HPA scales on the server's in-flight and queue-depth gauges at the measured per-replica target, the KEDA
+    ScaledObject on the same gauges through Prometheus; both pass their published schemas (vendored in tests/data)."""
+    import jsonschema
+
+    out = tmp_path / "k8s"
+    result = run_cli("deploy", mlp_package, "--target", "k8s", "-o", out, "--replicas", "1", "--max-replicas", "5",
+                     "--p99-ms", "250", "--upscale-delay", "15", "--namespace", "ml", "--json")
+    assert result.exit_code == 0, result.output
+    scaling = json.loads(result.stdout)["autoscaling"]
+    capacity = scaling["capacity"]
+    assert capacity["p99_target_ms"] == 250 and capacity["concurrency"] >= 1 and capacity["rps"] > 0
+    assert capacity["p99_ms"] <= 250 and capacity["levels"][0]["concurrency"] == 1
+    assert scaling["target_ongoing"] == capacity["concurrency"]
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"]) == (15, 150)  # down: 10 x up
+    hpa = yaml.safe_load((out / "hpa.yaml").read_text())
+    keda = yaml.safe_load((out / "keda" / "scaledobject.yaml").read_text())
+    hpa_schema = json.loads((DATA / "hpa-autoscaling-v2.schema.json").read_text())
+    keda_schema = json.loads((DATA / "keda-scaledobject.schema.json").read_text())
+    jsonschema.validate(hpa, hpa_schema)
+    jsonschema.validate(keda, keda_schema)
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    target = str(scaling["target_ongoing"])
+    pods = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert pods == {"modelpack_inflight_requests": {"type": "AverageValue", "averageValue": target},
+                    "modelpack_queue_depth": {"type": "AverageValue", "averageValue": target}}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
+    assert hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 15
+    spec = keda["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"], spec["cooldownPeriod"]) == (1, 5, 150)
+    assert [t["metadata"]["threshold"] for t in spec["triggers"]] == [target, target]
+    assert all(t["type"] == "prometheus" and 'namespace="ml"' in t["metadata"]["query"] for t in spec["triggers"])
+    # The gauges the autoscalers read are the ones the server exposes.
+    served = run_cli("serve", mlp_package, "--get", "/metrics")
+    assert served.exit_code == 0, served.output
+    for name in pods:
+        assert f"# TYPE {name} gauge" in served.output
+    assert "modelpack_inflight_requests{" in served.output
+    # The schemas do catch mistakes.
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**hpa, "spec": {**hpa["spec"], "metrics": [{"type": "Pods", "pods": {}}]}}, hpa_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**keda, "spec": {**spec, "triggers": [{"metadata": {}}]}}, keda_schema)
+
+    fixed = run_cli("deploy", mlp_package, "--target", "k8s", "-o", tmp_path / "fixed", "--no-measure", "--json")
+    assert fixed.exit_code == 0 and json.loads(fixed.stdout)["autoscaling"]["capacity"] is None
+
+
 def test_kserve_inference_service(digits_package: Path, tmp_path: Path) -> None:
     out = tmp_path / "kserve"
     _deploy(digits_package, "kserve", out)

@@ -43,10 +43,14 @@ def test_latency_never_keeps_a_model_slower_than_float(tmp_path: Path) -> None:
     assert found["manifest"]["lineage"]["objective"] == "latency" and metrics["objective"] == "latency"
     chosen = next(c for c in metrics["candidates"] if c["chosen"])
     # Whatever won, it is float or it beat float at every timed batch.
-    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) > 1.0, chosen
+    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) >= 1.05, chosen
     if chosen["method"] == "float":
         assert not found["ops"] & INT8_OPS
         assert any("no int8 recipe beat float" in n and "--require-quantized" in n for n in found["record"]["notes"])
+        same = (tmp_path / "latency" / "model.onnx").read_bytes() == (tmp_path / "mlp.onnx").read_bytes()
+        if same and not any(a.get("session") for a in found["manifest"]["artifacts"]):
+            # The input itself kept: its speed is 1.00x by construction, not a noisy timing against itself.
+            assert metrics["same_file"] is True and metrics["speedup"] == 1.0 and "quantized_p50_ms" not in metrics
     # Every candidate measured is recorded, with the batches and threads it was timed at.
     assert len(metrics["candidates"]) >= 3
     assert metrics["tuned_at"]["batches"] == [1, 8] and metrics["tuned_at"]["threads"] == 1
@@ -219,3 +223,134 @@ def test_the_size_objective_is_never_larger_than_the_fixed_dynamic_recipe(tmp_pa
     assert result.exit_code == 0, result.output
     fixed_bytes = min(compressed_size(fixed / "model.onnx", codec) for codec in ("deflate", "lzma", "bzip2"))
     assert smallest["archive_bytes"] <= fixed_bytes
+
+
+def _conv_and_matmul(path: Path) -> Path:
+    """x [batch, 1, 8, 8] -> Conv -> Relu -> Conv -> Relu -> Flatten -> MatMul -> Relu -> MatMul -> Add: a CNN with
+    a MatMul head, so both op-type groups are there to quantize alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "k1", "c1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "k2", "c2"], ["a2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w1"], ["h"], name="matmul1"),
+             helper.make_node("Relu", ["h"], ["rh"], name="relu3"),
+             helper.make_node("MatMul", ["rh", "w2"], ["m"], name="matmul2"),
+             helper.make_node("Add", ["m", "b2"], ["logits"], name="add")]
+    graph = helper.make_graph(nodes, "convmm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              [w("k1", 8, 1, 3, 3), w("c1", 8), w("k2", 8, 8, 3, 3), w("c2", 8), w("w1", 512, 32),
+                               w("w2", 32, 10), w("b2", 10)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _int8_groups(path: Path) -> set[str]:
+    """Which op-type groups hold int8 in this graph: QLinear/Integer ops, or (QDQ) a DequantizeLinear feeding one."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    found = set()
+    for n in nodes:
+        fed = any(i in dequantized for i in n.input)
+        if n.op_type in ("QLinearConv", "ConvInteger") or (n.op_type == "Conv" and fed):
+            found.add("Conv")
+        if n.op_type in ("QLinearMatMul", "MatMulInteger", "QGemm") or (n.op_type in ("MatMul", "Gemm") and fed):
+            found.add("MatMul/Gemm")
+    return found
+
+
+def test_int8_candidates_quantize_one_op_type_group_alone(tmp_path: Path) -> None:
+    """Issue 23, problem 1: int8 with only the op types that get faster. A graph with Conv and MatMul gets a
+    candidate per group (measured, recorded with its op types) and a reduce_range one; an MLP (one group) none."""
+    from modelpack.frameworks import int8
+
+    model = _conv_and_matmul(tmp_path / "convmm.onnx")
+    assert list(int8.groups(model)) == ["Conv", "MatMul/Gemm"]
+    assert list(int8.groups(make_onnx_mlp(tmp_path / "mlp.onnx"))) == ["MatMul/Gemm"]
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((32, 1, 8, 8)).astype(np.float32))
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", model, "-o", out, "--eval-data", tmp_path / "eval.npz", "-q", "quantize",
+                     "--require-quantized")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    candidates = record["metrics"]["candidates"]
+    alone = {tuple(c["op_types"]): c for c in candidates if isinstance(c.get("op_types"), list)}
+    assert set(alone) >= {("Conv",), ("MatMul", "Gemm")}, [c["name"] for c in candidates]
+    assert alone[("Conv",)]["name"].endswith(", only Conv") and "speedup" in alone[("Conv",)]
+    assert any(c["method"] == "dynamic" and c["reduce_range"] is True and "speedup" in c for c in candidates)
+    assert all("op_types" in c and "reduce_range" in c for c in candidates if c["method"] in ("static", "dynamic"))
+    said = next(n for n in record["notes"] if n.startswith("int8 op types, each group alone"))
+    assert "Conv " in said and "MatMul/Gemm " in said and "float speed" in said
+    chosen = next(c for c in candidates if c["chosen"])
+    assert "op_types" in chosen and f"int8 recipe: {chosen['name']}" in " ".join(record["notes"])
+    if isinstance(chosen["op_types"], list):  # the package holds int8 in the chosen groups only
+        allowed = {label for label, types in int8.GROUPS.items() if set(types) & set(chosen["op_types"])}
+        assert _int8_groups(out / "model.onnx") <= allowed
+
+
+def test_the_op_type_groups_that_win_alone_are_kept(tmp_path: Path) -> None:
+    """On a CPU whose int8 MatMul loses to float while int8 Conv wins (timed here as such, so the choice is
+    deterministic), the tuner keeps the Conv-only candidate, and its graph has int8 convolutions only."""
+    import onnxruntime as ort
+
+    from modelpack.data import Dataset
+    from modelpack.frameworks import int8
+
+    model = _conv_and_matmul(tmp_path / "convmm.onnx")
+    x = np.random.default_rng(1).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    reference = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+
+    def measure(path: Path) -> tuple[float | None, float | None]:
+        got = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        cos = np.sum(got * reference, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
+        return float(cos.mean()), None
+
+    def time_all(paths: list[Path]) -> list[float]:
+        found = [_int8_groups(p) for p in paths]
+        return [(1.6 if "Conv" in g else 1.0) * (0.6 if "MatMul/Gemm" in g else 1.0) for g in found]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    chosen, tried, _ = int8.tune(model, work, Dataset({"x": x}, None), {"x": x[:1]}, measure, time_all,
+                                 int8.Target(cosine=0.9, agreement=0.0), lambda _: None)
+    assert chosen.op_types == ["Conv"] and chosen.name.endswith(", only Conv"), [c.name for c in tried]
+    assert chosen.record()["op_types"] == ["Conv"] and chosen.meets_target
+    assert chosen.path is not None and _int8_groups(chosen.path) == {"Conv"}
+    matmul_only = next(c for c in tried if c.op_types == ["MatMul", "Gemm"] and c.method == chosen.method)
+    assert matmul_only.path is not None and _int8_groups(matmul_only.path) == {"MatMul/Gemm"}
+
+
+@pytest.mark.corpus
+def test_the_latency_objective_on_a_real_model_that_int8_made_slower(tmp_path: Path) -> None:
+    """Issue 23, problem 1, on the model the issue named: RapidOCR's PaddleOCR classifier, where the default
+    quantize kept an int8 model at 0.64× float. Now the kept model is float, or one that beat float by 5% at
+    batch 1 and 8; every candidate says the op types it quantized."""
+    import corpus
+
+    model = corpus.get("ppocr-cls")
+    out = tmp_path / "pkg"
+    result = run_cli("optimize", model.path, "-o", out, "--eval-data", model.eval_data, "-q", "quantize")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "modelpack.json").read_text())
+    record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
+    candidates = record["metrics"]["candidates"]
+    chosen = next(c for c in candidates if c["chosen"])
+    assert chosen["method"] == "float" or min(chosen["speedup_by_batch"].values()) >= 1.05, chosen
+    assert any(isinstance(c.get("op_types"), list) for c in candidates)  # Conv and MatMul/Gemm, each alone
+    if chosen["method"] == "float":
+        assert not _ops(out / "model.onnx") & INT8_OPS

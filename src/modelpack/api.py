@@ -119,25 +119,15 @@ def create_app(package: PathArg, **options: Any) -> App:
     """
     import dataclasses
 
-    from .errors import IntegrityError
-    from .package import open_any
     from .serve.app import build_app
     from .serve.config import ServeConfig
+    from .serve.preflight import preflight
 
-    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"package_dir", "encrypted"}
-    unknown = sorted(set(options) - known - {"require_signature"})
+    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"package_dir", "repository"}
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"create_app: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}, "
-                         "require_signature.")
-    pubkey = options.pop("require_signature", None)
-    source = Path(package)
-    with open_any(source, key_file=options.get("key_file"), need="memory") as pkg:
-        try:
-            pkg.verify(pubkey=Path(pubkey) if pubkey else None, load=False, option="require_signature")
-        except IntegrityError as exc:
-            raise IntegrityError(f"refusing to serve: {exc}") from exc
-        pkg.artifact(options.get("runtime"))
-        if not pkg.encrypted and not source.is_dir():
-            raise UsageError(f"create_app: '{source}' is a .mpk; unpack it to a directory first (modelpack serve "
-                             "does that itself), or pass the package directory.")
-        return build_app(ServeConfig(package_dir=source, encrypted=pkg.encrypted, **options))
+        raise UsageError(f"create_app: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+    if options.get("require_signature") is not None:
+        options["require_signature"] = Path(options["require_signature"])
+    with preflight(Path(package), options, str, archives=False) as config:  # a directory: nothing to clean up
+        return build_app(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,14 +46,32 @@ from . import render, want_json
 @click.option("--apply", "apply_to", metavar="http://HEAD:8265",
               help="ray: deploy to the cluster with this dashboard (as `serve deploy` does) and wait until the "
                    "application is RUNNING and ready.")
+@click.option("--p99-ms", type=click.FloatRange(0.1, 600000), default=100.0, show_default=True,
+              help="ray, k8s: the p99 one replica must hold; its capacity at that p99 (measured here, in-process, "
+                   "for a few seconds) sets the autoscaler's target of requests in flight per replica.")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="ray, k8s: measure one replica's capacity for the autoscaler; --no-measure writes defaults.")
+@click.option("--peak-rps", type=click.FloatRange(0.001, None),
+              help="ray, k8s: the traffic to plan for; --max-replicas defaults to it over one replica's capacity.")
+@click.option("--upscale-delay", type=click.FloatRange(0, 86400),
+              help="ray, k8s: seconds over target before adding replicas.  [default: 3 x a replica's start, >= 10]")
+@click.option("--downscale-delay", type=click.FloatRange(0, 86400),
+              help="ray, k8s: seconds under target before removing replicas.  [default: 10 x the upscale delay, >= 60]")
+@click.option("--register", metavar="zk://HOST:PORT/PATH",
+              help="ray: each replica registers its node's HTTP proxy there (as serve --register does), for "
+                   "discover and predict --discover.")
+@click.option("--prometheus", default="http://prometheus.monitoring.svc:9090", show_default=True,
+              help="k8s: the Prometheus server KEDA's ScaledObject queries.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: str | None, replicas: int,
            max_replicas: int | None, namespace: str, cpu: str, memory: str, port: int, host: str, grpc_port: int,
            max_batch_size: int, model_version: str | None, requirement: str | None, platform: str, build: bool,
-           builder: str, push_to: str | None, plain_http: bool, apply_to: str | None, force: bool,
-           as_json: bool) -> None:
+           builder: str, push_to: str | None, plain_http: bool, apply_to: str | None, p99_ms: float, measure: bool,
+           peak_rps: float | None, upscale_delay: float | None, downscale_delay: float | None, register: str | None,
+           prometheus: str,
+           force: bool, as_json: bool) -> None:
     """Write a deployment for a package: Docker, Kubernetes, KServe, Triton, TF Serving or Ray Serve."""
     from ..deploy import DeployOptions
     from ..deploy import deploy as write_deployment
@@ -71,10 +90,19 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         Reference.parse(push_to, "--push")  # a bad reference fails before the build, not after it
     if apply_to is not None and target != "ray":
         raise UsageError("--apply works with --target ray.")
+    if register is not None:
+        from ..discovery import parse_zk
+
+        if target != "ray":
+            raise UsageError("--register works with --target ray (modelpack serve --register registers a server).")
+        parse_zk(register)
     options = DeployOptions(image=image, replicas=replicas, max_replicas=max_replicas, namespace=namespace, cpu=cpu,
                             memory=memory, port=port, grpc_port=grpc_port or None, max_batch_size=max_batch_size, model_version=model_version,
-                            requirement=requirement, platform=platform, host=host)
+                            requirement=requirement, platform=platform, host=host, measure=measure, p99_ms=p99_ms,
+                            peak_rps=peak_rps, upscale_delay_s=upscale_delay, downscale_delay_s=downscale_delay,
+                            prometheus=prometheus, register=register)
     result = write_deployment(package, target, output, options, force=force)
+    scaling = _autoscaling(output)
     built = None
     if build:
         from ..deploy import image as images
@@ -96,11 +124,18 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
         render.print_json({"status": "ok", "target": target, "output": str(output), "files": result.files,
                            "next_steps": steps,
                            **({"image": dataclasses.asdict(built)} if built else {}),
+                           **({"autoscaling": scaling} if scaling else {}),
                            **({"applied": {"address": apply_to, "seconds_to_ready": round(applied_s, 2)}}
                               if applied_s is not None else {})})
         return
     render.out.print(f"[bold green]{target}:[/] {output}  ({', '.join(result.files[:6])}"
                      f"{', …' if len(result.files) > 6 else ''})")
+    if scaling:
+        render.out.print(f"[bold green]autoscaling:[/] {scaling['min_replicas']}-{scaling['max_replicas']} replicas, "
+                         f"target {scaling['target_ongoing']} requests in flight per replica, up after "
+                         f"{scaling['upscale_delay_s']:g} s, down after {scaling['downscale_delay_s']:g} s")
+        for line in scaling["derivation"]:
+            render.out.print(f"  {line}", markup=False, highlight=False)
     for step in steps:
         render.out.print(f"  {step}")
     if applied_s is not None:
@@ -111,3 +146,16 @@ def deploy(ctx: click.Context, package: Path, target: str, output: Path, image: 
                      f"({built.size:,} bytes)  id {built.id}" + (f"  digest {built.digest}" if built.digest else ""))
     if built.pushed:
         render.out.print(f"[bold green]pushed:[/] {built.pushed.reference}  digest {built.pushed.digest}")
+
+
+def _autoscaling(output: Path) -> dict[str, Any] | None:
+    """The autoscaler's settings and their derivation, as the target wrote them (ray, k8s), else None."""
+    import json
+
+    from ..deploy.capacity import CAPACITY_FILE
+
+    path = output / CAPACITY_FILE
+    if not path.is_file():
+        return None
+    found: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return found

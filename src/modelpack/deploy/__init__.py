@@ -39,6 +39,14 @@ class DeployOptions:
     requirement: str | None = None  # install this from an index instead of the context's wheels
     platform: str = "linux/amd64"  # the image's platform: the wheels in the context are for it
     host: str = "127.0.0.1"  # ray: the address Ray Serve's HTTP proxy binds
+    # Autoscaling (ray, k8s): measure one replica's capacity at this p99, or write defaults (measure=False).
+    measure: bool = True
+    p99_ms: float = 100.0
+    peak_rps: float | None = None  # the traffic to plan for: max replicas = peak / one replica's capacity
+    upscale_delay_s: float | None = None  # None: derived from the replica's measured start time
+    downscale_delay_s: float | None = None
+    register: str | None = None  # ray: zk://HOST:PORT/PATH where each replica registers its node's proxy
+    prometheus: str = "http://prometheus.monitoring.svc:9090"  # k8s: the server KEDA's prometheus trigger queries
 
 
 @dataclass

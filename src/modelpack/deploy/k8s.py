@@ -1,4 +1,12 @@
-"""The `k8s` target: Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget."""
+"""The `k8s` target: Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget, and a KEDA ScaledObject.
+
+The HPA scales on the server's own load, not on CPU alone: the average per pod of `modelpack_inflight_requests`
+and `modelpack_queue_depth` (Pods metrics, as a Prometheus metrics adapter exposes the /metrics gauges under their
+own names), with CPU kept as a backstop. Its target of requests in flight per pod is one replica's capacity at the
+p99 target, measured by `deploy` (capacity.py), as Ray's target_ongoing_requests is. `keda/scaledobject.yaml` is
+the same policy for clusters that run KEDA instead of a metrics adapter: a prometheus trigger on the same gauges.
+Apply one of the two: KEDA makes an HPA of its own for the Deployment.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,13 @@ from typing import Any
 
 from ..package import Package
 from . import DeployOptions, default_image, dump_yaml, k8s_name
+from .capacity import Autoscaling, plan
 from .docker import UID, serve_command
 
 FILES = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml")
+KEDA = "keda/scaledobject.yaml"  # in a subdirectory, so `kubectl apply -f DIR` does not apply it beside the HPA
+INFLIGHT = "modelpack_inflight_requests"  # serve/metrics.py's gauges, as /metrics names them
+QUEUE = "modelpack_queue_depth"
 
 
 def labels(pkg: Package) -> dict[str, str]:
@@ -54,7 +66,43 @@ def pod_extras() -> dict[str, Any]:
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]}
 
 
-def manifests(pkg: Package, options: DeployOptions) -> dict[str, dict[str, Any]]:
+def _pods_metric(metric: str, per_pod: int) -> dict[str, Any]:
+    return {"type": "Pods", "pods": {"metric": {"name": metric},
+                                     "target": {"type": "AverageValue", "averageValue": str(per_pod)}}}
+
+
+def _behavior(scaling: Autoscaling) -> dict[str, Any]:
+    """Ray's delays as the HPA's stabilization windows: the load must hold that long before a change."""
+    return {"scaleUp": {"stabilizationWindowSeconds": round(scaling.upscale_delay_s)},
+            "scaleDown": {"stabilizationWindowSeconds": round(scaling.downscale_delay_s)}}
+
+
+def scaled_object(pkg: Package, options: DeployOptions, scaling: Autoscaling) -> dict[str, Any]:
+    """The HPA's policy as a KEDA ScaledObject: prometheus triggers on the same per-pod gauges."""
+    name = k8s_name(pkg.name)
+    pods = f'namespace="{options.namespace}",pod=~"{name}-.*"'
+
+    def trigger(metric: str, query: str) -> dict[str, Any]:
+        # KEDA divides the query's value by the threshold for the replica count (an AverageValue target).
+        return {"type": "prometheus", "name": metric.removeprefix("modelpack_").replace("_", "-"),
+                "metricType": "AverageValue",
+                "metadata": {"serverAddress": options.prometheus, "query": query,
+                             "threshold": str(scaling.target_ongoing)}}
+
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels(pkg)},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                 "minReplicaCount": scaling.min_replicas, "maxReplicaCount": scaling.max_replicas,
+                 "pollingInterval": max(1, min(30, round(scaling.upscale_delay_s / 2))),
+                 "cooldownPeriod": round(scaling.downscale_delay_s),
+                 "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(scaling)}},
+                 "triggers": [trigger(INFLIGHT, f"sum({INFLIGHT}{{{pods}}})"),
+                              trigger(QUEUE, f"sum({QUEUE}{{{pods}}})")]},
+    }
+
+
+def manifests(pkg: Package, options: DeployOptions, scaling: Autoscaling) -> dict[str, dict[str, Any]]:
     name = k8s_name(pkg.name)
     meta = {"name": name, "namespace": options.namespace, "labels": labels(pkg)}
     selector = {"app.kubernetes.io/name": name}
@@ -81,10 +129,12 @@ def manifests(pkg: Package, options: DeployOptions) -> dict[str, dict[str, Any]]
     hpa = {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                 "minReplicas": options.replicas,
-                 "maxReplicas": max(options.max_replicas or options.replicas * 4, options.replicas),
-                 "metrics": [{"type": "Resource", "resource": {
-                     "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]},
+                 "minReplicas": scaling.min_replicas, "maxReplicas": scaling.max_replicas,
+                 "metrics": [_pods_metric(INFLIGHT, scaling.target_ongoing),
+                             _pods_metric(QUEUE, scaling.target_ongoing),
+                             {"type": "Resource", "resource": {
+                                 "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+                 "behavior": _behavior(scaling)},
     }
     pdb = {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
@@ -94,11 +144,15 @@ def manifests(pkg: Package, options: DeployOptions) -> dict[str, dict[str, Any]]
 
 
 def write(pkg: Package, out: Path, options: DeployOptions, final: Path) -> list[str]:
-    for filename, doc in manifests(pkg, options).items():
+    scaling = plan(pkg.root, options, out, autoscaled=True)
+    for filename, doc in manifests(pkg, options, scaling).items():
         dump_yaml(out / filename, [doc])
+    (out / "keda").mkdir()
+    dump_yaml(out / KEDA, [scaled_object(pkg, options, scaling)])
     image = options.image or default_image(pkg.manifest)
     return [f"modelpack deploy {pkg.source} --target docker -o build/{k8s_name(pkg.name)}-image --build "
             f"--image {image}   # the image these manifests run",
             f"kubectl -n {options.namespace} create secret generic {secret_name(pkg)} "
             f"--from-literal=api-key=\"$MODELPACK_API_KEY\"",
-            f"kubectl apply -f {final}"]
+            f"kubectl apply -f {final}   # the HPA needs a metrics adapter exposing {INFLIGHT} and {QUEUE} "
+            f"(or apply {final / KEDA} with KEDA and delete hpa.yaml)"]

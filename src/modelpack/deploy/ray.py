@@ -8,6 +8,7 @@ never imports ray; `ray_app` does, inside the replica.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..package import Package
 from . import DeployOptions
+from .capacity import Autoscaling, plan
 
 CONFIG = "serve_config.yaml"
 IMPORT_PATH = "modelpack.deploy.ray_app:build"
@@ -50,25 +52,69 @@ def _q(value: Any) -> str:
     return json.dumps(value)
 
 
-def _replicas(options: DeployOptions) -> str:
-    if options.max_replicas is None or options.max_replicas <= options.replicas:
+def autoscaled(options: DeployOptions) -> bool:
+    """Ray autoscales when asked to: a --max-replicas above --replicas, or a --peak-rps to plan for."""
+    return options.peak_rps is not None or (options.max_replicas is not None and options.max_replicas > options.replicas)
+
+
+def _replicas(options: DeployOptions, scaling: Autoscaling | None) -> str:
+    if scaling is None or scaling.max_replicas <= scaling.min_replicas:
         return f"""\
-    # A fixed number of replicas; pass --max-replicas to write an autoscaling_config instead.
+    # A fixed number of replicas; pass --max-replicas (or --peak-rps) to write an autoscaling_config instead.
     num_replicas: {options.replicas}
 """
+    # Replicas report their requests in flight this often, averaged over look_back_period_s: both well inside the
+    # delays, so a decision waits for the delay, not for stale metrics.
+    interval = min(10.0, max(0.5, scaling.upscale_delay_s / 2))
+    look_back = min(30.0, max(2 * interval, scaling.upscale_delay_s))
+    derivation = scaling.comment(prefix="    # ")
     return f"""\
-    # Ray adds replicas while the requests in flight per replica stay above target_ongoing_requests.
-    # Ray's default target (2) is kept: it is not derived from a measured capacity yet (see the README).
+    # Ray adds replicas while the requests in flight per replica stay above target_ongoing_requests for
+    # upscale_delay_s, and removes them once they stay below it for downscale_delay_s.
+{derivation}\
+    # Delays: up = 3 x a replica's start time (at least 10 s) unless --upscale-delay; down = 10 x up (at least 60 s)
+    # unless --downscale-delay, so a burst does not make replicas come and go.
     autoscaling_config:
-      min_replicas: {options.replicas}
-      max_replicas: {options.max_replicas}
-      target_ongoing_requests: 2
-      upscale_delay_s: 30
-      downscale_delay_s: 600
+      min_replicas: {scaling.min_replicas}
+      max_replicas: {scaling.max_replicas}
+      target_ongoing_requests: {scaling.target_ongoing}
+      upscale_delay_s: {scaling.upscale_delay_s:g}
+      downscale_delay_s: {scaling.downscale_delay_s:g}
+      metrics_interval_s: {interval:g}
+      look_back_period_s: {look_back:g}
 """
 
 
-def config(pkg: Package, options: DeployOptions, package_dir: Path) -> str:
+GRPC_SERVICER = "modelpack.deploy.ray_app:add_GRPCInferenceServiceServicer_to_server"
+
+
+def _grpc(options: DeployOptions) -> str:
+    if not options.grpc_port:
+        return "# No gRPC proxy (--grpc-port 0); pass --grpc-port for KServe V2 gRPC through Ray's gRPC proxy.\n"
+    return f"""\
+grpc_options:
+  # KServe V2 gRPC (inference.GRPCInferenceService) through Ray's gRPC proxy, for unmodified tritonclient.grpc.
+  # Ray binds it on every address ([::]); with one application no `application` metadata is needed.
+  port: {options.grpc_port}
+  grpc_servicer_functions: [{_q(GRPC_SERVICER)}]
+"""
+
+
+def _registration(options: DeployOptions) -> str:
+    if options.register is None:
+        return ""
+    return f"""\
+    # Each replica, once ready, registers its node's HTTP proxy (this port) in ZooKeeper as `modelpack serve
+    # --register` registers a server: an ephemeral entry that lives with the replica's session, so `modelpack
+    # discover` and `predict --discover` find the proxy while replicas run, and a dead replica's entry goes.
+    register: {_q(options.register)}
+    proxy_port: {options.port}
+    # The address clients dial: the proxy's bind address, or each node's own IP when it binds every address.
+    advertise_host: {_q(None if options.host in ("0.0.0.0", "::") else options.host)}
+"""
+
+
+def config(pkg: Package, options: DeployOptions, package_dir: Path, scaling: Autoscaling | None = None) -> str:
     """The Serve config file's text: one application whose only deployment is modelpack's server."""
     num_cpus, memory = cpus(options.cpu), memory_bytes(options.memory)
     return f"""\
@@ -83,6 +129,7 @@ http_options:
   host: {_q(options.host)}
   port: {options.port}
   request_timeout_s: 60
+{_grpc(options)}\
 applications:
 - name: {_q(pkg.name)}
   # modelpack's routes are absolute (/v2/..., /v1/models/..., /predict), as tritonclient expects.
@@ -94,9 +141,12 @@ applications:
     # runtime_env.env_vars), never from this file; api_keys_file names a keys file on every node instead.
     api_keys_file: null
     max_batch_size: {options.max_batch_size}
+    # The runtime's threads per replica: its CPUs, as the capacity was measured.
+    threads: {max(1, math.ceil(num_cpus))}
+{_registration(options)}\
   deployments:
   - name: {DEPLOYMENT}
-{_replicas(options)}\
+{_replicas(options, scaling)}\
     # Requests one replica holds at once; its own batcher and --max-queue limits apply inside it.
     max_ongoing_requests: {MAX_ONGOING}
     graceful_shutdown_timeout_s: 30
@@ -130,7 +180,8 @@ def write(pkg: Package, out: Path, options: DeployOptions, final: Path) -> list[
     host = options.host
     shutil.copytree(pkg.root, out / "package", symlinks=False)
     package_dir = final.absolute() / "package"
-    (out / CONFIG).write_text(config(pkg, options, package_dir), encoding="utf-8")
+    scaling = plan(pkg.root, options, out, autoscaled(options)) if autoscaled(options) else None
+    (out / CONFIG).write_text(config(pkg, options, package_dir, scaling), encoding="utf-8")
     (out / "README.md").write_text(README.format(name=pkg.name, version=pkg.version, config=CONFIG, host=host,
                                                  port=options.port, package=package_dir), encoding="utf-8")
     return [f"serve deploy {final / CONFIG} --address http://HEAD:8265   # a running Ray cluster's dashboard",

@@ -7,6 +7,11 @@ fastest with dynamic per-channel MatMulInteger. So the `int8` method builds each
 apply, measures every one against the float model on the eval examples (fidelity of every output)
 and in one interleaved timing loop (batch 1), and keeps the fastest that meets the fidelity target.
 
+Which op types to quantize is measured too. When the graph has more than one group of weight ops (convolutions,
+and MatMul/Gemm), the fastest recipe is built again with each group alone, each is timed against float, and the
+union of the groups that beat float alone is a candidate as well: int8 MatMuls can be slower than float ones in
+a CNN's head while its convolutions gain twofold, or the other way round.
+
 When none meets it, an accuracy-aware fallback in the spirit of Intel Neural Compressor's tuning
 keeps the most sensitive nodes in float: it runs the float and the quantized model once with every
 quantized node's input and output exposed, ranks nodes by how much error each adds (output error
@@ -16,7 +21,7 @@ minus input error), and excludes the top 1, 2, 4, ... until the target holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,8 @@ from ..data import Dataset
 from ..errors import reason
 
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
+# The op-type groups a candidate may quantize alone (onnxruntime's `op_types_to_quantize`).
+GROUPS: dict[str, tuple[str, ...]] = {"Conv": ("Conv",), "MatMul/Gemm": ("MatMul", "Gemm")}
 
 
 @dataclass
@@ -48,12 +55,34 @@ class Candidate:
     block_size: int | None = None  # int4 only
     accuracy_level: int | None = None  # int4 only: 0 float compute, 4 int8 compute
     size_bytes: int | None = None  # measured where size decides (int4), in the package's archive
+    op_types: list[str] | None = None  # the only op types quantized; None: every one the recipe handles
+    reduce_range: bool = False  # 7-bit weights (onnxruntime's reduce_range), for CPUs without VNNI
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("path")
         data["excluded"] = len(self.excluded)
+        if self.method in ("static", "dynamic"):
+            data["op_types"] = list(self.op_types) if self.op_types else "all"
+        else:
+            data.pop("reduce_range")
         return {k: v for k, v in data.items() if v is not None}
+
+
+def groups(src: Path) -> dict[str, tuple[str, ...]]:
+    """The op-type groups (GROUPS) that `src` has nodes of."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
+    return {label: types for label, types in GROUPS.items() if ops & set(types)}
+
+
+def restricted(base: Candidate, labels: list[str], path: Path) -> Candidate:
+    """`base`'s recipe applied to the op types of the groups `labels` only."""
+    types = [t for label in labels for t in GROUPS[label]]
+    return replace(base, name=f"{base.name}, only {' and '.join(labels)}", op_types=types, excluded=[], path=path,
+                   speedup=None, speedup_by_batch=None, cosine=None, top1_agreement=None, meets_target=False,
+                   error=None)
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,7 @@ def candidates(src: Path, calibration: Dataset | None) -> list[Candidate]:
         found.append(Candidate("static QOperator, uint8 activations, per-channel int8 weights", "static", "QOperator"))
     if ops & {"MatMul", "Gemm"}:
         found.append(Candidate("dynamic, per-channel int8 weights", "dynamic"))
+        found.append(Candidate("dynamic, per-channel 7-bit weights (reduce_range)", "dynamic", reduce_range=True))
     if not found:
         found.append(Candidate("dynamic, int8 weights", "dynamic", per_channel=False))
     return found
@@ -90,9 +120,11 @@ def build(candidate: Candidate, src: Path, out: Path, work: Path, calibration: D
         assert calibration is not None
         return ort.quantize_static(src, out, work, calibration, per_channel=candidate.per_channel,
                                    quant_format=candidate.quant_format, activations=candidate.activations,
-                                   exclude=candidate.excluded)
+                                   exclude=candidate.excluded, op_types=candidate.op_types,
+                                   reduce_range=candidate.reduce_range)
     return ort.quantize_dynamic(src, out, per_channel=candidate.per_channel, feeds=feeds,
-                                exclude=candidate.excluded)
+                                exclude=candidate.excluded, op_types=candidate.op_types,
+                                reduce_range=candidate.reduce_range)
 
 
 def sensitivity(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarray], work: Path,
@@ -156,14 +188,14 @@ def tune(src: Path, work: Path, calibration: Dataset | None, feeds: dict[str, np
         _build_and_check(candidate, src, work, calibration, feeds, measure, target, notes)
     _time(tried, time_all)
     for c in tried:
-        note(f"int8 candidate: {c.name}: " + (f"failed ({c.error})" if c.error else
-             f"{c.speedup:.2f}× float speed, cosine {_fmt(c.cosine)}, agreement {_fmt(c.top1_agreement)}"))
+        _say(c, note)
+    tried += by_group(src, work, tried, calibration, feeds, measure, time_all, target, note, notes)
     usable = [c for c in tried if c.error is None]
     if not usable:
         raise ValueError("no int8 recipe could quantize this model: " + "; ".join(f"{c.name}: {c.error}" for c in tried))
     good = [c for c in usable if c.meets_target]
     if good:
-        return max(good, key=lambda c: c.speedup or 0.0), tried, notes
+        return fastest_then_closest(good), tried, notes
     # Accuracy-aware fallback from the most faithful candidate that beats float (else the fastest): keep the
     # nodes that add the most error in float until the target holds.
     faster = [c for c in usable if (c.speedup or 0.0) > 1.0]
@@ -176,9 +208,9 @@ def tune(src: Path, work: Path, calibration: Dataset | None, feeds: dict[str, np
     for round_ in range(max_rounds):
         if count > len(ranked):
             break
-        trial = Candidate(f"{base.name}, {count} most sensitive node(s) kept in float", base.method,
-                          base.quant_format, base.activations, base.per_channel, ranked[:count],
-                          work / f"int8-fallback-{round_}.onnx")
+        trial = replace(base, name=f"{base.name}, {count} most sensitive node(s) kept in float",
+                        excluded=ranked[:count], path=work / f"int8-fallback-{round_}.onnx", speedup=None,
+                        speedup_by_batch=None, cosine=None, top1_agreement=None, meets_target=False, error=None)
         _build_and_check(trial, src, work, calibration, feeds, measure, target, notes)
         tried.append(trial)
         if trial.error is None:
@@ -196,8 +228,62 @@ def tune(src: Path, work: Path, calibration: Dataset | None, feeds: dict[str, np
     return kept, tried, notes
 
 
+def by_group(src: Path, work: Path, tried: list[Candidate], calibration: Dataset | None,
+             feeds: dict[str, np.ndarray], measure: Callable[[Path], tuple[float | None, float | None]],
+             time_all: Callable[[list[Path]], list[float]], target: Target, note: Callable[[str], None],
+             notes: list[str]) -> list[Candidate]:
+    """The fastest recipe with each op-type group alone, then the union of the groups that beat float alone.
+
+    Only when the graph has more than one group: one candidate per group (and at most one union), not a copy
+    of every recipe. The base is the fastest faithful recipe (else the fastest), timed again in the same loop as
+    its restrictions so that they compare."""
+    present = groups(src)
+    usable = [c for c in tried if c.error is None and c.speedup is not None]
+    if len(present) < 2 or not usable:
+        return []
+    faithful = [c for c in usable if c.meets_target]
+    base = max(faithful or usable, key=lambda c: c.speedup or 0.0)
+    found = [restricted(base, [label], work / f"int8-group-{index}.onnx") for index, label in enumerate(present)]
+    for c in found:
+        _build_and_check(c, src, work, calibration, feeds, measure, target, notes)
+    _time([base, *found], time_all)
+    won = [label for label, c in zip(present, found) if c.error is None and (c.speedup or 0.0) > 1.0]
+    if 1 < len(won) < len(present):  # a union that is neither one group (measured) nor all of them (the base)
+        union = restricted(base, won, work / "int8-group-union.onnx")
+        _build_and_check(union, src, work, calibration, feeds, measure, target, notes)
+        _time([union], time_all)
+        found.append(union)
+    for c in found:
+        _say(c, note)
+    alone = "; ".join(f"{label} {_speed(c)}" for label, c in zip(present, found))
+    notes.append(f"int8 op types, each group alone with {base.name} ({_speed(base)} with all): {alone}; "
+                 + (f"{' and '.join(won)} beat float" if won else "none beat float"))
+    note(notes[-1])
+    return found
+
+
+def _speed(c: Candidate) -> str:
+    return f"failed ({c.error})" if c.error else f"{c.speedup or 0.0:.2f}× float speed"
+
+
+def _say(c: Candidate, note: Callable[[str], None]) -> None:
+    note(f"int8 candidate: {c.name}: " + (f"failed ({c.error})" if c.error else
+         f"{c.speedup:.2f}× float speed, cosine {_fmt(c.cosine)}, agreement {_fmt(c.top1_agreement)}"))
+
+
 CLOSE_COSINE = 0.002  # candidates this close in cosine (and CLOSE_POINTS in agreement) are equally faithful
 CLOSE_POINTS = 1.0
+
+
+CLOSE_SPEED = 0.03  # faithful candidates this close in speed to the fastest are equally fast: timing noise
+
+
+def fastest_then_closest(good: list[Candidate]) -> Candidate:
+    """Among faithful candidates within CLOSE_SPEED of the fastest, the most faithful: a 7-bit twin of a recipe
+    timed 1% faster within noise should not win over the 8-bit one that keeps the closer outputs."""
+    top = max(c.speedup or 0.0 for c in good)
+    close = [c for c in good if (c.speedup or 0.0) >= top * (1 - CLOSE_SPEED)]
+    return max(close, key=lambda c: (_score(c.cosine), _score(c.top1_agreement, 100.0), c.speedup or 0.0))
 
 
 def fastest_of_closest(usable: list[Candidate]) -> Candidate:

@@ -25,21 +25,29 @@ def _quiet() -> None:
     onnxruntime.set_default_logger_severity(4)  # the calibrators' own sessions log run errors we handle
 
 
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU")  # what quantize_dynamic has CPU kernels for, Conv aside
+
+
 def quantize_dynamic(src: Path, out: Path, per_channel: bool = False,
-                     feeds: dict[str, np.ndarray] | None = None, exclude: list[str] | None = None) -> list[str]:
-    """Weights to int8, activations quantized at run time; `exclude` names nodes kept in float. Returns notes."""
+                     feeds: dict[str, np.ndarray] | None = None, exclude: list[str] | None = None,
+                     op_types: list[str] | None = None, reduce_range: bool = False) -> list[str]:
+    """Weights to int8, activations quantized at run time; `exclude` names nodes kept in float, `op_types` (when
+    given) the only op types quantized, `reduce_range` 7-bit weights. Returns notes."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_dynamic
 
     _quiet()
     notes: list[str] = []
-    ort_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
-                nodes_to_exclude=list(exclude or []))
+    ort_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=per_channel, reduce_range=reduce_range,
+                op_types_to_quantize=list(op_types or []), nodes_to_exclude=list(exclude or []))
     if _run_error(out, feeds) is not None:
         # onnxruntime's CPU kernels lack ConvInteger for int8 weights: keep Conv in float.
+        kept = [t for t in DYNAMIC_OPS if op_types is None or t in op_types]
+        if not kept:
+            raise ValueError(f"dynamic int8 of {', '.join(op_types or [])} only: onnxruntime has no int8 "
+                             "ConvInteger kernel on this CPU")
         ort_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
-                    op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
-                    nodes_to_exclude=list(exclude or []))
+                    reduce_range=reduce_range, op_types_to_quantize=kept, nodes_to_exclude=list(exclude or []))
         notes.append("Conv stays float: onnxruntime has no int8 ConvInteger kernel on this CPU; "
                      "use --method static for int8 convolutions")
     return notes
@@ -73,8 +81,10 @@ class _Reader:
 
 def quantize_static(src: Path, out: Path, work: Path, calib: Dataset, method: str = "minmax",
                     per_channel: bool = False, quant_format: str = "QDQ", activations: str = "uint8",
-                    exclude: list[str] | None = None) -> list[str]:
-    """Static int8: quant_pre_process, then calibrate on `calib`.
+                    exclude: list[str] | None = None, op_types: list[str] | None = None,
+                    reduce_range: bool = False) -> list[str]:
+    """Static int8: quant_pre_process, then calibrate on `calib`; `op_types` (when given) the only op types
+    quantized, `reduce_range` 7-bit weights.
 
     Activations are uint8 by default: onnxruntime's x86 int8 kernels are built for uint8 activations
     with int8 weights (U8S8); with int8 activations static int8 ran barely faster than float here."""
@@ -119,8 +129,8 @@ def quantize_static(src: Path, out: Path, work: Path, calib: Dataset, method: st
                    quant_format=getattr(QuantFormat, quant_format), per_channel=per_channel,
                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                   nodes_to_exclude=excluded + list(exclude or []),
-                   extra_options=extra)
+                   nodes_to_exclude=excluded + list(exclude or []), op_types_to_quantize=list(op_types or []),
+                   reduce_range=reduce_range, extra_options=extra)
 
     try:
         quantize()

@@ -29,6 +29,7 @@ from .asgi import (
 )
 from .config import ServeConfig
 from .core import Core
+from .guard import Caller
 from .lifecycle import LIFE, RequestLife
 from .metrics import Metrics
 from .model import ServedModel
@@ -86,21 +87,28 @@ class App:
             return
         if scope["type"] != "http":
             return
+        self.core.metrics.inflight_requests += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self.core.metrics.inflight_requests -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         method, path = scope["method"], scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
+        guard = self.core.guard
         token = HELD.set([])  # the versions this request resolves, held until it is answered
         life = scope["modelpack.life"] = RequestLife(start)  # the transport abandons it if the client hangs up
         life_token = LIFE.set(life)
         try:
             route, params = resolve(method, path)
             route_name = route.template
-            if not route.public:
-                api_key = self.core.identify(headers.get("authorization"))
-                key = api_key.name if api_key else None
-                self.core.permit(api_key, route.scope, path)
-            request = Request(method, path, headers, params)
+            api_key = guard.identify(headers.get("authorization"), route.access)
+            key = api_key.name if api_key else None  # counted in the metrics even when refused below
+            guard.permit(api_key, route.access, path)
+            request = Request(method, path, headers, params, Caller(api_key, route.access))
             held = 0
             try:
                 if route.method == "POST":
@@ -131,8 +139,8 @@ class App:
         finally:
             used = release_held(token)
             LIFE.reset(life_token)
-        self.core.metrics.observe(route_name, response[0], time.perf_counter() - start, key,
-                                  used.labels if used else None)
+        guard.observe(route_name, response[0], time.perf_counter() - start, key,
+                      used.labels if used else guard.refused_labels())
         if tracer is not None and used is not None:  # a request that reached a model is a trace
             tracer.record(life, f"{method} {route_name}", headers.get("traceparent"), used.model.name,
                           used.model.version, response[0], done)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PayloadTooLarge, RequestError
 from .limits import Budget, inflate, parse_length
+
+if TYPE_CHECKING:
+    from .guard import Caller
 
 try:
     import orjson
@@ -53,6 +56,7 @@ class Request:
     path: str
     headers: Headers
     params: dict[str, str | None]
+    caller: Caller  # the key that was admitted and what the route needs of it (see `serve.guard`)
     body: bytes = b""
 
 

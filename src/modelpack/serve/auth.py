@@ -5,11 +5,15 @@ file, one key per line:
 
     # name:key[:scopes[:rate]]
     ci:4f1c…e9:infer,metadata:20/s
+    digits-app:9b2e…70:infer@digits,infer@mnist-*
     ops:77aa…01:admin
     legacy-bare-key-without-a-name
 
 Scopes: `infer` (the inference routes), `metadata` (model and server metadata, the
-OpenAPI document and docs), `admin` (everything, including /metrics). A rate is
+OpenAPI document and docs), `admin` (everything, including /metrics). `SCOPE@MODEL`
+grants a scope on the models whose name matches MODEL (a name, or a shell pattern
+such as `team-a-*`) and nothing server-wide: `infer@digits` may infer with digits
+(and ask for its readiness and metadata), and gets 403 on every other model. A rate is
 N/s or N/m: a bucket of N tokens refilled continuously; an empty bucket answers 429
 with Retry-After. Keys are compared in constant time, and every key is compared on
 every check, so timing reveals neither which key matched nor how many exist.
@@ -17,6 +21,7 @@ every check, so timing reveals neither which key matched nor how many exist.
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import math
 import re
@@ -65,12 +70,39 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate.per_second
 
 
+# What a scope grants beside itself: a model's readiness and metadata ("model") are open to whoever may infer with
+# it or read metadata (tritonclient asks before it infers); admin grants everything.
+_SATISFIES = {"model": ("model", "infer", "metadata", "admin")}
+
+
 @dataclass(frozen=True)
 class ApiKey:
     name: str
     secret: bytes
-    scopes: frozenset[str] = ALL_SCOPES
+    scopes: frozenset[str] = ALL_SCOPES  # unqualified scopes: every model, and the server-wide routes
     rate: Rate | None = None
+    models: tuple[tuple[str, str], ...] = ()  # (scope, model name or pattern): `infer@digits` in the keys file
+
+    def _granting(self, scope: str) -> tuple[str, ...]:
+        return _SATISFIES.get(scope, (scope, "admin"))
+
+    def allows(self, scope: str, model: str | None = None) -> bool:
+        """Whether the key has `scope` server-wide, or (with `model`) on that model."""
+        scopes = self.scopes
+        if scope in scopes or "admin" in scopes:  # the common case, first: every request asks
+            return True
+        granting = self._granting(scope)
+        if any(s in self.scopes for s in granting):
+            return True
+        return model is not None and any(s in granting and fnmatch.fnmatchcase(model, pattern)
+                                         for s, pattern in self.models)
+
+    def may_name_a_model(self, scope: str) -> bool:
+        """Whether some model could be allowed: a call that names its model is checked again once it is known."""
+        return self.allows(scope) or any(s in self._granting(scope) for s, _ in self.models)
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.scopes) + [f"{s}@{m}" for s, m in self.models]) or "none"
 
 
 class KeyRing:
@@ -114,13 +146,24 @@ class KeyRing:
             raise Unauthorized("invalid API key.", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return found
 
-    def authorize(self, key: ApiKey, scope: str, path: str) -> None:
-        if "admin" in key.scopes or scope in key.scopes:
+    def named(self, name: str) -> ApiKey | None:
+        """The key of this name now (names are unique in a ring); None after a reload removed it."""
+        return next((k for k in self.keys if k.name == name), None)
+
+    def authorize(self, key: ApiKey, scope: str, path: str, per_model: bool = False) -> None:
+        """Forbidden unless the key has `scope` for `path`; a call that names a model (`per_model`) passes here
+        when the key has the scope on some model, and `authorize_model` checks the model it names."""
+        if key.allows(scope) or (per_model and key.may_name_a_model(scope)):
             return
-        if scope == "model" and key.scopes & {"infer", "metadata"}:
-            return  # a model's readiness and metadata: whoever may call it may ask (tritonclient does)
-        raise Forbidden(f"API key '{key.name}' lacks the '{scope}' scope needed for {path} "
-                        f"(it has: {', '.join(sorted(key.scopes))}).")
+        shown = "infer' or 'metadata" if scope == "model" else scope
+        raise Forbidden(f"API key '{key.name}' lacks the '{shown}' scope needed for {path} "
+                        f"(it has: {key.describe()}).")
+
+    def authorize_model(self, key: ApiKey, scope: str, model: str) -> None:
+        if not key.allows(scope, model):
+            shown = "infer' or 'metadata" if scope == "model" else scope
+            raise Forbidden(f"API key '{key.name}' lacks the '{shown}' scope on model {model!r} "
+                            f"(it has: {key.describe()}).")
 
     def throttle(self, key: ApiKey) -> None:
         rate = key.rate or self.default_rate
@@ -164,16 +207,32 @@ def read_keys_file(path: Path) -> list[ApiKey]:
         name, secret = parts[0], parts[1]
         if len(secret) < 8:
             raise InputError(f"{where}: a key must be at least 8 characters.")
-        scopes = ALL_SCOPES
+        scopes, models = ALL_SCOPES, tuple[tuple[str, str], ...]()
         if len(parts) >= 3 and parts[2] not in ("", "*", "all"):
-            scopes = frozenset(s.strip() for s in parts[2].split(","))
-            unknown = sorted(scopes - ALL_SCOPES)
-            if unknown:
-                raise InputError(f"{where}: unknown scope(s) {', '.join(unknown)}; use {', '.join(SCOPES)}.")
+            scopes, models = _scopes(parts[2], where)
         rate = Rate.parse(parts[3], where) if len(parts) == 4 and parts[3] else None
         if any(k.name == name for k in keys):
             raise InputError(f"{where}: the name '{name}' is used twice.")
-        keys.append(ApiKey(name, secret.encode(), scopes, rate))
+        keys.append(ApiKey(name, secret.encode(), scopes, rate, models))
     if not keys:
         raise InputError(f"--api-keys-file '{path}': no keys in it.")
     return keys
+
+
+def _scopes(text: str, where: str) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
+    """`infer,metadata` and `infer@digits` (a scope on the models a name or shell pattern matches)."""
+    plain: set[str] = set()
+    models: list[tuple[str, str]] = []
+    for item in (s.strip() for s in text.split(",")):
+        scope, at, model = item.partition("@")
+        if scope not in ALL_SCOPES:
+            raise InputError(f"{where}: unknown scope {scope!r}; use {', '.join(SCOPES)}, each optionally "
+                             "@MODEL (e.g. infer@digits).")
+        if not at:
+            plain.add(scope)
+        elif not model:
+            raise InputError(f"{where}: {item!r} names no model; write {scope}@NAME (a name or a pattern like "
+                             "team-*).")
+        else:
+            models.append((scope, model))
+    return frozenset(plain), tuple(models)

@@ -1,8 +1,8 @@
 """The protocol-neutral inference core every protocol sits on: find the model, validate, batch, run.
 
 A protocol module decodes its own wire format into `{input name: array}`, calls `Core.infer`, and
-encodes the outputs its own way. Keys, scopes, rate limits and metrics live here too, so HTTP and
-gRPC apply the same ones.
+encodes the outputs its own way. The core holds the one `Guard` (keys, scopes, rate limits, the in-flight
+budget, metrics) and the one list of protocol extensions, so HTTP and gRPC apply and announce the same ones.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import __version__
 from ..errors import InputError, RequestError, reason
 from .asgi import capped
-from .auth import ApiKey, KeyRing
+from .auth import KeyRing
 from .config import ServeConfig
+from .guard import Caller, Guard
 from .limits import Budget
 from .metrics import Metrics
 from .model import ServedModel
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from .tracing import Tracer
 
 log = logging.getLogger("modelpack.serve")
+
+# The protocol extensions the server announces, over HTTP (GET /v2) and gRPC (ServerMetadata) alike.
+EXTENSIONS = ["binary_tensor_data", "tfserving_rest", "simple_predict", "model_repository"]
 
 
 def _tracer(option: str | None) -> Tracer | None:
@@ -57,14 +62,26 @@ class Core:
     def __init__(self, config: ServeConfig, model: ServedModel | None = None) -> None:
         self.config = config
         self.ready = False
-        self.keys = KeyRing.build(config.api_key, config.api_keys_file, config.rate_limit)
-        self.budget = Budget(config.max_inflight_mb)  # request bytes held, HTTP and gRPC together
         self.metrics = Metrics()
-        self.metrics.inflight_bytes = lambda: self.budget.held
+        budget = Budget(config.max_inflight_mb)  # request bytes held, HTTP and gRPC together
+        self.guard = Guard.build(config.api_key, config.api_keys_file, config.rate_limit, config.model_rate_limit,
+                                 budget, self.metrics)
+        self.metrics.inflight_bytes = lambda: budget.held
         self.repository = Repository(config, self.metrics, model)
         self.metrics.unlabelled = self.repository.fallback_labels
         self._rescan: asyncio.Task[None] | None = None  # the SIGHUP re-read, kept so it is not collected
         self.tracer: Tracer | None = _tracer(config.otlp_endpoint)
+
+    @property
+    def keys(self) -> KeyRing:
+        return self.guard.keys
+
+    @property
+    def budget(self) -> Budget:
+        return self.guard.budget
+
+    def server_metadata(self) -> dict[str, object]:
+        return {"name": "modelpack", "version": __version__, "extensions": EXTENSIONS}
 
     @property
     def model(self) -> ServedModel | None:
@@ -112,22 +129,28 @@ class Core:
             return
         log.info("reloaded %d API key(s) from %s", count, self.config.api_keys_file)
 
-    def identify(self, authorization: str | None) -> ApiKey | None:
-        """The API key an `Authorization` value holds (None when the server has no keys); 401 otherwise."""
-        return self.keys.check(authorization) if self.keys.enabled else None
-
-    def permit(self, api_key: ApiKey | None, scope: str, target: str) -> None:
-        """403 unless the key has `scope` for `target`; 429 when the key is over its rate limit."""
-        if api_key is not None:
-            self.keys.authorize(api_key, scope, target)
-            self.keys.throttle(api_key)
-
-    def model_for(self, name: str | None, version: str | None, label: str | None = None) -> ServedModel:
-        """The model a request names (its default version without `version` or `label`), if loaded and the
-        server is ready; every protocol asks. The version is held until the request is answered."""
+    def model_for(self, caller: Caller, name: str | None, version: str | None,
+                  label: str | None = None) -> ServedModel:
+        """The model a request names (its default version without `version` or `label`), if the caller may use
+        it, it is loaded and the server is ready; every protocol asks. The version is held until the request is
+        answered. The caller's scope and the model's rate limit are checked before the model is looked up, so a
+        key limited to some models learns nothing about the others."""
         if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
+        guard = self.guard
+        if guard.model_rates or (caller.key is not None and caller.key.models):
+            model = self.repository.name_of(name)
+            guard.check_model(caller, model, model in self.repository.models)
         return self.repository.get(name, version, label).model
+
+    async def load(self, caller: Caller, name: str) -> None:
+        """The repository API's load, for a caller allowed to administer this model."""
+        self.guard.check_model(caller, name)
+        await self.repository.load(name)
+
+    async def unload(self, caller: Caller, name: str) -> None:
+        self.guard.check_model(caller, name)
+        await self.repository.unload(name)
 
     async def infer(self, model: ServedModel, feeds: dict[str, np.ndarray], eager: bool = False,
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:

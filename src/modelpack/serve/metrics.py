@@ -72,8 +72,10 @@ class Metrics:
         self.models: dict[str, ModelGauges] = {}  # by model labels, the loaded versions
         self.load_failures: Counter[tuple[str, str, str]] = Counter()  # (model, version, reason)
         self.inflight_bytes: Callable[[], int] = lambda: 0
+        self.inflight_requests = 0  # HTTP requests received and not yet answered: what an autoscaler holds per replica
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
         self.polls: int | None = None  # repository scans so far, with --poll-s
+        self.model_refusals: Counter[tuple[str, str]] = Counter()  # (model, scope | rate), counted by the guard
 
     def add_model(self, labels: str, load_seconds: float) -> ModelGauges:
         gauges = self.models[labels] = ModelGauges(load_seconds)
@@ -125,6 +127,9 @@ class Metrics:
         lines += ["# HELP modelpack_inflight_request_bytes Request body bytes held, all connections together.",
                   "# TYPE modelpack_inflight_request_bytes gauge",
                   f"modelpack_inflight_request_bytes{{{self.unlabelled()}}} {self.inflight_bytes()}",
+                  "# HELP modelpack_inflight_requests HTTP requests received and not yet answered, this one included.",
+                  "# TYPE modelpack_inflight_requests gauge",
+                  f"modelpack_inflight_requests{{{self.unlabelled()}}} {self.inflight_requests}",
                   "# HELP modelpack_model_load_seconds Time to load the model.",
                   "# TYPE modelpack_model_load_seconds gauge"]
         lines += [f"modelpack_model_load_seconds{{{labels}}} {gauges.load_seconds:.6f}" for labels, gauges in models]
@@ -144,6 +149,12 @@ class Metrics:
                       "# TYPE modelpack_refused_total counter"]
             for (protocol, reason), count in sorted(REFUSED.items()):
                 lines.append(f'modelpack_refused_total{{protocol="{protocol}",reason="{reason}"}} {count}')
+        if self.model_refusals:
+            lines += ["# HELP modelpack_model_refused_total Calls refused on a model: a key without the scope on it "
+                      "(reason scope), or the model over its rate limit (reason rate).",
+                      "# TYPE modelpack_model_refused_total counter"]
+            for (model, why), count in sorted(self.model_refusals.items()):
+                lines.append(f'modelpack_model_refused_total{{model="{_escape(model)}",reason="{why}"}} {count}')
         if self.key_requests:
             lines += ["# HELP modelpack_key_requests_total Requests by API key name.",
                       "# TYPE modelpack_key_requests_total counter"]

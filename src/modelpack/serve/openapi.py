@@ -11,11 +11,14 @@ import html
 import json
 import math
 import shlex
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .routes import ROUTES, Route
 from .tensors import V2_TO_NUMPY, v2_datatype
+
+if TYPE_CHECKING:
+    from .routes import Route
 
 STATUS_TEXT = {
     400: "Bad input, naming the input and what was expected", 401: "Missing or invalid API key",
@@ -137,13 +140,13 @@ def example(route: Route, model: Any) -> Any:
     return {"input_data": {t.name: zeros(t.name, t.dtype) for t in inputs}}
 
 
-def spec(model: Any, auth: bool, models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The OpenAPI document of every route in the table; its examples use `model`, and `models` (the
+def spec(routes: Sequence[Route], model: Any, auth: bool, models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The OpenAPI document of `routes` (the route table hands itself in, as Starlette's `get_schema(routes)`); its examples use `model`, and `models` (the
     repository's, as `Repository.describe` gives them) are listed in `x-models` and the description."""
     name = model.name if model else "model"
     version = model.version if model else "1"
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in routes:
         entry: dict[str, Any] = {"summary": route.summary, "tags": [route.protocol],
                                  "operationId": _operation_id(route)}
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
@@ -213,14 +216,14 @@ def _title(model: Any) -> str:
     return f"modelpack serve: {model.name if model else 'model'}"
 
 
-def docs_page(model: Any, auth: bool, base: str, grpc_port: int | None = None,
+def docs_page(routes: Sequence[Route], model: Any, auth: bool, base: str, grpc_port: int | None = None,
               models: list[dict[str, Any]] | None = None) -> bytes:
     title = _title(model)
     esc = html.escape
     sections = []
-    for protocol in dict.fromkeys(route.protocol for route in ROUTES):
+    for protocol in dict.fromkeys(route.protocol for route in routes):
         rows = []
-        for route in (r for r in ROUTES if r.protocol == protocol):
+        for route in (r for r in routes if r.protocol == protocol):
             access = "public" if route.public else f"key scope: {route.scope}"
             rows.append(f"<h3><code>{route.method} {esc(route.template)}</code></h3><p>{esc(route.summary)} "
                         f"<small>({access}; errors {', '.join(map(str, route.statuses))})</small></p>"

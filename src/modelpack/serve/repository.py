@@ -177,6 +177,12 @@ class Repository:
             held.append(loaded)
         return loaded
 
+    def name_of(self, name: str | None) -> str:
+        """The model a request goes to: `name`, or the default model when it names none (NotFound if none)."""
+        if name is not None:
+            return name
+        return self._entry(None).name
+
     def _entry(self, name: str | None) -> Entry:
         if name is None:
             name = self.default_model

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from ..errors import NotFound, RequestError
-from .asgi import Request, Response
+from .asgi import JSON_TYPE, Request, Response, dumps
 from .core import Core
+from .guard import ADMIN, INFER, MODEL_ADMIN, MODEL_METADATA, PUBLIC, SERVER_METADATA, Access
 from .protocols import ops, repository, simple, tfserving, v2
 
 Handler = Callable[[Core, Request], Awaitable[Response]]
@@ -30,11 +32,20 @@ class Route:
     handler: Handler = field(compare=False)
     summary: str
     protocol: str  # the OpenAPI tag: KServe V2, TensorFlow Serving, simple, operations
-    public: bool = False  # reachable without an API key
-    scope: str = "metadata"  # what an API key needs: infer, model, metadata or admin
+    access: Access = SERVER_METADATA  # who may call it: the guard's table, which gRPC's methods share
     body: str | None = None  # the request body's schema (a name in openapi.SCHEMAS), for POST routes
     answer: str = "Object"  # the 200 answer's schema name, or "text/plain" / "text/html"
     errors: tuple[int, ...] = ()
+
+    @property
+    def public(self) -> bool:
+        """Reachable without an API key."""
+        return self.access.scope is None
+
+    @property
+    def scope(self) -> str:
+        """What an API key needs: infer, model, metadata or admin."""
+        return self.access.scope or "none"
 
     @property
     def statuses(self) -> tuple[int, ...]:
@@ -52,18 +63,18 @@ def _model_routes() -> list[Route]:
         base, tfs = f"/v2/models/{{name}}{suffix}", f"/v1/models/{{name}}{suffix}"
         routes += [
             Route(base, "GET", v2.model_metadata, "Model metadata: name, versions, platform, input and output "
-                  "tensors", "KServe V2", scope="model", answer="ModelMetadata", errors=MODEL_ERRORS),
-            Route(f"{base}/ready", "GET", v2.model_ready, "Model readiness", "KServe V2", scope="model",
+                  "tensors", "KServe V2", access=MODEL_METADATA, answer="ModelMetadata", errors=MODEL_ERRORS),
+            Route(f"{base}/ready", "GET", v2.model_ready, "Model readiness", "KServe V2", access=MODEL_METADATA,
                   answer="ModelReady", errors=MODEL_ERRORS),
             Route(f"{base}/infer", "POST", v2.infer, "Inference (JSON tensors, or the binary tensor extension with "
-                  "Inference-Header-Content-Length)", "KServe V2", scope="infer", body="InferRequest",
+                  "Inference-Header-Content-Length)", "KServe V2", access=INFER, body="InferRequest",
                   answer="InferResponse", errors=MODEL_ERRORS + BODY_ERRORS),
-            Route(tfs, "GET", tfserving.status, "Model status", "TensorFlow Serving", scope="model",
+            Route(tfs, "GET", tfserving.status, "Model status", "TensorFlow Serving", access=MODEL_METADATA,
                   errors=MODEL_ERRORS),
             Route(f"{tfs}/metadata", "GET", tfserving.metadata, "Model metadata: the serving_default "
-                  "signature_def", "TensorFlow Serving", scope="model", errors=MODEL_ERRORS),
+                  "signature_def", "TensorFlow Serving", access=MODEL_METADATA, errors=MODEL_ERRORS),
             Route(f"{tfs}:predict", "POST", tfserving.predict, "Predict: 'instances' (rows) or 'inputs' (columns)",
-                  "TensorFlow Serving", scope="infer", body="PredictRequest", answer="PredictResponse",
+                  "TensorFlow Serving", access=INFER, body="PredictRequest", answer="PredictResponse",
                   errors=MODEL_ERRORS + BODY_ERRORS),
         ]
     return routes + _tfserving_routes("/v1/models/{name}/labels/{label}", " (the version a label points at)")
@@ -71,39 +82,61 @@ def _model_routes() -> list[Route]:
 
 def _tfserving_routes(base: str, note: str) -> list[Route]:
     return [
-        Route(base, "GET", tfserving.status, "Model status" + note, "TensorFlow Serving", scope="model",
+        Route(base, "GET", tfserving.status, "Model status" + note, "TensorFlow Serving", access=MODEL_METADATA,
               errors=MODEL_ERRORS),
         Route(f"{base}/metadata", "GET", tfserving.metadata, "Model metadata: the serving_default signature_def"
-              + note, "TensorFlow Serving", scope="model", errors=MODEL_ERRORS),
+              + note, "TensorFlow Serving", access=MODEL_METADATA, errors=MODEL_ERRORS),
         Route(f"{base}:predict", "POST", tfserving.predict, "Predict: 'instances' (rows) or 'inputs' (columns)"
-              + note, "TensorFlow Serving", scope="infer", body="PredictRequest", answer="PredictResponse",
+              + note, "TensorFlow Serving", access=INFER, body="PredictRequest", answer="PredictResponse",
               errors=MODEL_ERRORS + BODY_ERRORS),
     ]
 
 
+_documents: WeakKeyDictionary[Core, tuple[int, bytes]] = WeakKeyDictionary()  # by the repository's generation
+
+
+async def _openapi(core: Core, request: Request) -> Response:
+    generation = core.repository.generation
+    cached = _documents.get(core)
+    if cached is None or cached[0] != generation:
+        from .openapi import spec
+
+        cached = _documents[core] = (generation, dumps(spec(ROUTES, core.model, core.keys.enabled,
+                                                             core.repository.describe())))
+    return 200, JSON_TYPE, cached[1]
+
+
+async def _docs(core: Core, request: Request) -> Response:
+    from .openapi import docs_page
+
+    base = ("https" if core.config.ssl_certfile else "http") + "://" + request.headers.get("host", "localhost")
+    page = docs_page(ROUTES, core.model, core.keys.enabled, base, core.config.grpc_port, core.repository.describe())
+    return 200, [(b"content-type", b"text/html; charset=utf-8")], page
+
+
 ROUTES: list[Route] = [
-    Route("/v2/health/live", "GET", v2.live, "Liveness", "KServe V2", public=True, answer="Live"),
+    Route("/v2/health/live", "GET", v2.live, "Liveness", "KServe V2", access=PUBLIC, answer="Live"),
     Route("/v2/health/ready", "GET", v2.ready, "Readiness: 200 once the model is loaded and warm", "KServe V2",
-          public=True, answer="Ready", errors=(503,)),
+          access=PUBLIC, answer="Ready", errors=(503,)),
     Route("/v2", "GET", v2.server_metadata, "Server metadata: name, version, protocol extensions", "KServe V2",
           answer="ServerMetadata"),
     *_model_routes(),
     Route("/predict", "POST", simple.predict, "Predict, the classic Flask-style route: "
-          "{\"input_data\": [...]} -> {\"prediction\": [...]}", "simple", scope="infer", body="SimpleRequest",
+          "{\"input_data\": [...]} -> {\"prediction\": [...]}", "simple", access=INFER, body="SimpleRequest",
           answer="SimpleResponse", errors=MODEL_ERRORS + BODY_ERRORS),
-    Route("/metrics", "GET", ops.metrics, "Prometheus metrics", "operations", scope="admin", answer="text/plain"),
-    Route("/openapi.json", "GET", ops.openapi, "This OpenAPI document", "operations", answer="Object"),
-    Route("/docs", "GET", ops.docs, "The API's documentation page, with an example request per route",
+    Route("/metrics", "GET", ops.metrics, "Prometheus metrics", "operations", access=ADMIN, answer="text/plain"),
+    Route("/openapi.json", "GET", _openapi, "This OpenAPI document", "operations", answer="Object"),
+    Route("/docs", "GET", _docs, "The API's documentation page, with an example request per route",
           "operations", answer="text/html"),
     Route("/v2/repository/index", "POST", repository.index, "Model repository index: every version the "
-          "repository offers, with its state (READY, UNAVAILABLE) and why", "model repository", scope="admin",
+          "repository offers, with its state (READY, UNAVAILABLE) and why", "model repository", access=ADMIN,
           body="RepositoryIndexRequest", answer="RepositoryIndex", errors=(400,)),
     Route("/v2/repository/models/{name}/unload", "POST", repository.unload, "Unload a model: every version "
-          "leaves service and is freed once its requests finish", "model repository", scope="admin",
+          "leaves service and is freed once its requests finish", "model repository", access=MODEL_ADMIN,
           body="RepositoryRequest", errors=(400, 404)),
     Route("/v2/repository/models/{name}/load", "POST", repository.load, "Load (or reload) a model: read its "
           "source again and serve the versions its policy names, each verified and warmed up first",
-          "model repository", scope="admin", body="RepositoryRequest", errors=(400, 404)),
+          "model repository", access=MODEL_ADMIN, body="RepositoryRequest", errors=(400, 404)),
 ]
 
 

@@ -10,10 +10,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ENV, ServeConfig
 from .logs import log_config
+
+if TYPE_CHECKING:
+    from .app import App
 
 
 def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
@@ -57,6 +60,17 @@ def return_freed_memory() -> None:
     mallopt(m_mmap_threshold, 128 * 1024)
 
 
+def app_from_env() -> App:
+    """The factory each worker process calls (uvicorn --factory), from the config `run` put in the environment."""
+    from .app import build_app
+    from .http1 import configure
+
+    return_freed_memory()
+    config = ServeConfig.from_env()
+    configure(config.header_timeout_s, config.body_timeout_s, config.write_timeout_s, config.max_header_kb)
+    return build_app(config)
+
+
 def run(config: ServeConfig) -> int:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Returns an exit code.
 
@@ -79,7 +93,7 @@ def run(config: ServeConfig) -> int:
             os.environ[ENV] = config.to_env()
             if registration is not None:
                 _register_when(registration, config, lambda: _answers_ready(config) and config.port)
-            uvicorn.run("modelpack.serve.config:app_from_env", factory=True, workers=config.workers, **options)
+            uvicorn.run("modelpack.serve.server:app_from_env", factory=True, workers=config.workers, **options)
             return 0
         from .app import build_app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,7 +35,8 @@ SESSION_CANDIDATES: tuple[dict[str, Any], ...] = (
 SESSION_GAIN = 1.05
 # When no int8 recipe beats float, the float graph with onnxruntime's offline optimizations replaces the input
 # only when it wins by this much: it is often larger on disk (folded constants), and a gain within timing noise
-# (a 1.001x) once kept a file 19% larger that then timed 0.99x against the input.
+# (a 1.001x) once kept a file 19% larger that then timed 0.99x against the input. An int8 recipe must win by as
+# much under the latency objective: a 1.01x MatMul-only int8 of ppocr-cls, larger than its input, was noise.
 FLOAT_GAIN = 1.05
 
 
@@ -194,7 +196,7 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
     chosen, tried, found_notes = int8.tune(model.path, work, calib, feeds[1], measure, time_all, target, ctx.note)
     notes += found_notes
     where = tuning.where
-    if objective == "latency" and not params.require_quantized and (chosen.speedup or 0.0) <= 1.0:
+    if objective == "latency" and not params.require_quantized and (chosen.speedup or 0.0) < FLOAT_GAIN:
         optimized = work / "float-optimized.onnx"
         plain = _float_candidate(optimized, model.path)
         if plain.error is None:
@@ -208,7 +210,8 @@ def _int8(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: lis
             chosen.path = model.path
             tried.append(chosen)
         metrics["method"] = "float kept"
-        notes.append(f"no int8 recipe beat float ({where}): kept {chosen.name}; --require-quantized keeps int8 anyway")
+        notes.append(f"no int8 recipe beat float by {FLOAT_GAIN - 1:.0%} or more ({where}): kept {chosen.name}; "
+                     "--require-quantized keeps int8 anyway")
         ctx.note(notes[-1])
     elif objective == "size":
         from ..frameworks import int4
@@ -261,17 +264,31 @@ def _tune_session(path: Any, tuning: _Tuning, notes: list[str], metrics: dict[st
     from ..timing import interleaved_latencies
 
     signature = tuning.ctx.signature
-    runners = [OnnxRunner(path, signature, threads=1)] + [OnnxRunner(path, signature, threads=1, settings=s)
-                                                          for s in SESSION_CANDIDATES]
-    by_batch: list[dict[int, float]] = [{} for _ in SESSION_CANDIDATES]
-    for batch in tuning.batches:
-        samples = interleaved_latencies(runners, tuning.feeds[batch], iterations=60, budget_s=SESSION_BUDGET_S)
-        base = float(np.median(samples[0]))
-        for found, s in zip(by_batch, samples[1:]):
-            found[batch] = round(base / float(np.median(s)), 3)
+
+    def time_settings(candidates: tuple[dict[str, Any], ...]) -> list[dict[int, float]]:
+        runners = [OnnxRunner(path, signature, threads=1)] + [OnnxRunner(path, signature, threads=1, settings=s)
+                                                              for s in candidates]
+        by_batch: list[dict[int, float]] = [{} for _ in candidates]
+        for batch in tuning.batches:
+            samples = interleaved_latencies(runners, tuning.feeds[batch], iterations=60, budget_s=SESSION_BUDGET_S)
+            base = float(np.median(samples[0]))
+            for found, s in zip(by_batch, samples[1:]):
+                found[batch] = round(base / float(np.median(s)), 3)
+        return by_batch
+
     measured: list[dict[str, Any]] = [{"settings": s, "speedup_by_batch": b, "speedup": min(b.values())}
-                for s, b in zip(SESSION_CANDIDATES, by_batch)]
+                                      for s, b in zip(SESSION_CANDIDATES, time_settings(SESSION_CANDIDATES))]
     best = max(measured, key=lambda m: m["speedup"])
+    split = [m for m in measured if max(m["speedup_by_batch"].values()) >= SESSION_GAIN]
+    if best["speedup"] < SESSION_GAIN and split:
+        # A setting that won at one batch and not at another: on a shared machine one loop's batch can be noise
+        # (SkipLayerNormFusion off on MiniLM once timed 1.03x at batch 1 and 1.44x at batch 8, and 1.33x at batch
+        # 1 alone), so the most promising is timed again alone against the default, and that decides.
+        again = max(split, key=lambda m: m["speedup"])
+        (confirmed,) = time_settings((again["settings"],))
+        again.update(first_speedup_by_batch=again["speedup_by_batch"], speedup_by_batch=confirmed,
+                     speedup=min(confirmed.values()))
+        best = max(measured, key=lambda m: m["speedup"])
     won = best["speedup"] >= SESSION_GAIN
     for m in measured:
         m["chosen"] = won and m is best
@@ -479,6 +496,15 @@ def _qat(model: ModelRef, params: QuantizeParams, ctx: StageContext, notes: list
     return ModelRef(Repr.TFLITE, out)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two model files hold the same bytes (a copy of the input counts as the input)."""
+    from ..package import digest
+
+    if not (a.is_file() and b.is_file()):
+        return False
+    return a.stat().st_size == b.stat().st_size and digest(a) == digest(b)
+
+
 def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: list[str]) -> dict[str, Any]:
     """Median batch-1 latency of the float and quantized models, timed interleaved; warn when slower."""
     from ..runtimes import load_runner
@@ -486,6 +512,10 @@ def _speed(baseline: ModelRef, quantized: ModelRef, ctx: StageContext, notes: li
 
     examples = ctx.examples if ctx.examples is not None else Dataset(ctx.probe, None)
     feeds = examples.head(1).inputs
+    if not quantized.session and _same_file(baseline.path, quantized.path):
+        # The input kept as it is: timing a file against itself would only print noise as a speed.
+        ctx.note("kept the float model as given (the same file): not timed against itself, 1.00x by construction")
+        return {"speedup": 1.0, "same_file": True}
     runners = [load_runner(baseline, ctx.signature), load_runner(quantized, ctx.signature)]
     samples = interleaved_latencies(runners, feeds, iterations=200, budget_s=SPEED_BUDGET_S)
     float_ms, quant_ms = (float(np.median(s)) for s in samples)

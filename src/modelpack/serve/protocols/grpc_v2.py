@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ... import __version__
 from ...errors import InputError, RequestError
+from ..guard import ADMIN, INFER, MODEL_ADMIN, MODEL_METADATA, PUBLIC, SERVER_METADATA, Access, Caller
 from ..http2 import Call, Http2Server, Limits, Method, server_ssl_context
 from ..lifecycle import LIFE, RequestLife
 from ..repository import HELD, release_held
 from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
-from .v2 import EXTENSIONS
 
 if TYPE_CHECKING:
     from ..core import Core
@@ -202,36 +201,37 @@ class GrpcV2:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.m = m = messages()
-        self.budget = core.budget
+        self.guard = guard = core.guard
+        self.budget = guard.budget
         self.max_message_bytes = int(core.config.max_body_mb * 1024 * 1024)
         self.max_message_mb = core.config.max_body_mb
-        # The scopes of the HTTP routes they mirror: health is public; a model's readiness and metadata are
-        # open to keys that may infer with it.
-        table: list[tuple[str, str | None, Any, Callable[[Any, Call], Awaitable[Any]]]] = [
-            ("ServerLive", None, m.ServerLiveRequest, self.server_live),
-            ("ServerReady", None, m.ServerReadyRequest, self.server_ready),
-            ("ModelReady", "model", m.ModelReadyRequest, self.model_ready),
-            ("ServerMetadata", "metadata", m.ServerMetadataRequest, self.server_metadata),
-            ("ModelMetadata", "model", m.ModelMetadataRequest, self.model_metadata),
-            ("ModelInfer", "infer", m.ModelInferRequest, self.model_infer),
-            ("RepositoryIndex", "admin", m.RepositoryIndexRequest, self.repository_index),
-            ("RepositoryModelLoad", "admin", m.RepositoryModelLoadRequest, self.repository_load),
-            ("RepositoryModelUnload", "admin", m.RepositoryModelUnloadRequest, self.repository_unload),
+        # The access rules of the HTTP routes they mirror, from the guard's one table.
+        table: list[tuple[str, Access, Any, Callable[[Any, Call], Awaitable[Any]]]] = [
+            ("ServerLive", PUBLIC, m.ServerLiveRequest, self.server_live),
+            ("ServerReady", PUBLIC, m.ServerReadyRequest, self.server_ready),
+            ("ModelReady", MODEL_METADATA, m.ModelReadyRequest, self.model_ready),
+            ("ServerMetadata", SERVER_METADATA, m.ServerMetadataRequest, self.server_metadata),
+            ("ModelMetadata", MODEL_METADATA, m.ModelMetadataRequest, self.model_metadata),
+            ("ModelInfer", INFER, m.ModelInferRequest, self.model_infer),
+            ("RepositoryIndex", ADMIN, m.RepositoryIndexRequest, self.repository_index),
+            ("RepositoryModelLoad", MODEL_ADMIN, m.RepositoryModelLoadRequest, self.repository_load),
+            ("RepositoryModelUnload", MODEL_ADMIN, m.RepositoryModelUnloadRequest, self.repository_unload),
         ]
-        self.methods = {f"/{SERVICE}/{name}": Method(name, scope, request.FromString,
-                                                                  _serialized(fn, name, core))
-                        for name, scope, request, fn in table}
+        self.access = {name: access for name, access, _, _ in table}
+        self.methods = {f"/{SERVICE}/{name}": Method(name, access.scope, request.FromString,
+                                                     _serialized(fn, name, core))
+                        for name, access, request, fn in table}
 
     def admit(self, authorization: str | None, scope: str, target: str) -> str | None:
-        core = self.core
-        if not core.keys.enabled:
-            return None
-        api_key = core.identify(authorization)
-        core.permit(api_key, scope, target)
+        """The transport's check before a call's message is read: the guard's, with the method's access rule."""
+        api_key = self.guard.admit(authorization, self.access[target.rpartition("/")[2]], target)
         return api_key.name if api_key else None
 
     def observe(self, route: str, status: int, seconds: float, key: str | None) -> None:
-        self.core.metrics.observe(route, status, seconds, key, USED.get())
+        self.guard.observe(route, status, seconds, key, USED.get() or self.guard.refused_labels())
+
+    def _caller(self, call: Call, method: str) -> Caller:
+        return Caller(self.guard.key_named(call.key), self.access[method])
 
     async def server_live(self, request: Any, call: Call) -> Any:
         return self.m.ServerLiveResponse(live=True)
@@ -240,17 +240,17 @@ class GrpcV2:
         return self.m.ServerReadyResponse(ready=self.core.ready)
 
     async def server_metadata(self, request: Any, call: Call) -> Any:
-        return self.m.ServerMetadataResponse(name="modelpack", version=__version__, extensions=EXTENSIONS)
+        return self.m.ServerMetadataResponse(**self.core.server_metadata())
 
-    def _model(self, name: str, version: str) -> ServedModel:
-        return self.core.model_for(name, version or None)
+    def _model(self, call: Call, method: str, name: str, version: str) -> ServedModel:
+        return self.core.model_for(self._caller(call, method), name, version or None)
 
     async def model_ready(self, request: Any, call: Call) -> Any:
-        self._model(request.name, request.version)
+        self._model(call, "ModelReady", request.name, request.version)
         return self.m.ModelReadyResponse(ready=self.core.ready)
 
     async def model_metadata(self, request: Any, call: Call) -> Any:
-        model = self._model(request.name, request.version)
+        model = self._model(call, "ModelMetadata", request.name, request.version)
         meta = {**model.metadata(), "versions": self.core.repository.versions(model.name)}
         tensor = self.m.TensorMetadata
         return self.m.ModelMetadataResponse(
@@ -261,7 +261,7 @@ class GrpcV2:
     async def model_infer(self, request: Any, call: Call) -> Any:
         if len(request.id) > 256:  # echoed in the answer, so capped as on HTTP
             raise RequestError(f"'id' must be at most 256 characters, got {len(request.id)}.")
-        model = self._model(request.model_name, request.model_version)
+        model = self._model(call, "ModelInfer", request.model_name, request.model_version)
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise RequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give "
@@ -297,11 +297,11 @@ class GrpcV2:
         if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):
             raise RequestError("loading a model from a config or files in the request is not supported; put the "
                                "version in the repository and load it by name.")
-        await self.core.repository.load(request.model_name)
+        await self.core.load(self._caller(call, "RepositoryModelLoad"), request.model_name)
         return self.m.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, call: Call) -> Any:
-        await self.core.repository.unload(request.model_name)
+        await self.core.unload(self._caller(call, "RepositoryModelUnload"), request.model_name)
         return self.m.RepositoryModelUnloadResponse()
 
 

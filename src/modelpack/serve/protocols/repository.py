@@ -39,13 +39,13 @@ async def load(core: Core, request: Request) -> Response:
     if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
         raise RequestError("loading a model from a config or files in the request is not supported; put the "
                            "version in the repository and load it by name.", status=400)
-    await core.repository.load(_name(request))
+    await core.load(request.caller, _name(request))
     return json_response(200, {})
 
 
 async def unload(core: Core, request: Request) -> Response:
     await _payload(request)
-    await core.repository.unload(_name(request))
+    await core.unload(request.caller, _name(request))
     return json_response(200, {})
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
 from ...errors import RequestError
 from .. import tensors
 from ..asgi import JSON_TYPE, Request, Response, dumps, json_response, read_json
@@ -15,12 +14,10 @@ from ..limits import parse_length
 from ..model import ServedModel
 from ..tensors import clip
 
-EXTENSIONS = ["binary_tensor_data", "tfserving_rest", "simple_predict", "model_repository"]
-
 
 def model_of(core: Core, request: Request) -> ServedModel:
     params = request.params
-    return core.model_for(params.get("name"), params.get("version"), params.get("label"))
+    return core.model_for(request.caller, params.get("name"), params.get("version"), params.get("label"))
 
 
 async def live(core: Core, request: Request) -> Response:
@@ -32,7 +29,7 @@ async def ready(core: Core, request: Request) -> Response:
 
 
 async def server_metadata(core: Core, request: Request) -> Response:
-    return json_response(200, {"name": "modelpack", "version": __version__, "extensions": EXTENSIONS})
+    return json_response(200, core.server_metadata())
 
 
 async def model_metadata(core: Core, request: Request) -> Response:
