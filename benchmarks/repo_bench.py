@@ -9,7 +9,13 @@
    compared.
 3. Density: one `serve REPO` holding `--models` copies of the tiny MLP (m0 ... m19) against as many
    `serve PKG` processes: resident memory (VmRSS once ready) of the one against the sum of the many, and
-   the throughput of one hot model with the others loaded against a single-package server.
+   the throughput of one hot model with the others loaded against a single-package server; the load and
+   unload latency of each model through the repository API (p50 and max); and the same repository in
+   MLServer 1.7.1's multi-model serving (one `model-settings.json` per model, `parallel_workers: 0`, the
+   onnxruntime `MLModel` of serve_bench.py) for memory and throughput side by side. MLServer comes from its
+   venv under benchmarks/.peers (serve_bench.py makes it) or `--mlserver`; the row is skipped without it.
+4. Workers: `serve PKG` and `serve REPO` with `--workers 1` and `--workers 2` (the CPU budget sizes each
+   worker's intra-op threads as cores // workers), requests/s and p99 with wrk, interleaved rounds.
 2. Version swaps under load: `serve REPO --poll-s 0.2` under wrk, while a new version is copied in (then
    renamed into place) every `--swap-every-s` seconds; failed requests, socket errors and the p99 are
    reported next to a steady run of the same length in the same run.
@@ -23,14 +29,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from serve_bench import (
     BIN,
     KEY,
+    MLSERVER_RUNTIME,
+    PEERS,
     ROOT,
     Server,
     free_port,
@@ -64,7 +74,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main")
     parser.add_argument("--swap-every-s", type=float, default=2.0)
-    parser.add_argument("--sections", default="throughput,swaps,density")
+    parser.add_argument("--sections", default="throughput,swaps,density,workers")
+    parser.add_argument("--mlserver", type=Path, default=PEERS / "mlserver-1.7.1" / "bin" / "mlserver",
+                        help="the mlserver executable of a venv with mlserver 1.7.1 and onnxruntime")
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -112,6 +124,9 @@ def main() -> int:
             results["swaps"] = swaps(here, tiny, work, args, v2, auth)
         if "density" in sections:
             results["density"] = density(here, tiny, work, args, v2, auth)
+            results["mlserver_density"] = mlserver_density(work, args, v2)
+        if "workers" in sections:
+            results["workers"] = workers(here, tiny, repo, work, args, v2, auth)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
@@ -180,6 +195,14 @@ def density(src: Path, tiny: Path, work: Path, args: argparse.Namespace, body: d
         url = f"http://127.0.0.1:{port}/v2/models/m0/infer"
         wrk(url, body, 16, 1, auth, work)
         hot = wrk(url, body, 16, args.duration, auth, work)
+        unload_ms, load_ms = [], []
+        for i in range(1, args.models):  # through the repository API, one model at a time, nothing else running
+            for action, timings in (("unload", unload_ms), ("load", load_ms)):
+                started_at = time.perf_counter()
+                answer = httpx.post(f"http://127.0.0.1:{port}/v2/repository/models/m{i}/{action}", headers=auth,
+                                    timeout=60)
+                timings.append((time.perf_counter() - started_at) * 1e3)
+                assert answer.status_code == 200, answer.text
     finally:
         one.stop()
     singles: list[Server] = []
@@ -198,7 +221,80 @@ def density(src: Path, tiny: Path, work: Path, args: argparse.Namespace, body: d
     return {"models": args.models, "one_server_rss_mb": round(one_rss, 1), "many_servers_rss_mb": round(many_rss, 1),
             "rss_ratio": round(one_rss / many_rss, 3), "one_server_ready_s": round(one_ready_s, 2),
             "hot_model_rps": hot["rps"], "single_server_rps": alone["rps"],
-            "hot_rps_ratio": round(hot["rps"] / alone["rps"], 3)}
+            "hot_rps_ratio": round(hot["rps"] / alone["rps"], 3),
+            "hot_p99_ms": hot["p99_ms"], "single_server_p99_ms": alone["p99_ms"],
+            "load_ms_p50": round(float(np.median(load_ms)), 1), "load_ms_max": round(max(load_ms), 1),
+            "unload_ms_p50": round(float(np.median(unload_ms)), 1), "unload_ms_max": round(max(unload_ms), 1)}
+
+
+def tree_rss_mb(pid: int) -> float:
+    """VmRSS of a process and its children (MLServer may start helper processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss_mb(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            todo += [int(c) for c in children.read_text().split()]
+    return total
+
+
+def mlserver_density(work: Path, args: argparse.Namespace, body: dict) -> dict:
+    """The same N-model repository in MLServer 1.7.1 (multi-model serving): memory and one hot model's rate."""
+    if not args.mlserver.exists():
+        message = f"skipped: no MLServer at {args.mlserver} (run benchmarks/serve_bench.py once, or pass --mlserver)"
+        print(message, file=sys.stderr)
+        return {"skipped": message}
+    root = work / "mlserver-repo"
+    root.mkdir()
+    (root / "runtime.py").write_text(textwrap.dedent(MLSERVER_RUNTIME))
+    onnx_file = work / "mlp.onnx"
+    for i in range(args.models):
+        (root / f"m{i}").mkdir()
+        (root / f"m{i}" / "model-settings.json").write_text(json.dumps({
+            "name": f"m{i}", "implementation": "runtime.OnnxMLP", "parameters": {"uri": str(onnx_file)}}))
+    port = free_port()
+    (root / "settings.json").write_text(json.dumps({"http_port": port, "grpc_port": free_port(),
+                                                    "metrics_port": free_port(), "parallel_workers": 0}))
+    started = time.perf_counter()
+    server = Server([str(args.mlserver), "start", str(root)], {"PYTHONPATH": str(root)},
+                    f"http://127.0.0.1:{port}/v2/models/m{args.models - 1}/ready", cwd=root, ok=200)
+    ready_s = time.perf_counter() - started
+    try:
+        for i in range(args.models):  # every model, not only the last, is ready before memory is read
+            assert httpx.get(f"http://127.0.0.1:{port}/v2/models/m{i}/ready", timeout=5).status_code == 200
+        rss = tree_rss_mb(server.proc.pid)
+        url = f"http://127.0.0.1:{port}/v2/models/m0/infer"
+        wrk(url, body, 16, 1, {}, work)
+        hot = wrk(url, body, 16, args.duration, {}, work)
+    finally:
+        server.stop()
+    return {"models": args.models, "rss_mb": round(rss, 1), "ready_s": round(ready_s, 2), "hot_model_rps": hot["rps"],
+            "hot_p99_ms": hot["p99_ms"], "non_2xx": hot["non_2xx"]}
+
+
+def workers(src: Path, tiny: Path, repo: Path, work: Path, args: argparse.Namespace, body: dict, auth: dict) -> dict:
+    """`--workers 1` against `--workers 2`, for one package and for a repository of it, in interleaved rounds."""
+    configs = {f"serve {kind}, --workers {n}": (target, n, path) for kind, target, path in
+               (("PKG", tiny, "/v2/models/m/infer"), ("REPO", repo, "/v2/models/m/infer")) for n in (1, 2)}
+    rounds: dict[str, list[dict]] = {label: [] for label in configs}
+    for r in range(args.rounds):
+        for label, (target, n, path) in rotated(configs, r):
+            port = free_port()
+            server = start(src, target, port, free_port(), "--workers", str(n))
+            try:
+                url = f"http://127.0.0.1:{port}{path}"
+                wrk(url, body, 16, 1, auth, work)
+                rounds[label].append(wrk(url, body, 16, args.duration, auth, work))
+            finally:
+                server.stop()
+            print(f"round {r + 1} {label}: {rounds[label][-1]['rps']:.0f} req/s, p99 "
+                  f"{rounds[label][-1]['p99_ms']:.2f} ms", file=sys.stderr)
+    medians = {label: median_round(rs) for label, rs in rounds.items()}
+    for label, value in medians.items():
+        one = medians[label.replace("--workers 2", "--workers 1")]
+        value["rps_vs_one_worker"] = round(value["rps"] / one["rps"], 3)
+    return medians
 
 
 if __name__ == "__main__":

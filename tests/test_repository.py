@@ -115,6 +115,7 @@ def test_directory_layout_and_repository_file(versions, tmp_path: Path) -> None:
     ("[models.a]\nversions = {one = 'PKG'}\n", "'one' is not a version"),
     ("default_model = 'z'\n[models.a]\nversions = {1 = 'PKG'}\n", "default_model 'z' is not one of"),
     ("[models.a\n", "not valid TOML"),
+    ("memory_budget_mb = 0\n[models.a]\nversions = {1 = 'PKG'}\n", "memory_budget_mb must be a number"),
 ])
 def test_repository_file_errors_name_the_file_and_field(versions, tmp_path: Path, text: str, message: str) -> None:
     file = tmp_path / "repo.toml"
@@ -142,6 +143,8 @@ def test_directory_errors_and_a_corrupt_version_refused_at_start(versions, tmp_p
     assert result.exit_code == 2 and "--poll-s goes with a model repository" in result.output
     result = run_cli("serve", empty, "--register", "zk://127.0.0.1:1/x", "--workers", "2")
     assert result.exit_code == 2 and "--register with a model repository needs --workers 1" in result.output
+    result = run_cli("serve", versions[1][0], "--memory-budget-mb", "100")
+    assert result.exit_code == 2 and "--memory-budget-mb goes with a model repository" in result.output
 
 
 # -- a served repository ----------------------------------------------------------------------------------------
@@ -416,3 +419,142 @@ def test_a_refused_version_leaves_the_policy_choosing_among_the_rest(versions, t
     finally:
         server.stop()
     assert "version 1 unloaded" not in server.log
+
+
+# -- memory budget ----------------------------------------------------------------------------------------------
+
+XB = np.random.default_rng(8).standard_normal((3, 1024)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Models a, b, c of 8 MB of weights each (1024-2048-4 MLPs), and huge (24 MB), with their outputs on XB."""
+    import onnxruntime as ort
+
+    base = tmp_path_factory.mktemp("sized")
+    built = {}
+    for seed, (name, hidden) in enumerate((("a", 2048), ("b", 2048), ("c", 2048), ("huge", 6144))):
+        onnx_file = make_onnx_mlp(base / f"{name}.onnx", inputs=1024, hidden=hidden, seed=seed)
+        out = base / f"pkg-{name}"
+        result = run_cli("optimize", onnx_file, "-o", out, "-q", "export")
+        assert result.exit_code == 0, result.output
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        built[name] = (out, session.run(None, {"features": XB})[0])
+    return built
+
+
+def _infer_rows(server: Process, model: str, rows: np.ndarray) -> httpx.Response:
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", headers=_auth(), timeout=60, json={
+        "inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
+                    "data": rows.ravel().tolist()}]})
+
+
+def _series(server: Process, name: str, model: str) -> float:
+    """One model's value of a per-model metric (0 when it has none)."""
+    import re
+
+    text = httpx.get(f"{server.url}/metrics", headers=_auth(), timeout=5).text
+    found = re.findall(rf'^{name}\{{model="{model}",version="1"\}} (\S+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+def _index(server: Process) -> dict[str, dict]:
+    response = httpx.post(f"{server.url}/v2/repository/index", headers=_auth(), timeout=10)
+    assert response.status_code == 200, response.text
+    return {row["name"]: row for row in response.json()}
+
+
+def test_memory_budget_loads_on_first_request_and_unloads_the_least_recently_used_idle_model(
+        sized, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    for name, (package, _) in sized.items():
+        (root / name).mkdir(parents=True)
+        shutil.copytree(package, root / name / "1")
+    # Room for two of a, b, c (about 8.5 MB each once loaded), not three. A 1-row request waits (10 s) for a
+    # full batch of 3: that is how a request is held in flight below, released by sending the 2 rows it lacks.
+    grpc_port = free_port()
+    server = Process(root, "--memory-budget-mb", "21", "--api-keys-file", str(_keys(tmp_path)), "--max-batch-size",
+                     "3", "--batch-timeout-ms", "10000", "--grpc-port", str(grpc_port))
+    try:
+        assert server.logged("CPU budget: ") and "memory budget 21 MB" in server.log
+        index = _index(server)
+        assert {row["state"] for row in index.values()} == {"UNAVAILABLE"}, index
+        assert "not loaded yet: loads on its next request (memory budget 21 MB)" in index["a"]["reason"]
+
+        # Concurrent first requests: one load, every request answered by it.
+        answers: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: answers.append(_infer_rows(server, "a", XB))) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for response in answers:
+            np.testing.assert_allclose(_output_of(response), sized["a"][1], rtol=1e-4, atol=1e-4)
+        assert _series(server, "modelpack_repository_loads_total", "a") == 1
+
+        np.testing.assert_allclose(_output_of(_infer_rows(server, "b", XB)), sized["b"][1], rtol=1e-4, atol=1e-4)
+        index = _index(server)
+        assert index["a"]["state"] == index["b"]["state"] == "READY", (index, server.log)
+        assert 8 <= index["a"]["memory_mb"] <= 12 and 8 <= index["b"]["memory_mb"] <= 12, index
+        assert 8 * 2**20 <= _series(server, "modelpack_model_memory_bytes", "b") <= 12 * 2**20
+
+        # a used last, so c's load unloads b; b's next request loads it again, and a goes.
+        assert _infer_rows(server, "a", XB).status_code == 200
+        np.testing.assert_allclose(_output_of(_infer_rows(server, "c", XB)), sized["c"][1], rtol=1e-4, atol=1e-4)
+        index = _index(server)
+        assert index["b"]["state"] == "UNAVAILABLE" and "evicted" in index["b"]["reason"], index
+        assert index["a"]["state"] == index["c"]["state"] == "READY"
+        assert _series(server, "modelpack_repository_evictions_total", "b") == 1
+        assert _series(server, "modelpack_model_memory_bytes", "b") == 0
+        np.testing.assert_allclose(_output_of(_infer_rows(server, "b", XB)), sized["b"][1], rtol=1e-4, atol=1e-4)
+        assert _series(server, "modelpack_repository_loads_total", "b") == 2
+        assert _series(server, "modelpack_repository_evictions_total", "a") == 1
+
+        # c in flight (its request queued) and least recently used: a's load unloads b instead.
+        held: list[httpx.Response] = []
+        holder = threading.Thread(target=lambda: held.append(_infer_rows(server, "c", XB[:1])))
+        holder.start()
+        wait_until(lambda: _series(server, "modelpack_queue_depth", "c") == 1, 30, "c's request to be queued")
+        assert _infer_rows(server, "b", XB).status_code == 200  # b most recently used, c least
+        np.testing.assert_allclose(_output_of(_infer_rows(server, "a", XB)), sized["a"][1], rtol=1e-4, atol=1e-4)
+        assert _series(server, "modelpack_repository_evictions_total", "b") == 2
+        assert _series(server, "modelpack_repository_evictions_total", "c") == 0
+        assert holder.is_alive() and _index(server)["c"]["state"] == "READY"
+        rest = _infer_rows(server, "c", XB[1:])  # the 2 rows that fill c's batch: both requests run
+        holder.join()
+        np.testing.assert_allclose(_output_of(held[0]), sized["c"][1][:1], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(_output_of(rest), sized["c"][1][1:], rtol=1e-4, atol=1e-4)
+
+        # A model over the budget alone: 503 naming it and the budget, and nothing loaded or unloaded for it.
+        response = _infer_rows(server, "huge", XB)
+        assert response.status_code == 503, response.text
+        assert "model 'huge' version 1 needs" in response.text and "memory budget of 21 MB" in response.text
+        assert _series(server, "modelpack_repository_loads_total", "huge") == 0
+        assert _index(server)["a"]["state"] == "READY"
+
+        # Over gRPC the same: b (unloaded above) loads on its request; the index there carries no memory_mb.
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        feed = grpcclient.InferInput("features", list(XB.shape), "FP32")
+        feed.set_data_from_numpy(XB)
+        result = client.infer("b", [feed], headers=_auth())
+        np.testing.assert_allclose(result.as_numpy("logits"), sized["b"][1], rtol=1e-4, atol=1e-4)
+        states = {m.name: m.state for m in client.get_model_repository_index(headers=_auth()).models}
+        client.close()
+        assert states["b"] == "READY" and _series(server, "modelpack_repository_loads_total", "b") == 3
+
+        # The repository API under a budget: unload frees it at once, load loads it now (not on a request).
+        assert httpx.post(f"{server.url}/v2/repository/models/b/unload", headers=_auth()).status_code == 200
+        assert _index(server)["b"]["reason"] == "unloaded"
+        assert _infer_rows(server, "b", XB).status_code == 404
+        assert httpx.post(f"{server.url}/v2/repository/models/b/load", headers=_auth(), timeout=60).status_code == 200
+        assert _index(server)["b"]["state"] == "READY"
+        assert _series(server, "modelpack_repository_loads_total", "b") == 4
+    finally:
+        server.stop()
+
+
+def _output_of(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.array(response.json()["outputs"][0]["data"], np.float32).reshape(-1, 4)

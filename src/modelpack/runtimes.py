@@ -31,6 +31,15 @@ class Runner(Protocol):
 EXECUTION_MODES = ("sequential", "parallel")
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 SESSION_KEYS = ("intra_op_threads", "execution_mode", "graph_optimization_level", "disabled_optimizers")
+# Set by serve's CPU budget (serve/budget.py): the intra-op threads of a session that names no count of its own,
+# instead of onnxruntime's one per core; None leaves onnxruntime's default.
+_DEFAULT_THREADS: int | None = None
+
+
+def set_default_intra_op_threads(threads: int | None) -> None:
+    """The intra-op threads of sessions built from now on in this process that name no thread count."""
+    global _DEFAULT_THREADS
+    _DEFAULT_THREADS = threads
 
 
 def session_options(settings: Mapping[str, Any] | None = None, threads: int | None = None) -> Any:
@@ -39,7 +48,7 @@ def session_options(settings: Mapping[str, Any] | None = None, threads: int | No
 
     settings = dict(settings or {})
     opts = ort.SessionOptions()
-    intra = threads or settings.get("intra_op_threads")
+    intra = threads or settings.get("intra_op_threads") or _DEFAULT_THREADS
     if intra:
         opts.intra_op_num_threads = int(intra)
     mode = settings.get("execution_mode")

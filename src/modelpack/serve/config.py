@@ -112,6 +112,10 @@ class ServeConfig:
         None, "Trace each inference request (spans decode, queue wait, batch, run, encode; an incoming traceparent "
         "is the parent) to this OTLP/HTTP receiver, e.g. http://localhost:4318. Needs the 'otel' extra.  "
         "[default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off]", metavar="URL")
+    memory_budget_mb: float | None = option(
+        None, "With a repository: load each model on its first request and unload the least recently used idle one "
+        "when a load would go over this; a model that cannot fit gets 503. Split evenly between --workers.  "
+        "[default: the repository file's memory_budget_mb, else load everything]", low=1, metavar="MB")
 
     def package(self) -> Package:
         """The package's manifest as a Package; for an encrypted archive, without decrypting anything."""

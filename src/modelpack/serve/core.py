@@ -129,19 +129,20 @@ class Core:
             return
         log.info("reloaded %d API key(s) from %s", count, self.config.api_keys_file)
 
-    def model_for(self, caller: Caller, name: str | None, version: str | None,
-                  label: str | None = None) -> ServedModel:
+    async def model_for(self, caller: Caller, name: str | None, version: str | None,
+                        label: str | None = None) -> ServedModel:
         """The model a request names (its default version without `version` or `label`), if the caller may use
         it, it is loaded and the server is ready; every protocol asks. The version is held until the request is
         answered. The caller's scope and the model's rate limit are checked before the model is looked up, so a
-        key limited to some models learns nothing about the others."""
+        key limited to some models learns nothing about the others. Under a memory budget, a version not loaded
+        yet is loaded here (503 if it cannot fit)."""
         if not self.ready:
             raise RequestError("the model is not ready yet.", status=503, headers={"Retry-After": "1"})
         guard = self.guard
         if guard.model_rates or (caller.key is not None and caller.key.models):
             model = self.repository.name_of(name)
             guard.check_model(caller, model, model in self.repository.models)
-        return self.repository.get(name, version, label).model
+        return (await self.repository.acquire(name, version, label)).model
 
     async def load(self, caller: Caller, name: str) -> None:
         """The repository API's load, for a caller allowed to administer this model."""

@@ -57,6 +57,7 @@ class ModelGauges:
     """What each loaded version reports: its batches, its queue and its load time."""
 
     load_seconds: float = 0.0
+    memory_bytes: int = 0  # measured after load and warm-up (serve/budget.py); 0 when not measured
     batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     queue_depth: Callable[[], int] = lambda: 0
     dropped: Callable[[], int] = lambda: 0  # requests taken out of its queue because their client left
@@ -76,6 +77,9 @@ class Metrics:
         self.unlabelled: Callable[[], str] = lambda: model_labels("", "")  # for requests no model answered
         self.polls: int | None = None  # repository scans so far, with --poll-s
         self.model_refusals: Counter[tuple[str, str]] = Counter()  # (model, scope | rate), counted by the guard
+        self.memory_budget_bytes: int | None = None  # with a memory budget (per worker)
+        self.evictions: Counter[tuple[str, str]] = Counter()  # (model, version) unloaded to fit the budget
+        self.loads: Counter[tuple[str, str]] = Counter()  # (model, version) loads of a repository's versions
 
     def add_model(self, labels: str, load_seconds: float) -> ModelGauges:
         gauges = self.models[labels] = ModelGauges(load_seconds)
@@ -133,6 +137,26 @@ class Metrics:
                   "# HELP modelpack_model_load_seconds Time to load the model.",
                   "# TYPE modelpack_model_load_seconds gauge"]
         lines += [f"modelpack_model_load_seconds{{{labels}}} {gauges.load_seconds:.6f}" for labels, gauges in models]
+        lines += ["# HELP modelpack_model_memory_bytes Memory a loaded version holds: resident memory after its "
+                  "load and warm-up, less before.",
+                  "# TYPE modelpack_model_memory_bytes gauge"]
+        lines += [f"modelpack_model_memory_bytes{{{labels}}} {gauges.memory_bytes}" for labels, gauges in models
+                  if gauges.memory_bytes]
+        if self.memory_budget_bytes is not None:
+            lines += ["# HELP modelpack_memory_budget_bytes The models' memory budget (per worker).",
+                      "# TYPE modelpack_memory_budget_bytes gauge",
+                      f"modelpack_memory_budget_bytes {self.memory_budget_bytes}",
+                      "# HELP modelpack_repository_evictions_total Idle versions unloaded to fit the memory budget "
+                      "(least recently used first).",
+                      "# TYPE modelpack_repository_evictions_total counter"]
+            lines += [f"modelpack_repository_evictions_total{{{model_labels(m, v)}}} {n}"
+                      for (m, v), n in sorted(self.evictions.items())]
+        if self.loads:
+            lines += ["# HELP modelpack_repository_loads_total Versions loaded (start-up, polling, the repository API, "
+                      "first requests under a memory budget).",
+                      "# TYPE modelpack_repository_loads_total counter"]
+            lines += [f"modelpack_repository_loads_total{{{model_labels(m, v)}}} {n}"
+                      for (m, v), n in sorted(self.loads.items())]
         if self.load_failures:
             lines += ["# HELP modelpack_repository_load_failures_total New versions refused: failed verification, "
                       "load or warm-up (the versions being served stayed).",

@@ -58,6 +58,9 @@ def preflight(source: Path, options: dict[str, Any], name: Callable[[str], str],
                     pkg.artifact(options.get("runtime"))
         yield ServeConfig(package_dir=source, repository=source, **options)
         return
+    if options.get("memory_budget_mb") is not None:
+        raise UsageError(f"{name('memory_budget_mb')} goes with a model repository (a NAME/VERSION/ directory or a "
+                         f".toml file), and '{source}' is one package.")
     if options.get("poll_s") is not None:
         raise UsageError(f"{name('poll_s')} goes with a model repository (a NAME/VERSION/ directory or a .toml "
                          f"file), and '{source}' is one package.")

@@ -7,6 +7,12 @@ the V2 repository API): a new version is verified, loaded and warmed up off the 
 the table; the version it replaces leaves the table at once and is unloaded when its in-flight requests are
 done. A request holds the version it resolved (see `HELD`) until it is answered, so a version is never unloaded
 under a request that chose it.
+
+With a memory budget (`--memory-budget-mb`, or `memory_budget_mb` in the repository file) nothing is loaded at
+start-up: a version loads on its first request (concurrent first requests share one load), and when a load would
+take the models over the budget the least recently used *idle* version (no request holding it, nothing queued) is
+unloaded first. A version that cannot fit, even with every idle one unloaded, is answered 503 naming the model
+and the budget. How a model's memory is measured, and the CPU budget, are in `budget.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, IntegrityError, ModelpackError, NotFound, RequestError, reason
+from . import budget
 from .batcher import Batcher
 from .metrics import Metrics, model_labels
 from .model import WARM_UP_FAILED_MS, ServedModel
@@ -47,6 +54,8 @@ class Loaded:
     inflight: int = 0
     retired: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    memory_bytes: int = 0  # measured after load and warm-up (see budget.py)
+    used: int = 0  # the repository's request count when it last served one: the LRU order
 
     labels: str = ""  # the metric labels of its model and version, made once
 
@@ -84,6 +93,8 @@ class Entry:
     unloaded: bool = False  # unloaded through the repository API: polling leaves it so until it is loaded
     refused: dict[tuple[int, tuple[float, int]], str] = field(default_factory=dict)  # not retried until changed
     stuck: dict[str, int] = field(default_factory=dict)  # labels left where they were, and the version they wanted
+    servable: dict[str, Path] = field(default_factory=dict)  # what the policy serves, loaded or not (memory budget)
+    evicted: set[str] = field(default_factory=set)  # unloaded to fit the memory budget, until loaded again
 
     def default_version(self) -> Loaded | None:
         if self.default is not None:
@@ -97,6 +108,16 @@ class Entry:
 
 def _order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _artifact_bytes(path: Path) -> int:
+    """The largest file of a version (its model, as a rule): what it holds in memory at the least."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return max((f.stat().st_size for f in path.rglob("*") if f.is_file()), default=0)
+    except OSError:
+        return 0
 
 
 def _stamp(path: Path) -> tuple[float, int]:
@@ -148,6 +169,13 @@ class Repository:
         self._oci_refused: dict[str, str] = {}  # model -> the digest whose pull failed its checks: not retried
         self._oci_error: dict[str, str] = {}  # model -> the last pull error, logged once
         metrics.load_failures = self.failures
+        self.budget_bytes: int | None = None  # the models' memory budget in this process (see `startup`)
+        self.cpu: budget.CpuBudget | None = None
+        self._tick = 0
+        self._loading: dict[tuple[str, str], asyncio.Task[None]] = {}  # first-request loads, shared by their waiters
+        self._waiting: Counter[tuple[str, str]] = Counter()  # requests waiting for a load: not to be evicted
+        self._sizes: dict[tuple[Path, tuple[float, int]], int] = {}  # memory measured per version source
+        self._stopping: set[asyncio.Task[None]] = set()  # evicted versions' batchers stopping
 
     # -- what the protocols ask --------------------------------------------------------------------------------
 
@@ -175,6 +203,8 @@ class Repository:
         if held is not None:
             loaded.inflight += 1
             held.append(loaded)
+        self._tick += 1
+        loaded.used = self._tick
         return loaded
 
     def name_of(self, name: str | None) -> str:
@@ -182,6 +212,48 @@ class Repository:
         if name is not None:
             return name
         return self._entry(None).name
+
+    async def acquire(self, name: str | None, version: str | None = None, label: str | None = None) -> Loaded:
+        """`get`, loading the version first under a memory budget if it is not loaded (a 503 if it cannot fit)."""
+        if self.budget_bytes is None:
+            return self.get(name, version, label)
+        entry = self._entry(name)
+        target = self._target(entry, version, label)
+        if target is None or target in entry.versions or target not in entry.servable or entry.unloaded:
+            return self.get(name, version, label)
+        key = (entry.name, target)
+        self._waiting[key] += 1
+        try:
+            task = self._loading.get(key)
+            if task is None:
+                task = self._loading[key] = asyncio.get_running_loop().create_task(self._load_on_demand(entry,
+                                                                                                       target))
+                task.add_done_callback(lambda done: self._loaded_on_demand(key, done))
+            await asyncio.shield(task)
+            return self.get(name, version, label)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+
+    def _loaded_on_demand(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # its waiters got it; a load whose waiters all left must not warn
+
+    def _target(self, entry: Entry, version: str | None, label: str | None) -> str | None:
+        """The version a request means, loaded or not (what `get` resolves, over the servable versions)."""
+        if label is not None:
+            return entry.labels.get(label)
+        if version is not None:
+            return version
+        if entry.default is not None:
+            wanted = entry.labels.get(entry.default, entry.default)
+            if wanted in entry.servable or wanted in entry.versions:
+                return wanted
+        choices = set(entry.servable) | set(entry.versions)
+        return max(choices, key=_order) if choices else None
 
     def _entry(self, name: str | None) -> Entry:
         if name is None:
@@ -229,9 +301,9 @@ class Repository:
             return loaded[0].labels
         return model_labels("", "")
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Triton's repository index: every version the sources offer, with its state."""
-        rows: list[dict[str, str]] = []
+        rows: list[dict[str, Any]] = []
         for name, entry in self.models.items():
             offered: set[str] = set(entry.versions)
             refused: dict[str, str] = {}
@@ -243,11 +315,22 @@ class Repository:
                 refused = {str(v): text for (v, _), text in entry.refused.items()}
             for version in sorted(offered, key=_order):
                 if version in entry.versions:
-                    rows.append({"name": name, "version": version, "state": "READY", "reason": ""})
+                    row: dict[str, Any] = {"name": name, "version": version, "state": "READY", "reason": ""}
+                    memory = entry.versions[version].memory_bytes
+                    if memory:
+                        row["memory_mb"] = round(memory / 2**20, 1)
+                    rows.append(row)
                 elif not ready_only:
                     why = "unloaded" if entry.unloaded else refused.get(version, "not served by the version policy")
+                    if self.budget_bytes is not None and not entry.unloaded and version not in refused \
+                            and version in entry.servable:
+                        why = (f"{'evicted' if version in entry.evicted else 'not loaded yet'}: loads on its next "
+                               f"request (memory budget {self._budget_mb()})")
                     rows.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": why})
         return rows
+
+    def _budget_mb(self) -> str:
+        return f"{(self.budget_bytes or 0) / 2**20:g} MB"
 
     def describe(self) -> list[dict[str, Any]]:
         """Every model with its versions, labels and tensors, for /openapi.json and /docs."""
@@ -289,8 +372,26 @@ class Repository:
             self._publish(served)
 
     async def startup(self) -> None:
-        """Load everything (a failure here stops the server: nothing has been served yet)."""
+        """Load everything (a failure here stops the server: nothing has been served yet).
+
+        With a memory budget, load nothing: check the sources and serve each version on its first request."""
         self.loop = asyncio.get_running_loop()
+        config = self.config
+        self.spec = (await asyncio.to_thread(read_repository, config.repository, config.oci_cache)
+                     if config.repository is not None else None)
+        self.cpu = budget.cpu_budget(config.workers, config.threads, config.repository is not None,
+                                     config.max_batch_size, config.batch_timeout_ms)
+        budget.apply(self.cpu)
+        memory_mb = config.memory_budget_mb
+        if memory_mb is None and self.spec is not None:
+            memory_mb = self.spec.memory_budget_mb
+        if memory_mb is not None and self.spec is not None:
+            memory_mb /= config.workers  # each worker holds its own models: together they stay within the budget
+            self.budget_bytes = int(memory_mb * 2**20)
+            self.metrics.memory_budget_bytes = self.budget_bytes
+            await asyncio.to_thread(self._prime)
+        count = len(self.spec.models) if self.spec is not None else 1
+        log.info("%s", self.cpu.describe(count, memory_mb if self.budget_bytes is not None else None))
         if self.config.repository is None:
             model = self._given if self._given is not None else self.config.load_model()
             entry = Entry(model.name, None)
@@ -298,13 +399,29 @@ class Repository:
             loaded = self._serve(model, model.warm_up(), None, allow_one_thread=True)
             self._install(entry, {model.version: loaded})
             return
-        self.spec = await asyncio.to_thread(read_repository, self.config.repository, self.config.oci_cache)
+        assert self.spec is not None
         self.default_model = self.spec.default_model
         for name, source in self.spec.models.items():
             entry = self.models[name] = Entry(name, source)
             if source.oci is not None:
                 await self._sync_oci(entry, startup=True)
             await self._refresh(entry, startup=True)
+
+    def _prime(self) -> None:
+        """Pay the process's one-time costs of a load (the runtime's set-up, the modules a package load imports,
+        the loading thread's heap) before any model is measured: open the smallest version and let it go."""
+        assert self.spec is not None
+        budget.prime()
+        versions = [(name, v, path) for name, source in self.spec.models.items()
+                    for v, path in source.wanted().items()]
+        if not versions:
+            return
+        name, version, path = min(versions, key=lambda item: _artifact_bytes(item[2]))
+        source = self.spec.models[name]
+        try:
+            self._open(name, version, path, source.key_file or self.config.key_file)
+        except LoadFailed:
+            pass  # its own first request will say why
 
     async def shutdown(self) -> None:
         if self._poller is not None:
@@ -382,6 +499,9 @@ class Repository:
             self._changed()
             if failed:
                 raise RequestError(f"failed to load model '{name}': {failed}")
+            target = self._target(entry, None, None)
+            if self.budget_bytes is not None and target is not None and target not in entry.versions:
+                await self._load_servable(entry, target)  # an explicit load loads, budget or not
 
     async def unload(self, name: str) -> None:
         """The repository API's unload: take every version out of the table, then drain and free them."""
@@ -440,11 +560,15 @@ class Repository:
             offered = {v: p for v, p in available.items() if v not in refused_now}
             wanted = source.policy.choose(list(offered))
             refused_here = False
+            newest = max((int(v) for v in loaded if v.isdigit()), default=None)
             for version in wanted:
                 path = offered[version]
                 current = loaded.get(str(version))
                 if current is not None and current.stamp == _stamp(path):
                     continue
+                if current is None and self.budget_bytes is not None and (newest is None or version <= newest):
+                    continue  # under a memory budget, loaded on its first request; a newer version of a model
+                    # in use replaces it now, warmed up, as without a budget
                 try:
                     new = await self._load_version(entry, version, path, startup)
                 except LoadFailed as exc:
@@ -459,6 +583,7 @@ class Repository:
                 loaded[str(version)] = new
             if not refused_here:
                 break
+        entry.servable = {str(v): offered[v] for v in wanted}
         keep = {str(v) for v in wanted} & set(loaded)
         if not keep and entry.versions and not startup:
             keep = set(entry.versions)  # nothing wanted could load: the old versions keep serving
@@ -480,7 +605,7 @@ class Repository:
     def _set_labels(self, entry: Entry, source: ModelSource) -> None:
         labels = {}
         for label, version in source.labels.items():
-            if str(version) in entry.versions:
+            if str(version) in entry.versions or (self.budget_bytes is not None and str(version) in entry.servable):
                 labels[label] = str(version)
             elif label in entry.labels:
                 labels[label] = entry.labels[label]  # its version is not served (refused?): the label stays
@@ -497,8 +622,17 @@ class Repository:
         """Verify, load and warm up one version, off the event loop."""
         source = entry.source
         assert source is not None
-        model, warm_ms = await asyncio.to_thread(self._open, entry.name, version, path,
-                                                 source.key_file or self.config.key_file)
+        if self.budget_bytes is not None:
+            self._fit(entry, str(version), self._sizes.get((path, _stamp(path))) or _artifact_bytes(path))
+        model, warm_ms, memory = await asyncio.to_thread(self._open, entry.name, version, path,
+                                                         source.key_file or self.config.key_file)
+        self._sizes[(path, _stamp(path))] = memory
+        if self.budget_bytes is not None:
+            try:
+                self._fit(entry, str(version), memory)
+            except LoadFailed:
+                del model  # measured over what fits: freed, not served
+                raise
         previous = entry.default_version()
         warm_failed = warm_ms >= WARM_UP_FAILED_MS
         if warm_failed and not startup and previous is not None and not previous.warm_failed:
@@ -506,11 +640,90 @@ class Repository:
                                        "which the version it replaces passed")
         loaded = self._serve(model, warm_ms, path)
         loaded.warm_failed = warm_failed
-        log.info("model %s version %s ready (%s, loaded in %.2fs)", entry.name, version, model.platform,
-                 model.load_seconds)
+        loaded.memory_bytes = memory
+        self.metrics.models[loaded.labels].memory_bytes = memory
+        self.metrics.loads[(entry.name, str(version))] += 1
+        self._tick += 1
+        loaded.used = self._tick  # the newest load is the most recently used: not the next to go
+        log.info("model %s version %s ready (%s, loaded in %.2fs, %.1f MB)", entry.name, version, model.platform,
+                 model.load_seconds, memory / 2**20)
         return loaded
 
-    def _open(self, name: str, version: int, path: Path, key_file: Path | None) -> tuple[ServedModel, float]:
+    def _fit(self, entry: Entry, version: str, need: int) -> None:
+        """Make room for `need` bytes under the budget: unload idle versions, least recently used first.
+
+        The model's own versions are left alone (a swap keeps the old one serving until the new one is in), and
+        so are versions with requests holding them, queued or waiting for their load. LoadFailed("memory")
+        when it cannot fit; the versions already chosen to go are gone by then (they were idle)."""
+        assert self.budget_bytes is not None
+        budget_mb = self._budget_mb()
+        if need > self.budget_bytes:
+            raise LoadFailed("memory", f"model '{entry.name}' version {version} needs {need / 2**20:.1f} MB, over "
+                                       f"the memory budget of {budget_mb}; raise --memory-budget-mb "
+                                       "(memory_budget_mb in the repository file) or serve it elsewhere.")
+        held = sum(lv.memory_bytes for lv in self.all_loaded())
+        idle = sorted((lv for e in self.models.values() if e is not entry for lv in e.versions.values()
+                       if lv.inflight == 0 and lv.batcher.depth == 0
+                       and not self._waiting.get((e.name, lv.model.version))), key=lambda lv: lv.used)
+        chosen: list[Loaded] = []
+        for candidate in idle:
+            if held + need <= self.budget_bytes:
+                break
+            chosen.append(candidate)
+            held -= candidate.memory_bytes
+        if held + need > self.budget_bytes:
+            raise LoadFailed("memory", f"model '{entry.name}' version {version} needs {need / 2**20:.1f} MB and the "
+                                       f"memory budget of {budget_mb} holds {held / 2**20:.1f} MB of models "
+                                       "that are in use; retry.")
+        for gone in chosen:
+            self._evict(gone)
+
+    def _evict(self, loaded: Loaded) -> None:
+        """Unload an idle version at once (nothing holds it) to make room; its next request loads it again."""
+        name, version = loaded.model.name, loaded.model.version
+        entry = self.models[name]
+        self._install(entry, {v: lv for v, lv in entry.versions.items() if lv is not loaded})
+        entry.evicted.add(version)
+        loaded.retired = True
+        loaded.batcher.drain()
+        self._by_model.pop(id(loaded.model), None)
+        self.metrics.remove_model(loaded.labels)
+        self.metrics.evictions[(name, version)] += 1
+        task = asyncio.get_running_loop().create_task(loaded.batcher.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        log.info("model %s version %s unloaded to fit the memory budget of %s (least recently used, idle; "
+                 "%.1f MB)", name, version, self._budget_mb(), loaded.memory_bytes / 2**20)
+
+    async def _load_on_demand(self, entry: Entry, version: str) -> None:
+        """The first request's load of a version under a memory budget (one load however many requests wait)."""
+        async with self._lock:
+            await self._load_servable(entry, version)
+
+    async def _load_servable(self, entry: Entry, version: str) -> None:
+        """Load one servable version now, under the budget (the caller holds the lock); RequestError if not."""
+        path = entry.servable.get(version)
+        if version in entry.versions or path is None or entry.unloaded or self.models.get(entry.name) is not entry:
+            return  # loaded meanwhile, or gone: `get` answers
+        stamp = _stamp(path)
+        refused = entry.refused.get((int(version), stamp))
+        if refused is not None:
+            raise RequestError(f"model '{entry.name}' version {version} failed to load: {refused}", status=503)
+        try:
+            new = await self._load_version(entry, int(version), path, startup=False)
+        except LoadFailed as exc:
+            if exc.stage == "memory":
+                raise RequestError(str(exc), status=503, headers={"Retry-After": "1"}) from None
+            entry.refused[(int(version), stamp)] = str(exc)
+            self.failures[(entry.name, version, exc.stage)] += 1
+            log.error("model %s version %s refused (%s): %s", entry.name, version, exc.stage, exc)
+            raise RequestError(f"model '{entry.name}' version {version} failed to load: {exc}",
+                               status=503) from None
+        entry.evicted.discard(version)
+        self._install(entry, {**entry.versions, version: new})
+
+    def _open(self, name: str, version: int, path: Path, key_file: Path | None) -> tuple[ServedModel, float, int]:
+        """Verify, load and warm up; returns the model, its batch-1 latency and the memory it took (budget.py)."""
         from ..package import open_any
 
         config = self.config
@@ -521,6 +734,7 @@ class Repository:
             raise LoadFailed("verify", reason(exc)) from None
         try:
             # Opened again: a .mpk is extracted for the load and the warm-up, and removed after them.
+            before = budget.resident_bytes()
             with open_any(path, key_file=key_file, need="memory") as pkg:
                 entry = pkg.artifact(config.runtime)
                 data = pkg.read(entry) if pkg.encrypted else None
@@ -530,7 +744,8 @@ class Repository:
                 warm_ms = model.warm_up()
                 if warm_ms < INLINE_BELOW_MS and config.threads is None:
                     model.prefer_one_thread()
-                return model, warm_ms
+            memory = max(budget.resident_bytes() - before, _artifact_bytes(path))
+            return model, warm_ms, memory
         except ModelpackError as exc:
             raise LoadFailed("load", reason(exc)) from None
         except Exception as exc:  # the runtime refused the artifact

@@ -5,6 +5,7 @@ Triton lay them out), each a package directory or a `.mpk` (`3.mpk` is version 3
 models with their sources, version policy, labels and default:
 
     default_model = "digits"            # what /predict and a request without a model name use
+    memory_budget_mb = 512              # load on first request, unload the least recently used idle model
 
     [models.digits]
     versions = {1 = "build/digits-v1", 2 = "build/digits-v2.mpk"}
@@ -95,6 +96,7 @@ class RepositorySpec:
     models: dict[str, ModelSource]
     default_model: str | None = None
     path: Path | None = None  # the directory or file it was read from
+    memory_budget_mb: float | None = None  # --memory-budget-mb overrides it
 
 
 def is_repository(path: Path) -> bool:
@@ -172,10 +174,10 @@ def _from_file(path: Path, oci_cache: Path | None = None) -> RepositorySpec:
         raise InputError(f"{path}: cannot read the repository file ({exc.strerror}).") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML ({exc}).") from None
-    unknown = sorted(set(data) - {"models", "default_model"})
+    unknown = sorted(set(data) - {"models", "default_model", "memory_budget_mb"})
     if unknown:
-        raise InputError(f"{path}: unknown field '{unknown[0]}'; a repository file has [models.NAME] tables and "
-                         "an optional default_model.")
+        raise InputError(f"{path}: unknown field '{unknown[0]}'; a repository file has [models.NAME] tables, "
+                         "an optional default_model and an optional memory_budget_mb.")
     tables = data.get("models")
     if not isinstance(tables, dict) or not tables:
         raise InputError(f"{path}: no [models.NAME] tables; list at least one model.")
@@ -185,7 +187,10 @@ def _from_file(path: Path, oci_cache: Path | None = None) -> RepositorySpec:
     if default_model is not None and default_model not in models:
         raise InputError(f"{path}: default_model '{default_model}' is not one of the models "
                          f"({', '.join(models)}).")
-    return RepositorySpec(models, default_model, path)
+    budget = data.get("memory_budget_mb")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise InputError(f"{path}: memory_budget_mb must be a number of megabytes above 0; got {budget!r}.")
+    return RepositorySpec(models, default_model, path, None if budget is None else float(budget))
 
 
 def _model(path: Path, base: Path, name: str, table: Any, oci_cache: Path | None = None) -> ModelSource:

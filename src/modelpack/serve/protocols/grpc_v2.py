@@ -31,6 +31,9 @@ from ..lifecycle import LIFE, RequestLife
 from ..repository import HELD, release_held
 from ..tensors import MAX_DIM, MAX_RANK, V2_TO_NUMPY, clip, v2_datatype
 
+# The fields of the proto's ModelIndex; our JSON index rows may carry more (memory_mb).
+ROW_FIELDS = ("name", "version", "state", "reason")
+
 if TYPE_CHECKING:
     from ..core import Core
     from ..model import ServedModel
@@ -242,15 +245,15 @@ class GrpcV2:
     async def server_metadata(self, request: Any, call: Call) -> Any:
         return self.m.ServerMetadataResponse(**self.core.server_metadata())
 
-    def _model(self, call: Call, method: str, name: str, version: str) -> ServedModel:
-        return self.core.model_for(self._caller(call, method), name, version or None)
+    async def _model(self, call: Call, method: str, name: str, version: str) -> ServedModel:
+        return await self.core.model_for(self._caller(call, method), name, version or None)
 
     async def model_ready(self, request: Any, call: Call) -> Any:
-        self._model(call, "ModelReady", request.name, request.version)
+        await self._model(call, "ModelReady", request.name, request.version)
         return self.m.ModelReadyResponse(ready=self.core.ready)
 
     async def model_metadata(self, request: Any, call: Call) -> Any:
-        model = self._model(call, "ModelMetadata", request.name, request.version)
+        model = await self._model(call, "ModelMetadata", request.name, request.version)
         meta = {**model.metadata(), "versions": self.core.repository.versions(model.name)}
         tensor = self.m.TensorMetadata
         return self.m.ModelMetadataResponse(
@@ -261,7 +264,7 @@ class GrpcV2:
     async def model_infer(self, request: Any, call: Call) -> Any:
         if len(request.id) > 256:  # echoed in the answer, so capped as on HTTP
             raise RequestError(f"'id' must be at most 256 characters, got {len(request.id)}.")
-        model = self._model(call, "ModelInfer", request.model_name, request.model_version)
+        model = await self._model(call, "ModelInfer", request.model_name, request.model_version)
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise RequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give "
@@ -291,7 +294,7 @@ class GrpcV2:
 
     async def repository_index(self, request: Any, call: Call) -> Any:
         rows = self.core.repository.index(ready_only=request.ready)
-        return self.m.RepositoryIndexResponse(models=[self.m.ModelIndex(**row) for row in rows])
+        return self.m.RepositoryIndexResponse(models=[self.m.ModelIndex(**{k: row[k] for k in ROW_FIELDS}) for row in rows])
 
     async def repository_load(self, request: Any, call: Call) -> Any:
         if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):

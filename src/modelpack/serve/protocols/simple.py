@@ -9,7 +9,7 @@ from .tfserving import by_name
 
 
 async def predict(core: Core, request: Request) -> Response:
-    model = core.model_for(request.caller, None, None)
+    model = await core.model_for(request.caller, None, None)
     payload = await read_json(request.body)
     if not isinstance(payload, dict) or "input_data" not in payload:
         raise RequestError("expected a JSON object {\"input_data\": [...]}.")

@@ -18,7 +18,7 @@ DT = {"float32": "FLOAT", "float64": "DOUBLE", "float16": "HALF", "bool": "BOOL"
 
 async def status(core: Core, request: Request) -> Response:
     """GetModelStatus: the version asked for (by number or label), or every loaded version of the model."""
-    model = model_of(core, request)
+    model = await model_of(core, request)
     named = request.params.get("version") or request.params.get("label")
     versions = [model.version] if named else core.repository.versions(model.name)
     return json_response(200, {"model_version_status": [
@@ -27,7 +27,7 @@ async def status(core: Core, request: Request) -> Response:
 
 async def metadata(core: Core, request: Request) -> Response:
     """TF Serving's GetModelMetadata: the serving_default signature_def, in its JSON form."""
-    model = model_of(core, request)
+    model = await model_of(core, request)
 
     def tensors(specs: Any) -> dict[str, Any]:
         return {t.name: {"dtype": "DT_" + DT.get(t.dtype, t.dtype.upper()),
@@ -42,7 +42,7 @@ async def metadata(core: Core, request: Request) -> Response:
 
 
 async def predict(core: Core, request: Request) -> Response:
-    model = model_of(core, request)
+    model = await model_of(core, request)
     payload = await read_json(request.body)
     if not isinstance(payload, dict):
         raise RequestError("a predict request is a JSON object with 'instances' or 'inputs'.")

@@ -15,9 +15,9 @@ from ..model import ServedModel
 from ..tensors import clip
 
 
-def model_of(core: Core, request: Request) -> ServedModel:
+async def model_of(core: Core, request: Request) -> ServedModel:
     params = request.params
-    return core.model_for(request.caller, params.get("name"), params.get("version"), params.get("label"))
+    return await core.model_for(request.caller, params.get("name"), params.get("version"), params.get("label"))
 
 
 async def live(core: Core, request: Request) -> Response:
@@ -33,17 +33,17 @@ async def server_metadata(core: Core, request: Request) -> Response:
 
 
 async def model_metadata(core: Core, request: Request) -> Response:
-    model = model_of(core, request)
+    model = await model_of(core, request)
     return json_response(200, {**model.metadata(), "versions": core.repository.versions(model.name)})
 
 
 async def model_ready(core: Core, request: Request) -> Response:
-    model = model_of(core, request)
+    model = await model_of(core, request)
     return json_response(200, {"name": model.name, "version": model.version, "ready": core.ready})
 
 
 async def infer(core: Core, request: Request) -> Response:
-    model = model_of(core, request)
+    model = await model_of(core, request)
     body: bytes | memoryview = request.body
     binary = None
     header_length = request.headers.get("inference-header-content-length")
