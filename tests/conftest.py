@@ -217,6 +217,11 @@ def copy_of(tmp_path: Path):
 PLUGIN_SRC = ROOT / "tests" / "plugins" / "modelpack-hello"
 
 
+def plugin_env(site: Path) -> dict[str, str]:
+    """PYTHONPATH with the plugin's site first, keeping the caller's (a worktree's src/, say), for a child process."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The third-party plugin, really installed by pip into its own site directory."""

@@ -4,6 +4,7 @@ Python API page (docs/api.md) runs on the Keras example, plus the errors and the
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import make_onnx_mlp
+from conftest import make_onnx_mlp, plugin_env
 
 import modelpack
 from modelpack.errors import GateFailed, InputError, UsageError
@@ -60,6 +61,36 @@ def test_api_errors_come_before_work(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]  # nothing written
     with pytest.raises(UsageError, match="unknown option"):
         modelpack.create_app(tmp_path, max_batch=3)
+
+
+def test_optimize_settings_are_the_command_lines(tmp_path: Path) -> None:
+    """api.optimize takes optimize's options from SPEC_OPTIONS and checks them by the same rules."""
+    source = make_onnx_mlp(tmp_path / "mlp.onnx")
+    with pytest.raises(UsageError, match="unknown setting.*max_acuracy_drop.*valid: .*max_accuracy_drop"):
+        modelpack.optimize(source, tmp_path / "a", stages=["export"], max_acuracy_drop=1)
+    with pytest.raises(UsageError, match="on_violation='maybe'"):
+        modelpack.optimize(source, tmp_path / "b", stages=["export"], on_violation="maybe")
+    with pytest.raises(UsageError, match="eval_limit=0"):
+        modelpack.optimize(source, tmp_path / "c", stages=["export"], eval_limit=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
+    result = modelpack.optimize(source, tmp_path / "pkg", stages=["export"], objective="size",
+                                batch_axis="features=0", model_version="2.0")
+    assert (result.manifest["lineage"]["objective"], result.manifest["version"]) == ("size", "2.0")
+
+
+def test_optimize_from_python_survives_a_crashing_stage(plugin_site: Path, tmp_path: Path) -> None:
+    """A fresh Python process (no framework loaded, one thread) runs the pipeline in a forked child, as the CLI
+    does: a stage killed by a signal is a StageFailed naming it, and nothing is left behind."""
+    source = make_onnx_mlp(tmp_path / "mlp.onnx")
+    code = (f"import modelpack\nfrom modelpack.errors import StageFailed\n"
+            f"try:\n    modelpack.optimize({str(source)!r}, {str(tmp_path / 'pkg')!r}, stages=['crash'])\n"
+            f"except StageFailed as exc:\n    print('caught:', exc)\n")
+    env = {**os.environ, **plugin_env(plugin_site)}
+    env.pop("MODELPACK_NO_ISOLATION", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "caught:" in proc.stdout and "stage 1/1 'crash' was killed by SIGKILL" in proc.stdout, proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
 
 
 def test_create_app_serves_in_process(mlp_package: Path) -> None:

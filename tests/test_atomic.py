@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import BIN, run_cli, tree_digest, wait_until
+from conftest import BIN, plugin_env, run_cli, tree_digest, wait_until
 
 
 def test_failing_stage_leaves_nothing_and_input_unchanged(plugin, models, tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_interrupt_leaves_nothing_behind(plugin_site: Path, models, tmp_path: Pa
     for sig, ignored in ((signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)):
         out = tmp_path / f"pkg-{sig.name}-{ignored}"
         proc = _start(["optimize", str(models["onnx"].path), "-o", str(out), "nap", "--seconds", "60"],
-                      {"PYTHONPATH": str(plugin_site)}, ignore_sigint=ignored)
+                      plugin_env(plugin_site), ignore_sigint=ignored)
         wait_until(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-work") and any(p.iterdir())
                                       for p in tmp_path.iterdir() if p.is_dir()))
         proc.send_signal(sig)

@@ -208,9 +208,14 @@ def test_report_is_self_contained_and_escaped(benchmarked: Path, tmp_path: Path)
     assert run_cli("report", benchmarked, "-o", out).exit_code == 2  # exists: needs --force
     assert run_cli("report", benchmarked, "-o", tmp_path / "r.txt").exit_code == 2
 
-    from modelpack.bench.report import render
+    from modelpack.bench import report
+    from modelpack.stages import registry
 
     data = mf.read(benchmarked / mf.MANIFEST_NAME)
+
+    def render(manifest: dict) -> str:
+        return report.render(manifest, registry.defaults_of(manifest["lineage"]))
+
     data["lineage"]["stages"][0]["params"]["note"] = "<img src=x onerror=alert(1)>"
     assert "<img" not in render(data) and "&lt;img" in render(data)
 
@@ -229,8 +234,10 @@ def test_report_labels_fit_and_the_accuracy_axis_is_honest(benchmarked: Path) ->
     """Every value label ends inside the chart (estimated at 7 px a character), and accuracy is drawn as dots
     on an axis that says where it starts, not as bars whose length the zoomed axis would exaggerate."""
     from modelpack.bench import report
+    from modelpack.stages import registry
 
-    html = report.render(mf.read(benchmarked / mf.MANIFEST_NAME))
+    manifest = mf.read(benchmarked / mf.MANIFEST_NAME)
+    html = report.render(manifest, registry.defaults_of(manifest["lineage"]))
     for chart in re.findall(r"<svg.*?</svg>", html, re.S):
         width = float(re.search(r'width="(\d+)"', chart).group(1))
         for x, anchor, text in re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>([^<]*)</text>', chart):

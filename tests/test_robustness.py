@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import BIN, EXAMPLE, run_cli, run_subprocess, tree_digest, wait_until
+from conftest import BIN, EXAMPLE, plugin_env, run_cli, run_subprocess, tree_digest, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -200,7 +200,7 @@ def test_kill_9_during_optimize_keeps_the_previous_package(plugin_site: Path, mo
     assert run_cli("optimize", models["onnx"].path, "-o", out, "-q", "export").exit_code == 0
     before = tree_digest(out)
     proc = subprocess.Popen([str(BIN / "modelpack"), "optimize", str(models["onnx"].path), "-o", str(out), "--force",
-                             "nap", "--seconds", "60"], env={**os.environ, "PYTHONPATH": str(plugin_site)},
+                             "nap", "--seconds", "60"], env={**os.environ, **plugin_env(plugin_site)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     def napping() -> bool:
         assert proc.poll() is None, "the run ended before it could be killed"

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 
 from modelpack import errors
-from modelpack.frameworks import child
+from modelpack.pipeline import isolation
 
 
 def _kill_myself() -> None:
@@ -30,33 +30,33 @@ def test_child_returns_results_and_rebuilds_domain_errors(tmp_path: Path) -> Non
     from modelpack.formats import Repr, detect
 
     keras_model = Path(__file__).parent.parent / "examples" / "digits" / "model.keras"
-    assert child.call("detect", "convert", detect, keras_model).rep is Repr.KERAS
+    assert isolation.call_spawned("detect", "convert", detect, keras_model).rep is Repr.KERAS
     with pytest.raises(errors.InputError, match="not a model") as caught:
-        child.call("a failing step", "convert", _fail_with_input_error, str(tmp_path / "x"))
+        isolation.call_spawned("a failing step", "convert", _fail_with_input_error, str(tmp_path / "x"))
     assert caught.value.exit_code == 2
 
 
 def test_a_child_killed_by_a_signal_is_a_failed_stage() -> None:
     with pytest.raises(errors.StageFailed, match=r"stage 'convert' failed: .*the toy step was killed by SIGKILL "
                                                  r"\(SIGKILL is often the out-of-memory killer\)"):
-        child.call("the toy step", "convert", _kill_myself)
+        isolation.call_spawned("the toy step", "convert", _kill_myself)
 
 
 @pytest.mark.parametrize(("mode", "size", "expected"), [
-    ("auto", child.THRESHOLD_BYTES - 1, False), ("auto", child.THRESHOLD_BYTES, True),
+    ("auto", isolation.THRESHOLD_BYTES - 1, False), ("auto", isolation.THRESHOLD_BYTES, True),
     ("always", 1, True), ("never", 10**12, False),
 ])
 def test_when_conversions_go_to_a_child(monkeypatch: pytest.MonkeyPatch, mode: str, size: int,
                                         expected: bool) -> None:
-    monkeypatch.setenv(child.ENV, mode)
-    assert child.wanted(size) is expected
+    monkeypatch.setenv(isolation.CONVERSIONS_ENV, mode)
+    assert isolation.spawn_wanted(size) is expected
 
 
 def test_export_in_a_child_matches_export_in_process(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = models["keras3"]
     outputs = {}
     for mode in ("always", "never"):
-        monkeypatch.setenv(child.ENV, mode)
+        monkeypatch.setenv(isolation.CONVERSIONS_ENV, mode)
         out = tmp_path / mode
         result = run_cli("optimize", model.path, "-o", out, "--eval-data", model.eval_data, "export",
                          "--format", "onnx", "--format", "tflite")
@@ -131,7 +131,7 @@ def test_the_size_worker_thread_leaves_signals_to_the_main_thread() -> None:
     thread asleep in a stage, and Ctrl-C (or the parent's forwarded SIGINT) would wait for the stage to end."""
     import threading
 
-    from modelpack.pipeline.engine import _background
+    from modelpack.pipeline.writer import _background
 
     seen: list[set[signal.Signals]] = []
 

@@ -290,15 +290,46 @@ def test_quantize_after_tflite_is_refused_up_front(models, tmp_path: Path) -> No
     assert result.exit_code == 2 and "holds a tflite model" in result.output
 
 
-def test_every_built_in_stage_types_exactly_its_options() -> None:
-    """A stage's Params annotations and its Option list name the same keys, so `params.x` is always set."""
+def test_every_built_in_stage_declares_its_options_once_on_its_params() -> None:
+    """Each option is written once, as an annotated option(...) on the stage's Params: the stage's options are
+    those, and every annotation has one, so `params.x` is always set."""
     from modelpack.stages import Params, registry
 
     for name in ("export", "quantize", "prune", "compress", "benchmark"):
         stage = registry.get(name)
+        assert type(stage).options is type(stage).params_type.__options__, name
         typed = {key for cls in type(stage).params_type.__mro__ if cls is not Params
                  for key in getattr(cls, "__annotations__", {}) if issubclass(cls, Params)}
         assert typed == {o.key for o in stage.options}, name
+    fine_tuning = [o.flag for o in registry.get("prune").options]
+    assert fine_tuning[:3] == ["--sparsity", "--structure", "--scope"] and fine_tuning[3] == "--train-data"
+
+
+def test_params_options_name_themselves_and_refuse_a_bare_annotation() -> None:
+    import click
+    import pytest
+
+    from modelpack.stages import Params, Stage, option
+
+    class P(Params):
+        max_tries: int = option(click.IntRange(1), default=3, help="How often.")
+
+    class S(Stage[P]):
+        name = "s"
+        params_type = P
+
+    assert [(o.name, o.flag, o.default) for o in S.options] == [("max-tries", "--max-tries", 3)]
+    assert S().resolve({"max_tries": "5"}).max_tries == 5
+    with pytest.raises(TypeError, match="annotation.s. forgotten have no option"):
+        class Half(Params):
+            kept: int = option(int, default=1)
+            forgotten: str
+
+    with pytest.raises(TypeError, match="options are declared on P"):
+        class Both(Stage[P]):
+            name = "both"
+            params_type = P
+            options = S.options
 
 
 def test_params_are_typed_read_only_and_name_the_stage() -> None:

@@ -33,19 +33,20 @@ StageArg = str | tuple[str, Mapping[str, Any]]
 PathArg = str | os.PathLike[str]
 
 
-def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, eval_data: PathArg | None = None,
-             name: str | None = None, model_version: str = "1", atol: float = 1e-4,
-             max_accuracy_drop: float | None = None, min_agreement: float | None = None,
-             min_cosine: float | None = None, on_violation: str = "fail", eval_limit: int | None = None,
-             unsafe_load: bool = False, force: bool = False, batch_axis: Sequence[str] = ()) -> RunResult:
+def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, force: bool = False,
+             **settings: Any) -> RunResult:
     """Run a pipeline of stages over a model into a package directory, as `modelpack optimize` does.
 
     Each stage is a name (`"export"`) or a name and its options, with the command line's option names in
-    snake_case (`("prune", {"sparsity": 0.8, "train_data": "train.npz"})`). Returns the output path and the
-    package's manifest. Every stage's options are checked before any work starts.
+    snake_case (`("prune", {"sparsity": 0.8, "train_data": "train.npz"})`). `settings` are `optimize`'s own
+    options in snake_case (`eval_data`, `name`, `model_version`, `atol`, `max_accuracy_drop`, `min_agreement`,
+    `min_cosine`, `on_violation`, `eval_limit`, `unsafe_load`, `objective`, `batch_axis`, `dim`: the list in
+    `modelpack.pipeline.SPEC_OPTIONS`), checked as the command line checks them. Returns the output path and
+    the package's manifest. Every stage's options are checked before any work starts; where it is safe, the
+    pipeline runs in a forked child, so a crash inside a framework raises `StageFailed` instead of ending Python.
     """
-    from .pipeline import run
-    from .pipeline.engine import PipelineSpec, StageSpec
+    from .pipeline import PipelineSpec, StageSpec, run_isolated
+    from .pipeline.spec import convert_settings, override
     from .stages import registry
 
     if isinstance(stages, (str, tuple)) or not stages:
@@ -58,13 +59,8 @@ def optimize(input: PathArg, output: PathArg, stages: Sequence[StageArg], *, eva
         params = {key.replace("-", "_"): value for key, value in dict(params).items()}
         stage.resolve(params)  # unknown options and bad values fail here, before anything runs
         specs.append(StageSpec(stage_name, params))
-    extra: dict[str, Any] = {} if eval_limit is None else {"eval_limit": eval_limit}
-    spec = PipelineSpec(input=Path(input), output=Path(output), stages=specs,
-                        eval_data=Path(eval_data) if eval_data is not None else None, atol=atol, name=name,
-                        model_version=model_version, unsafe_load=unsafe_load, max_accuracy_drop=max_accuracy_drop,
-                        min_agreement=min_agreement, min_cosine=min_cosine, on_violation=on_violation, force=force,
-                        batch_axis=tuple(batch_axis), **extra)
-    return run(spec)
+    spec = PipelineSpec(input=Path(input), output=Path(output), stages=specs, force=force)
+    return run_isolated(override(spec, convert_settings(settings, "optimize")))
 
 
 def benchmark(target: PathArg, *, baseline: PathArg | None = None, eval_data: PathArg | None = None,

@@ -248,7 +248,7 @@ def _connection(instance: dict[str, Any], timeout: float) -> http.client.HTTPCon
 
 def fetch_signature(instances: list[dict[str, Any]], api_key: str | None = None) -> dict[str, Any] | None:
     """The V2 metadata of the first instance that answers, as a package signature; None if none answers."""
-    from .serve.tensors import V2_TO_NUMPY
+    from .datatypes import V2_TO_NUMPY
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     for instance in instances:
@@ -270,7 +270,7 @@ def fetch_signature(instances: list[dict[str, Any]], api_key: str | None = None)
 def infer_v2(instance: dict[str, Any], inputs: dict[str, np.ndarray], api_key: str | None = None,
              timeout: float = 30.0) -> dict[str, np.ndarray]:
     """One V2 JSON inference call to one instance. Connection failures raise OSError."""
-    from .serve.tensors import v2_datatype
+    from .datatypes import v2_datatype
 
     body = {"inputs": [{"name": n, "shape": list(v.shape), "datatype": v2_datatype(v.dtype.name),
                         "data": v.ravel().tolist()} for n, v in inputs.items()]}
@@ -291,7 +291,7 @@ def infer_v2(instance: dict[str, Any], inputs: dict[str, np.ndarray], api_key: s
     if response.status >= 400:
         raise InputError(f"{instance['host']}:{instance['port']} refused the request ({response.status}): "
                          f"{data.get('error', payload[:200])}")
-    from .serve.tensors import V2_TO_NUMPY
+    from .datatypes import V2_TO_NUMPY
 
     return {o["name"]: np.asarray(o["data"], dtype=V2_TO_NUMPY.get(o["datatype"], np.dtype("float32")))
             .reshape(o["shape"]) for o in data["outputs"]}

@@ -141,21 +141,6 @@ def optimize_headline(manifest: Mapping[str, Any]) -> str:
 
 
 
-def stage_defaults(lineage: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Default parameters of the stages in a lineage, so tables show only what the user changed."""
-    from .errors import UsageError
-    from .stages import registry
-
-    found = {}
-    for name in {rec["name"] for rec in lineage["stages"]}:
-        try:
-            found[name] = registry.get(name).defaults()
-        except UsageError:  # a plugin stage that is not installed here
-            continue
-    return found
-
-
-
 def _differs(value: Any, default: Any) -> bool:
     if isinstance(default, tuple):
         default = list(default)
@@ -163,10 +148,9 @@ def _differs(value: Any, default: Any) -> bool:
 
 
 
-def changed_params(record: Mapping[str, Any], defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A lineage record's parameters that are set and differ from its stage's defaults."""
-    if defaults is None:
-        defaults = stage_defaults({"stages": [record]})
+def changed_params(record: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A lineage record's parameters that are set and differ from its stage's defaults
+    (`stages.registry.defaults_of(lineage)`)."""
     known = defaults.get(record["name"], {})
     return {k: v for k, v in record["params"].items()
             if v not in (None, [], "", False) and _differs(v, known.get(k, object()))}

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .runtimes import Runner, Tensors
+
+
+def time_calls(run: Callable[[Tensors], Any], feeds: Tensors, calls: int) -> np.ndarray:
+    """Latency in ms of each of `calls` back-to-back calls, on the nanosecond clock."""
+    clock = time.perf_counter_ns
+    out = np.empty(calls)
+    for i in range(calls):
+        t0 = clock()
+        run(feeds)
+        out[i] = clock() - t0
+    return out / 1e6
+
+
+def rotated(items: Sequence[Any], round_: int) -> list[Any]:
+    """`items` starting at a different one each round, so no runner always goes first (or after the same one)."""
+    shift = round_ % len(items) if items else 0
+    return list(items[shift:]) + list(items[:shift])
 
 
 def interleaved_latencies(runners: Sequence[Runner], feeds: Tensors, iterations: int = 50,
@@ -28,7 +46,5 @@ def interleaved_latencies(runners: Sequence[Runner], feeds: Tensors, iterations:
         if budget_s is not None and round_ >= min_iterations and time.perf_counter() - started > budget_s:
             break
         for index, runner in enumerate(runners):
-            start = time.perf_counter()
-            runner.run(feeds)
-            samples[index].append((time.perf_counter() - start) * 1e3)
+            samples[index].append(float(time_calls(runner.run, feeds, 1)[0]))
     return [np.asarray(s) for s in samples]

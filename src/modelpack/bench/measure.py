@@ -29,6 +29,7 @@ from ..package import model_size
 from ..package.archive import compressed_size
 from ..runtimes import Runner, load_runner
 from ..signature import DYNAMIC, Signature
+from ..timing import rotated, time_calls
 
 DEFAULT_DURATION_S = 1.0
 NOISY_SPREAD = 0.10  # per-round medians more than 10% apart: too noisy to trust
@@ -132,22 +133,12 @@ def time_targets(targets: Sequence[Target], signature: Signature, spec: BenchSpe
             estimate = (time.perf_counter() - start) * 1e3 / max(spec.warmup, 1)
             calls[(target.name, bs)] = _calls_per_round(estimate, spec)
     samples: dict[tuple[str, int], list[np.ndarray]] = {key: [] for key in calls}
-    clock = time.perf_counter_ns
     for rnd in range(spec.repeats):
         progress(f"round {rnd + 1}/{spec.repeats}")
-        shift = rnd % len(targets)
-        order = list(targets[shift:]) + list(targets[:shift])
         for bs in spec.batch_sizes:
-            feed = feeds[bs]
-            for target in order:
-                run = target.runner.run  # type: ignore[union-attr]
-                n = calls[(target.name, bs)]
-                out = np.empty(n)
-                for i in range(n):
-                    t0 = clock()
-                    run(feed)
-                    out[i] = clock() - t0
-                samples[(target.name, bs)].append(out / 1e6)
+            for target in rotated(targets, rnd):
+                run = target.runner.run
+                samples[(target.name, bs)].append(time_calls(run, feeds[bs], calls[(target.name, bs)]))
     return samples
 
 

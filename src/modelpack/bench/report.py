@@ -8,7 +8,7 @@ string from the manifest is escaped: a package is data, not markup.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -177,11 +177,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def lineage_table(manifest: Manifest) -> str:
+def lineage_table(manifest: Manifest, defaults: Mapping[str, Mapping[str, Any]]) -> str:
     """Each step; of its parameters, only those that differ from the stage's defaults (the ones it used)."""
-    from ..summary import changed_params, stage_defaults
+    from ..summary import changed_params
 
-    defaults = stage_defaults(dict(manifest["lineage"]))
     src = manifest["lineage"]["source"]
     sm = src.get("metrics", {})
     rows = [("source", src["format"], "-", _kb(src["size"]) if src.get("size") else "-",
@@ -230,7 +229,8 @@ th,td{border:1px solid #e3e3e3;padding:3px 8px;text-align:left} th{background:#f
 """
 
 
-def render(manifest: Manifest) -> str:
+def render(manifest: Manifest, stage_defaults: Mapping[str, Mapping[str, Any]]) -> str:
+    """The HTML report; `stage_defaults` (`stages.registry.defaults_of`) says which parameters were changed."""
     from ..summary import optimize_headline
 
     bench = latest_benchmark(manifest)
@@ -264,6 +264,6 @@ Archive: {escape(str(archive.get('compression', 'deflate')))}{
 <h2>Accuracy per stage</h2>
 <div class="chart" id="accuracy-chart">{accuracy_chart(manifest)}</div>
 <h2>Lineage</h2>
-{lineage_table(manifest)}
+{lineage_table(manifest, stage_defaults)}
 </body></html>
 """

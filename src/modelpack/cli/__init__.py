@@ -56,7 +56,7 @@ class RootGroup(click.Group):
 
     lazy = {
         "optimize": ("modelpack.cli.optimize", "optimize"),
-        "run": ("modelpack.cli.optimize", "run"),
+        "run": ("modelpack.cli.optimize", "run_file"),
         "stages": ("modelpack.cli.optimize", "stages"),
         "inspect": ("modelpack.cli.package", "inspect"),
         "verify": ("modelpack.cli.package", "verify"),

@@ -119,13 +119,14 @@ def report(ctx: click.Context, package: Path, output: Path, force: bool, as_json
     from ..atomic import atomic_file
     from ..bench.report import render as render_html
     from ..package import open_any
+    from ..stages import registry
 
     if as_json:
         want_json(ctx)
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o '{output}': the report is HTML; name it with .html.")
     with open_any(package, need="manifest") as pkg:
-        html = render_html(pkg.manifest)
+        html = render_html(pkg.manifest, registry.defaults_of(pkg.manifest["lineage"]))
     with atomic_file(output, force=force) as tmp:
         tmp.write_text(html, encoding="utf-8")
     if as_json:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.markup import escape
 
 from ..errors import UsageError
 from ..pipeline import SPEC_OPTIONS, PipelineSpec, StageSpec
+from ..pipeline.spec import override
 from ..stages import Stage, registry
 from . import render, want_json
 
@@ -129,14 +130,14 @@ def optimize(ctx: click.Context, /, **_: Any) -> None:
 
 @optimize.result_callback()
 @click.pass_context
-def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_config: Path | None, dry_run: bool,
+def _optimize_stages(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_config: Path | None, dry_run: bool,
          force: bool, as_json: bool, quiet: bool, verbose: bool, **settings: Any) -> None:
     """Compile the command line into a PipelineSpec, then run it."""
     if not stage_specs:
         raise UsageError("no stages: name at least one after the options, e.g. 'export --format onnx' "
                          "(see 'modelpack stages').")
     spec = PipelineSpec(input=input, output=None, stages=list(stage_specs))
-    execute(ctx, _override(spec, settings), save_config=save_config, dry_run=dry_run, force=force,
+    execute(ctx, override(spec, settings), save_config=save_config, dry_run=dry_run, force=force,
             as_json=as_json, quiet=quiet, verbose=verbose)
 
 
@@ -144,7 +145,7 @@ def _run(ctx: click.Context, /, stage_specs: list[StageSpec], input: Path, save_
 @click.argument("pipeline_file", metavar="PIPELINE.toml", type=click.Path(path_type=Path))
 @_run_options
 @click.pass_context
-def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
+def run_file(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, as_json: bool, quiet: bool,
         verbose: bool, **settings: Any) -> None:
     """Run a pipeline file (as written by `optimize --save-config`); options given here override its values.
 
@@ -159,25 +160,14 @@ def run(ctx: click.Context, /, pipeline_file: Path, dry_run: bool, force: bool, 
     spec = config.load(pipeline_file)
     if not spec.stages:
         raise UsageError(f"{pipeline_file}: no stages; add at least one [[stages]] table, e.g. name = \"export\".")
-    execute(ctx, _override(spec, settings), save_config=None, dry_run=dry_run, force=force, as_json=as_json,
+    execute(ctx, override(spec, settings), save_config=None, dry_run=dry_run, force=force, as_json=as_json,
             quiet=quiet, verbose=verbose)
 
 
 # Both commands take the pipeline's settings from the one list a pipeline file is checked against
 # (pipeline.SPEC_OPTIONS): optimize's after INPUT and -o, before its own options; run's after the file.
 optimize.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
-run.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
-
-
-def _override(spec: PipelineSpec, settings: dict[str, Any]) -> PipelineSpec:
-    """The spec with every setting given on the command line (a flag can only turn a setting on)."""
-    for option in SPEC_OPTIONS:
-        value = settings[option.key]
-        if option.is_flag:
-            setattr(spec, option.key, getattr(spec, option.key) or value)
-        elif value is not None and value != ():
-            setattr(spec, option.key, tuple(value) if option.multiple else value)
-    return spec
+run_file.params[1:1] = [o.click_option() for o in SPEC_OPTIONS]
 
 
 def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None, dry_run: bool, force: bool,
@@ -199,7 +189,7 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
         return
     reporter = render.RichReporter(quiet=quiet or as_json)
     try:
-        result = _run_isolated(spec, reporter, ctx, verbose)
+        result = _run_guarded(spec, reporter, ctx, verbose)
     finally:
         reporter.close()
     if as_json:
@@ -211,43 +201,26 @@ def execute(ctx: click.Context, spec: PipelineSpec, *, save_config: Path | None,
         render.out.print(f"[bold]{render.optimize_headline(result.manifest)}[/]")
 
 
-def _run_isolated(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
+def _run_guarded(spec: PipelineSpec, reporter: Any, ctx: click.Context, verbose: bool = False) -> Any:
     """Run the pipeline in a child process when that is safe, so a framework crash is reported, not fatal."""
     from .. import pipeline
-    from ..pipeline import isolation
-
-    if not isolation.available() or spec.output is None:
-        return pipeline.run(spec, reporter)
     from . import _debug
 
-    value = isolation.run(lambda forward: pipeline.run(spec, forward), reporter, spec.output, debug=_debug(ctx),
-                          verbose=verbose)
-    return pipeline.RunResult(Path(value["output"]), value["manifest"])
+    def terminal(stream: TextIO) -> None:  # the child's progress still reaches the terminal
+        render.err.file = stream
+
+    return pipeline.run_isolated(spec, reporter, debug=_debug(ctx), verbose=verbose, terminal=terminal)
 
 
 def _print_plan(spec: PipelineSpec, as_json: bool, quiet: bool) -> None:
-    from .. import pipeline
-    from ..formats import detect
-    from ..pipeline import convert, engine
+    from ..pipeline import describe_plan
 
-    if spec.input is None:
-        raise UsageError("no input model: give INPUT, or 'input' in the pipeline file.")
-    source = detect(spec.input)
-    steps = pipeline.plan(spec, source.rep)
-    rows = []
-    held = source.rep
-    for index, step in enumerate(steps, 1):
-        chain = convert.route(held, step.input_rep) or [held]
-        rows.append({"index": index, "stage": step.stage.name, "params": engine._jsonable(step.params),
-                     "converts": [str(r) for r in chain], "input_format": str(step.input_rep),
-                     "output_format": str(step.output_rep)})
-        held = step.output_rep
-    result = {"input": str(spec.input), "input_format": source.describe(), "output": str(spec.output),
-              "eval_data": str(spec.eval_data) if spec.eval_data else None, "atol": spec.atol, "stages": rows}
+    result = describe_plan(spec)
+    rows = result["stages"]
     if as_json:
         render.print_json(result)
     elif not quiet:
-        render.out.print(f"input: {spec.input} ({source.describe()})  ->  output: {spec.output}")
+        render.out.print(f"input: {spec.input} ({result['input_format']})  ->  output: {spec.output}")
         render.out.print(render.table("Pipeline (dry run)", ("#", "stage", "formats", "parameters"), [
             (str(r["index"]), r["stage"], " -> ".join(r["converts"] + ([r["output_format"]] if r["output_format"] != r["converts"][-1] else [])),
              ", ".join(f"{k}={v}" for k, v in r["params"].items() if v not in (None, [])))

@@ -34,7 +34,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
             pick: str, api_key: str | None, output: Path | None, runtime: str | None, as_json: bool) -> None:
     """Run a package (or a live server found in ZooKeeper) on a file of inputs; print or write the outputs."""
     from ..data import load_tensors
-    from ..runtimes import OnnxRunner, load_runner
+    from ..runtimes import OnnxRunner
 
     if as_json:
         want_json(ctx)
@@ -51,7 +51,7 @@ def predict(ctx: click.Context, package: Path | None, input_file: Path, registry
         with open_any(package) as pkg:
             feeds = load_tensors(input_file, pkg.signature)
             entry = pkg.artifact(runtime)
-            runner = load_runner(pkg.model_ref(entry), pkg.signature)
+            runner = pkg.runner(entry=entry)
             results = runner.run(feeds)
         source = {"artifact": entry["path"]}
         if isinstance(runner, OnnxRunner) and runner.settings:  # applied from the manifest: say so

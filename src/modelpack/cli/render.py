@@ -18,7 +18,7 @@ from .. import summary
 # The commands' vocabulary lives in modelpack.summary (the report speaks it too); here under the same names.
 faster, faster_ratio, smaller, points = summary.faster, summary.faster_ratio, summary.smaller, summary.points
 benchmark_headline, optimize_headline = summary.benchmark_headline, summary.optimize_headline
-changed_params, stage_defaults = summary.changed_params, summary.stage_defaults
+changed_params = summary.changed_params
 
 if TYPE_CHECKING:
     from ..package.manifest import StageRecord
@@ -134,7 +134,9 @@ def _highlights(name: str, metrics: dict[str, Any]) -> str:
 
 
 def lineage_table(lineage: dict[str, Any]) -> Table:
-    defaults = stage_defaults(lineage)
+    from ..stages import registry
+
+    defaults = registry.defaults_of(lineage)
     src = lineage["source"]
     sm = src.get("metrics", {})
     rows: list[tuple[Any, ...]] = [("source", src["format"], "-", _size(sm), _quality(sm), src["path"])]

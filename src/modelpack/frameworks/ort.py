@@ -200,7 +200,7 @@ def optimize_graph(src: Path, out: Path, level: str) -> tuple[int, int]:
 
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-    from ..package import companions
+    from ..package.files import companions
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[level]

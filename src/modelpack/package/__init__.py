@@ -25,7 +25,6 @@ from .dir import (
     Digest,
     Package,
     Verified,
-    companions,
     copy_artifact,
     digest,
     extracted,
@@ -33,6 +32,7 @@ from .dir import (
     sha256_file,
     sweep_extractions,
 )
+from .files import companions
 
 __all__ = [
     "EXTRACT_PREFIX", "MEMORY_LOADABLE", "RUNTIME_PREFERENCE", "ArtifactCheck", "Digest", "Need", "Package",

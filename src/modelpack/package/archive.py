@@ -54,7 +54,7 @@ def _file_compressed_size(path: str, mtime_ns: int, size: int, compression: str)
 
 def compressed_size(path: Path, compression: str = "deflate") -> int:
     """Bytes a file or directory takes inside a .mpk written with `compression` (member data only)."""
-    from .dir import companions
+    from .files import companions
 
     files = [path, *companions(path)] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     total = 0

@@ -14,8 +14,10 @@ from ..errors import InputError, IntegrityError, UsageError
 from ..formats import ModelRef, Repr, detect
 from ..signature import Signature
 from . import manifest as mf
+from .files import companions
 
 if TYPE_CHECKING:
+    from ..runtimes import Runner
     from .encryption import EncryptedPackage
 
 CHUNK = 1 << 20
@@ -208,36 +210,40 @@ class Package:
                 row["load"] = self._load(entry)
         return {"signature": signature, "encrypted": self.encrypted, "artifacts": report}
 
+    def runner(self, runtime: str | None = None, *, entry: mf.Artifact | None = None, threads: int | None = None,
+               model_bytes: bytes | None = None) -> Runner:
+        """A runner for one artifact (the fastest, unless `runtime` or `entry` names one), with the session
+        settings its manifest recorded: from memory for an encrypted package (or given `model_bytes`), else from
+        its file. The one place an artifact becomes a runner (predict, verify, serve)."""
+        from ..runtimes import load_runner, runner_from_bytes
+
+        entry = entry if entry is not None else self.artifact(runtime)
+        if model_bytes is None and self._sealed is not None:
+            model_bytes = self.read(entry)
+        if model_bytes is not None:
+            return runner_from_bytes(Repr(entry["format"]), model_bytes, self.signature, threads, entry.get("session"))
+        return load_runner(self.model_ref(entry), self.signature, threads=threads)
+
     def predict(self, inputs: Any, runtime: str | None = None) -> dict[str, Any]:
         """Run an artifact (the fastest, unless `runtime` names one) on `inputs`: a dict of arrays by input
         name, or one array for a single-input model. Returns the outputs by name, as numpy arrays."""
         import numpy as np
 
         from ..data import _select_inputs
-        from ..runtimes import load_runner, runner_from_bytes
 
         entry = self.artifact(runtime)
         runner = self._runners.get(entry["path"])
         if runner is None:
-            runner = (runner_from_bytes(Repr(entry["format"]), self.read(entry), self.signature,
-                                        session=entry.get("session"))
-                      if self._sealed is not None else load_runner(self.model_ref(entry), self.signature))
-            self._runners[entry["path"]] = runner
+            runner = self._runners[entry["path"]] = self.runner(entry=entry)
         arrays = ({str(k): np.asarray(v) for k, v in inputs.items()} if isinstance(inputs, dict)
                   else {"x": np.asarray(inputs)})
         return dict(runner.run(_select_inputs(arrays, self.signature, f"{self.name}.predict")))
 
     def _load(self, entry: mf.Artifact) -> str:
-        from ..runtimes import load_runner, runner_from_bytes
-
-        rep = Repr(entry["format"])
-        if self._sealed is not None and rep not in MEMORY_LOADABLE:
+        if self._sealed is not None and Repr(entry["format"]) not in MEMORY_LOADABLE:
             return "skipped (loads from files only)"
         try:
-            if self._sealed is not None:
-                runner_from_bytes(rep, self.read(entry), self.signature, session=entry.get("session"))
-            else:
-                load_runner(self.model_ref(entry), self.signature)
+            self.runner(entry=entry)
         except Exception as exc:  # a domain error or the runtime's own: either way it does not load
             raise IntegrityError(f"{self.source}: artifact '{entry['path']}' does not load: {exc}") from exc
         return "ok (in memory)" if self._sealed is not None else "ok"
@@ -290,21 +296,6 @@ def sweep_extractions() -> None:
             shutil.rmtree(stale, ignore_errors=True)
         except PermissionError:  # alive, another user's
             continue
-
-
-def companions(path: Path) -> list[Path]:
-    """Files a model reads besides itself: an ONNX model's external data (checked to stay beside it)."""
-    if not path.is_file() or path.suffix.lower() != ".onnx":
-        return []
-    import onnx
-
-    from ..formats import external_files
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX after all: no companions
-        return []
-    return [path.parent / name for name in external_files(model, path)]
 
 
 def model_size(path: Path) -> int:

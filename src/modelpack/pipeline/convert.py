@@ -57,16 +57,16 @@ def hops(ref: ModelRef, steps: list[Repr], workdir: Path, signature: Signature, 
          safe: bool = True, in_child: bool = False) -> list[ModelRef]:
     """Walk `steps` (each an edge of EDGES) from `ref`; the model after each step, under `workdir`.
 
-    With `in_child`, the whole walk runs in one fresh process (`frameworks.child`): the memory the framework
+    With `in_child`, the whole walk runs in one fresh process (`isolation.call_spawned`): the memory the framework
     takes is returned when it ends, and TensorFlow is imported once for all the steps."""
     outs = [scratch(workdir, _STEPS[(a, b)][1]) for a, b in zip([ref.rep, *steps], steps)]
     if not steps or not in_child:
         return _walk(ref, steps, outs, signature, opset, safe)
-    from ..frameworks import child
+    from . import isolation
 
     names = " -> ".join(str(r) for r in [ref.rep, *steps])
-    walked: list[ModelRef] = child.call(f"the {names} conversion", "convert", _walk, ref, steps, outs,
-                                        signature, opset, safe)
+    walked: list[ModelRef] = isolation.call_spawned(f"the {names} conversion", "convert", _walk, ref, steps,
+                                                    outs, signature, opset, safe)
     return walked
 
 

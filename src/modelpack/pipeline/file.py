@@ -23,7 +23,7 @@ import click
 
 from ..errors import InputError, UsageError
 from ..stages import Option, registry
-from .engine import PATH_OPTIONS, SPEC_OPTIONS, PipelineSpec, StageSpec
+from .spec import PATH_OPTIONS, SPEC_OPTIONS, PipelineSpec, StageSpec
 
 PATH_KEYS = PATH_OPTIONS
 # The pipeline file's top-level keys: INPUT, and every global option of `optimize` (the same Option list).

@@ -1,26 +1,33 @@
-"""Running a pipeline in a child process, so a crash inside a framework cannot take the CLI with it.
+"""Work in a child process, the one module for both kinds (it imports nothing from the CLI).
 
-TensorFlow and onnxruntime are C++: a bug there (a double free in a training step, say) kills the
-process with a signal, and no Python `finally` runs. `optimize` therefore forks before any framework
-is imported; the child runs the pipeline and reports each stage it starts over a pipe. When the child
-dies by a signal, the parent says which stage was running and which signal killed it, and removes
-what the child left: its lock file and its temporary directories. The child's output is the user's
-terminal, unchanged.
+Forked, for a whole pipeline (`run_forked`): TensorFlow and onnxruntime are C++, and a bug there (a double free
+in a training step, say) kills the process with a signal, and no Python `finally` runs. `optimize` therefore
+forks before any framework is imported; the child runs the pipeline and reports each stage it starts over a
+pipe. When the child dies by a signal, the parent says which stage was running and which signal killed it, and
+removes what the child left: its lock file and its temporary directories. The child's output is the user's
+terminal, unchanged. Where fork is not safe (no os.fork, a framework already loaded, or more than one thread in
+this process, as in a test process that has run models before) the pipeline runs in-process.
 
-Where fork is not safe (no os.fork, a framework already loaded, or more than one thread in this process, as
-in a test process that has run models before) the pipeline runs in-process.
+Spawned, for one framework call (`call_spawned`): TensorFlow never returns what a conversion used. After
+tf2onnx has converted a 100 MB model, the process keeps gigabytes, and a pipeline that converts and then
+measures would hold the source, the SavedModel and the ONNX graph at once. A freshly spawned interpreter (not
+a fork: a process that has loaded TensorFlow cannot fork safely) runs one function and returns its picklable
+result; its memory is the operating system's again when it returns. It pays TensorFlow's import again (about
+2.5 s here), which a small model does not repay: `spawn_wanted()` says when a model is big enough, and
+MODELPACK_CHILD_CONVERSIONS overrides it.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import errors
 from ..atomic import sweep
@@ -28,10 +35,12 @@ from ..atomic import sweep
 if TYPE_CHECKING:
     from ..package.manifest import StageRecord
 
-ENV_OFF = "MODELPACK_NO_ISOLATION"
+ENV_OFF = "MODELPACK_NO_ISOLATION"  # "1": never fork a pipeline
+CONVERSIONS_ENV = "MODELPACK_CHILD_CONVERSIONS"  # auto (the default), always or never
+THRESHOLD_BYTES = 32 * 1024 * 1024  # from this model size on, a conversion's memory is worth returning
 
 
-def available() -> bool:
+def fork_available() -> bool:
     """Fork only where it is safe: no framework loaded yet, and no other Python thread (a fork copies other
     threads' locks but not the threads, so a child of a multi-threaded process can deadlock)."""
     if not hasattr(os, "fork") or os.environ.get(ENV_OFF) == "1":
@@ -71,13 +80,12 @@ class _Forwarding:
             self.inner.close()
 
 
-def _hide_framework_output() -> None:
+def _hide_framework_output(terminal: Callable[[TextIO], None] | None) -> None:
     """In the child: the frameworks' own chatter (TensorFlow's C++ logs, Keras' "Saved artifact at ...",
-    tf2onnx, absl) goes to an unlinked temporary file; modelpack's progress still reaches the terminal."""
-    from ..cli import render
-
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    render.err.file = terminal  # progress and notes
+    tf2onnx, absl) goes to an unlinked temporary file; modelpack's progress still reaches the terminal, through
+    the stream handed to `terminal` (the CLI points its renderer there)."""
+    if terminal is not None:
+        terminal(os.fdopen(os.dup(2), "w", buffering=1))  # progress and notes
     log = tempfile.TemporaryFile()
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
@@ -85,11 +93,13 @@ def _hide_framework_output() -> None:
     sys.stderr = os.fdopen(os.dup(log.fileno()), "w", buffering=1)
 
 
-def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = False, verbose: bool = False) -> Any:
+def run_forked(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = False, verbose: bool = False,
+               terminal: Callable[[TextIO], None] | None = None) -> Any:
     """`work(reporter)` in a forked child; its return value must be JSON-serialisable (or have `to_json()`).
 
     Returns what `work` returned (as JSON data), or raises what it raised, as a ModelpackError. Unless
-    `verbose` or `debug`, the frameworks' own output is not shown."""
+    `verbose` or `debug`, the frameworks' own output is not shown (`terminal` gets the stream progress may
+    still use)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -97,7 +107,7 @@ def run(work: Callable[[Any], Any], reporter: Any, output: Path, debug: bool = F
         if verbose:
             os.environ["MODELPACK_VERBOSE"] = "1"  # TensorFlow's start-up lines too
         if not (verbose or debug):
-            _hide_framework_output()
+            _hide_framework_output(terminal)
         # Its own process group: Ctrl-C reaches the parent only, which forwards it once. And it dies with the
         # parent, so a kill -9 of the command leaves no orphan holding the output's lock.
         os.setpgid(0, 0)
@@ -168,3 +178,58 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):  # not Linux: the stale-lock sweep of the next run still applies
         pass
+
+
+def spawn_wanted(model_bytes: int) -> bool:
+    """Run this model's conversions in a child? By size, unless MODELPACK_CHILD_CONVERSIONS says always or never."""
+    mode = os.environ.get(CONVERSIONS_ENV, "auto").strip().lower()
+    if mode in ("always", "1", "yes"):
+        return True
+    if mode in ("never", "0", "no"):
+        return False
+    return model_bytes >= THRESHOLD_BYTES
+
+
+def call_spawned(what: str, stage: str, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a fresh process; its return value, or what it raised, rebuilt here.
+
+    `function` must be importable by name (a module-level function), and its arguments and result picklable.
+    A child killed by a signal (say, the kernel's out-of-memory killer) becomes StageFailed naming `what`."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, function, args), name=f"modelpack {what}", daemon=True)
+    process.start()
+    send.close()
+    try:
+        try:
+            outcome = receive.recv()
+        except EOFError:
+            outcome = None
+        process.join()
+    finally:
+        receive.close()
+        if process.is_alive():  # interrupted while waiting: the child must not outlive us
+            process.kill()
+            process.join()
+    if outcome is None:
+        code = process.exitcode or 0
+        cause = (f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
+        hint = " (SIGKILL is often the out-of-memory killer)" if code == -signal.SIGKILL else ""
+        raise errors.StageFailed(stage, f"the process running {what} {cause}{hint}; rerun with -v to see the "
+                                        "framework's output.")
+    kind, value = outcome
+    if kind == "error":
+        raise errors.rebuild(value)
+    return value
+
+
+def _child(send: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    die_with_parent()
+    os.dup2(2, 1)  # frameworks print progress to stdout (tf_keras' export does); stdout belongs to results
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    try:
+        outcome: tuple[str, Any] = ("ok", function(*args))
+    except BaseException as exc:
+        outcome = ("error", errors.describe(exc))
+    send.send(outcome)
+    send.close()

@@ -126,9 +126,7 @@ class ServeConfig:
         from .model import ServedModel
 
         with open_any(self.package_dir, key_file=self.key_file, need="memory") as pkg:
-            entry = pkg.artifact(self.runtime)
-            data = pkg.read(entry) if pkg.encrypted else None
-            return ServedModel.load(pkg, entry["format"], self.max_batch_size, self.threads, model_bytes=data)
+            return ServedModel.load(pkg, pkg.artifact(self.runtime)["format"], self.max_batch_size, self.threads)
 
     def to_env(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()})

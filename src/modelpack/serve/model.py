@@ -13,7 +13,7 @@ from ..data import random_inputs
 from ..errors import RequestError, reason
 from ..formats import Repr
 from ..package import Package
-from ..runtimes import Runner, load_runner
+from ..runtimes import Runner
 from ..signature import DYNAMIC, Signature
 from .tensors import clip, json_array, v2_datatype
 
@@ -40,15 +40,10 @@ class ServedModel:
     def load(cls, pkg: Package, runtime: str | None, max_batch_size: int, threads: int | None = None,
              model_bytes: bytes | None = None) -> ServedModel:
         """Load the package's best artifact (or `runtime`'s) once; `model_bytes` loads ONNX from memory."""
-        from ..runtimes import runner_from_bytes
-
         start = time.perf_counter()
         entry = pkg.artifact(runtime)
         rep = Repr(entry["format"])
-        if model_bytes is not None:
-            runner: Runner = runner_from_bytes(rep, model_bytes, pkg.signature, threads, entry.get("session"))
-        else:
-            runner = load_runner(pkg.model_ref(entry), pkg.signature, threads=threads)
+        runner = pkg.runner(entry=entry, threads=threads, model_bytes=model_bytes)
         model = cls(pkg.name, pkg.version, pkg.signature, rep, runner, max_batch_size,
                     time.perf_counter() - start)
         model._dtypes = {t.name: np.dtype(t.dtype) for t in pkg.signature.inputs}
@@ -90,18 +85,15 @@ class ServedModel:
         if not isinstance(runner, OnnxRunner) or runner.threads is not None or runner.source is None:
             return False
         single = OnnxRunner(runner.source, self.signature, threads=1)
-        total = {id(runner): 0.0, id(single): 0.0}
+        from ..timing import interleaved_latencies
+
+        total = np.zeros(2)
         for batch in sorted({1, self.max_batch_size}):
-            feeds = random_inputs(self.signature, batch=batch)
-            for candidate in (runner, single):
-                candidate.run(feeds)  # its first call allocates
-                timings = []
-                for _ in range(rounds):
-                    start = time.perf_counter()
-                    candidate.run(feeds)
-                    timings.append(time.perf_counter() - start)
-                total[id(candidate)] += float(np.median(timings))
-        if total[id(single)] < total[id(runner)]:
+            # interleaved, after one warm-up call each (the first call allocates), compared by medians
+            pooled, one = interleaved_latencies([runner, single], random_inputs(self.signature, batch=batch),
+                                                iterations=rounds, warmup=1)
+            total += [float(np.median(pooled)), float(np.median(one))]
+        if total[1] < total[0]:
             self.runner = single
             return True
         return False

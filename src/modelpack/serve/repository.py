@@ -736,10 +736,8 @@ class Repository:
             # Opened again: a .mpk is extracted for the load and the warm-up, and removed after them.
             before = budget.resident_bytes()
             with open_any(path, key_file=key_file, need="memory") as pkg:
-                entry = pkg.artifact(config.runtime)
-                data = pkg.read(entry) if pkg.encrypted else None
-                model = ServedModel.load(pkg, entry["format"], config.max_batch_size, config.threads,
-                                         model_bytes=data)
+                model = ServedModel.load(pkg, pkg.artifact(config.runtime)["format"], config.max_batch_size,
+                                         config.threads)
                 model.name, model.version = name, str(version)
                 warm_ms = model.warm_up()
                 if warm_ms < INLINE_BELOW_MS and config.threads is None:

@@ -1,9 +1,10 @@
 """The stage plugin API.
 
-A stage is a class with a name, a tuple of `Option`s, the representations it
-accepts, and a `run()` that reads a model and returns a new one. Plugin authors
-never write click code: the CLI builds each stage's subcommand from its options,
-and a TOML pipeline file is validated against the same options.
+A stage is a class with a name, its parameters (a `Params` class declaring each
+option once, as an annotated `option(...)`), the representations it accepts, and a
+`run()` that reads a model and returns a new one. Plugin authors never write click
+code: the CLI builds each stage's subcommand from its options, and a TOML pipeline
+file is validated against the same options.
 
 Register a stage in your package's pyproject.toml:
 
@@ -14,7 +15,7 @@ Register a stage in your package's pyproject.toml:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
@@ -73,22 +74,50 @@ class Option:
             raise UsageError(f"stage '{stage}': option {self.flag}: {exc.message}") from exc
 
 
+def option(type: Any = str, *, default: Any = None, help: str = "", multiple: bool = False, required: bool = False,
+           is_flag: bool = False, short: str | None = None, name: str | None = None) -> Any:
+    """One option, declared on a `Params` class as `key: its_type = option(...)`: the annotation types
+    `params.key` for mypy, the option makes `--key` and the pipeline file's `key` (named after the attribute).
+
+    Typed `Any` (as pydantic's `Field` is), so that the annotation, not the option, is what the checker sees."""
+    return Option(name or "", type, default, help, multiple, required, is_flag, short)
+
+
 class Params(Mapping[str, Any]):
     """A stage's resolved parameters, read-only: `params.sparsity` (or `params["sparsity"]`).
 
-    Every option has a value (its default when not given). A stage types its parameters by subclassing this
-    with one annotation per option key and naming the class in `Stage[...]`:
+    Every option has a value (its default when not given). A stage declares each option once, on a subclass
+    named in `Stage[...]`; the stage's `options` come from it (a subclass's own options first, then its bases'):
 
         class PruneParams(Params):
-            sparsity: float
-            structure: str | None
+            sparsity: float = option(click.FloatRange(0, 1), default=0.5, help="Fraction of weights set to zero.")
+            structure: str | None = option(help="N:M structured sparsity, e.g. 2:4.")
 
         class PruneStage(Stage[PruneParams]):
             params_type = PruneParams
             def run(self, model, params: PruneParams, ctx): ... params.sparsity ...
+
+    (A subclass with bare annotations and the stage's own `options` tuple, the older way, still works.)
     """
 
     __slots__ = ("_stage", "_values")
+    __options__: ClassVar[tuple[Option, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own: list[Option] = []
+        for key, value in list(vars(cls).items()):
+            if isinstance(value, Option):
+                own.append(replace(value, name=value.name or key.replace("_", "-")))
+                delattr(cls, key)  # read through __getattr__, from the resolved values
+        keys = {o.key for o in own}
+        inherited = {o.key: o for base in reversed(cls.__bases__) for o in getattr(base, "__options__", ())}
+        if own:
+            bare = [k for k in vars(cls).get("__annotations__", {}) if k not in keys]
+            if bare:
+                raise TypeError(f"{cls.__name__}: annotation(s) {', '.join(bare)} have no option(...): declare "
+                                "each parameter as `key: type = option(...)`.")
+        cls.__options__ = (*own, *(o for key, o in inherited.items() if key not in keys))
 
     def __init__(self, stage: str, values: Mapping[str, Any]) -> None:
         object.__setattr__(self, "_stage", stage)
@@ -200,11 +229,20 @@ class Stage(Generic[P]):
     """Base class of every stage, built-in or plugin."""
 
     name: ClassVar[str]
-    params_type: ClassVar[type[Params]] = Params  # a subclass with one annotation per option key
+    params_type: ClassVar[type[Params]] = Params  # declares each option once (`key: type = option(...)`)
     help: ClassVar[str] = ""
-    options: ClassVar[tuple[Option, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()  # from params_type; a stage without one may list its own
     # Representations the stage works on, preferred first; the pipeline converts to one of them.
     accepts: ClassVar[tuple[Repr, ...]] = tuple(Repr)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.params_type.__options__
+        if declared and "options" in vars(cls):
+            raise TypeError(f"{cls.__name__}: options are declared on {cls.params_type.__name__}; "
+                            "drop the stage's own options tuple.")
+        if declared:
+            cls.options = declared
 
     def defaults(self) -> dict[str, Any]:
         return {o.key: (tuple(o.default or ()) if o.multiple else o.default) for o in self.options}
@@ -231,6 +269,21 @@ class Stage(Generic[P]):
     def plan(self, params: P, rep: Repr) -> Repr:
         """Check the parameters against the input representation before any work; return the output's."""
         return rep
+
+    # What a stage declares to the run before any work (the engine names no stage: built-ins use these too).
+    def archive_compression(self, params: P) -> str | None:
+        """The archive codec this stage picks for the package, known from its parameters; None leaves it.
+
+        The last stage to pick one wins, and every model of the run is measured with that codec."""
+        return None
+
+    def trains(self, params: P) -> bool:
+        """Whether the stage trains a model with these parameters (the run then keeps TensorFlow's
+        training stable, and says so)."""
+        return False
+
+    def check_run(self, params: P, *, labels: bool) -> None:
+        """Refuse, before any stage runs, what this run cannot measure (`labels`: the eval data has labels)."""
 
     def run(self, model: ModelRef, params: P, ctx: StageContext) -> StageResult:
         """Read `model` (never write over it; `ctx.scratch()` gives new paths) and return the new one."""

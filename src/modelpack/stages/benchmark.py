@@ -8,16 +8,18 @@ import click
 
 from ..errors import GateFailed
 from ..formats import ModelRef, Repr
-from . import Option, Params, Stage, StageContext, StageResult
+from . import Params, Stage, StageContext, StageResult, option
 
 
 class BenchmarkParams(Params):
-    batch_sizes: str
-    threads: int | None
-    duration: float
-    repeats: int
-    memory: bool
-    fail_if: tuple[str, ...]
+    batch_sizes: str = option(str, default="1", help="Comma-separated batch sizes, e.g. 1,8,32.")
+    threads: int | None = option(click.IntRange(1, 256), help="Intra-op threads of each runtime.")
+    duration: float = option(click.FloatRange(0.01, 3600), default=1.0, help="Timed seconds per model and batch size.")
+    repeats: int = option(click.IntRange(2, 1000), default=5, help="Interleaved rounds; their spread flags noise.")
+    memory: bool = option(
+        bool, default=False, is_flag=True, help="Also measure peak memory, in one fresh process per model.")
+    fail_if: tuple[str, ...] = option(
+        str, multiple=True, help="Fail the run when this holds, e.g. 'p99_ms > 20'. Repeatable.")
 
 
 class BenchmarkStage(Stage[BenchmarkParams]):
@@ -26,16 +28,6 @@ class BenchmarkStage(Stage[BenchmarkParams]):
     help = ("Measure latency, throughput, load time, memory, size and accuracy of the model so far against the "
             "source model, interleaved; --fail-if gates fail the run.")
     accepts = tuple(Repr)
-    options = (
-        Option("batch-sizes", str, default="1", help="Comma-separated batch sizes, e.g. 1,8,32."),
-        Option("threads", click.IntRange(1, 256), help="Intra-op threads of each runtime."),
-        Option("duration", click.FloatRange(0.01, 3600), default=1.0,
-               help="Timed seconds per model and batch size."),
-        Option("repeats", click.IntRange(2, 1000), default=5, help="Interleaved rounds; their spread flags noise."),
-        Option("memory", bool, default=False, is_flag=True,
-               help="Also measure peak memory, in one fresh process per model."),
-        Option("fail-if", str, multiple=True, help="Fail the run when this holds, e.g. 'p99_ms > 20'. Repeatable."),
-    )
 
     def plan(self, params: BenchmarkParams, rep: Repr) -> Repr:
         from ..bench import gates
@@ -44,6 +36,13 @@ class BenchmarkStage(Stage[BenchmarkParams]):
         parse_batch_sizes(params.batch_sizes)
         gates.parse_all(params.fail_if)
         return rep
+
+    def check_run(self, params: BenchmarkParams, *, labels: bool) -> None:
+        """--fail-if over accuracy needs labelled --eval-data, and over memory needs --memory: said up front."""
+        from ..bench import gates
+
+        gates.check_measurable(gates.parse_all(list(params.fail_if)), labels=labels, memory=params.memory,
+                               where="benchmark --fail-if")
 
     def run(self, model: ModelRef, params: BenchmarkParams, ctx: StageContext) -> StageResult:
         from ..bench import gates

@@ -16,37 +16,34 @@ import click
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
 from ..package.archive import COMPRESSION
-from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams
+from . import Stage, StageContext, StageResult, option
+from .fine_tuning import FineTuning, FineTuningParams
 
 
 class CompressParams(FineTuningParams):
-    clusters: int | None
-    centroid_init: str
-    graph: str | None
-    archive: str | None
+    clusters: int | None = option(
+        click.IntRange(2, 256),
+        help="Keras: share each layer's weights among N values (tfmot cluster_weights). "
+             "Default on Keras models: 16.")
+    centroid_init: str = option(
+        click.Choice(["linear", "kmeans++", "density", "random"]), default="linear",
+        help="How cluster centroids start. linear (Han et al., Deep Compression) kept accuracy best and "
+             "gives skewed cluster use that compresses better.")
+    graph: str | None = option(
+        click.Choice(["basic", "extended"]),
+        help="ONNX: onnxruntime offline graph optimization. basic (constant folding, redundant nodes) is "
+             "portable; extended adds fusions into onnxruntime contrib ops. Default on ONNX models: basic.")
+    archive: str | None = option(
+        click.Choice(sorted(COMPRESSION)),
+        help="How `modelpack pack` compresses this package's artifacts (recorded in the manifest).")
 
 
-class CompressStage(Stage[CompressParams]):
+class CompressStage(FineTuning, Stage[CompressParams]):
     params_type = CompressParams
     name = "compress"
     help = ("Cluster Keras weights (--clusters), optimize an ONNX graph (--graph), "
             "and choose how the .mpk archive is compressed (--archive).")
     accepts = (Repr.KERAS, Repr.ONNX)
-    options = (
-        Option("clusters", click.IntRange(2, 256),
-               help="Keras: share each layer's weights among N values (tfmot cluster_weights). "
-                    "Default on Keras models: 16."),
-        Option("centroid-init", click.Choice(["linear", "kmeans++", "density", "random"]), default="linear",
-               help="How cluster centroids start. linear (Han et al., Deep Compression) kept accuracy best and "
-                    "gives skewed cluster use that compresses better."),
-        Option("graph", click.Choice(["basic", "extended"]),
-               help="ONNX: onnxruntime offline graph optimization. basic (constant folding, redundant nodes) is "
-                    "portable; extended adds fusions into onnxruntime contrib ops. Default on ONNX models: basic."),
-        Option("archive", click.Choice(sorted(COMPRESSION)),
-               help="How `modelpack pack` compresses this package's artifacts (recorded in the manifest)."),
-        *FINE_TUNING,
-    )
 
     def accepts_for(self, params: CompressParams) -> tuple[Repr, ...]:
         if params.clusters:
@@ -56,6 +53,9 @@ class CompressStage(Stage[CompressParams]):
         if params.archive:
             return tuple(Repr)  # only the archive codec: works on whatever the pipeline holds
         return self.accepts
+
+    def archive_compression(self, params: CompressParams) -> str | None:
+        return params.archive
 
     def plan(self, params: CompressParams, rep: Repr) -> Repr:
         if params.clusters and params.graph:

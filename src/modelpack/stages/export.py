@@ -8,26 +8,23 @@ from ..errors import StageFailed, UsageError
 from ..evaluation import compare
 from ..formats import ModelRef, Repr
 from ..pipeline.convert import DEFAULT_OPSET, route
-from . import Option, Params, Stage, StageContext, StageResult
+from . import Params, Stage, StageContext, StageResult, option
 
 FORMATS = ("onnx", "savedmodel", "tflite")
 
 
 class ExportParams(Params):
-    format: tuple[str, ...]
-    opset: int
+    format: tuple[str, ...] = option(
+        click.Choice(FORMATS), multiple=True,
+        help="Format to write; repeat for several. The first one is what later stages work on. "
+             "[default: onnx, or the input's own format when no conversion reaches onnx]")
+    opset: int = option(click.IntRange(11, 21), default=DEFAULT_OPSET, help="ONNX opset for the onnx export.")
 
 
 class ExportStage(Stage[ExportParams]):
     params_type = ExportParams
     name = "export"
     help = "Export the model to ONNX, TF SavedModel and/or TFLite, checking numerical parity of each."
-    options = (
-        Option("format", click.Choice(FORMATS), multiple=True,
-               help="Format to write; repeat for several. The first one is what later stages work on. "
-                    "[default: onnx, or the input's own format when no conversion reaches onnx]"),
-        Option("opset", click.IntRange(11, 21), default=DEFAULT_OPSET, help="ONNX opset for the onnx export."),
-    )
 
     def accepts_for(self, params: ExportParams) -> tuple[Repr, ...]:
         return tuple(Repr)  # any model can be exported to the formats its conversions reach

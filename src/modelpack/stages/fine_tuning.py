@@ -9,30 +9,29 @@ import click
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
-from . import Option, Params, StageContext
+from . import Params, StageContext, option
 
 if TYPE_CHECKING:
     from ..frameworks.tfmot import Training
 
-TRAIN_DATA = Option("train-data", click.Path(dir_okay=False), help="An .npz with arrays x and y to fine-tune on.")
-EPOCHS = Option("epochs", click.IntRange(1, 1000), default=12, help="Fine-tuning epochs (with --train-data).")
-BATCH_SIZE = Option("batch-size", click.IntRange(1, 65536), default=32, help="Fine-tuning batch size.")
-LEARNING_RATE = Option("learning-rate", click.FloatRange(0, 1, min_open=True), default=1e-3,
-                       help="Fine-tuning learning rate (Adam).")
-LOSS = Option("loss", click.Choice(["auto", "sparse_categorical_crossentropy", "categorical_crossentropy", "mse",
-                                    "binary_crossentropy"]), default="auto",
-              help="Fine-tuning loss; auto picks one from the labels and the model's outputs.")
-FINE_TUNING = (TRAIN_DATA, EPOCHS, BATCH_SIZE, LEARNING_RATE, LOSS)
-
-
 class FineTuningParams(Params):
-    """The parameters every fine-tuning stage has."""
+    """The parameters every fine-tuning stage has (after its own)."""
 
-    train_data: str | None
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    loss: str
+    train_data: str | None = option(click.Path(dir_okay=False), help="An .npz with arrays x and y to fine-tune on.")
+    epochs: int = option(click.IntRange(1, 1000), default=12, help="Fine-tuning epochs (with --train-data).")
+    batch_size: int = option(click.IntRange(1, 65536), default=32, help="Fine-tuning batch size.")
+    learning_rate: float = option(click.FloatRange(0, 1, min_open=True), default=1e-3,
+                                  help="Fine-tuning learning rate (Adam).")
+    loss: str = option(click.Choice(["auto", "sparse_categorical_crossentropy", "categorical_crossentropy", "mse",
+                                     "binary_crossentropy"]), default="auto",
+                       help="Fine-tuning loss; auto picks one from the labels and the model's outputs.")
+
+
+class FineTuning:
+    """A stage with the fine-tuning options: it trains when given --train-data (mixed in before `Stage`)."""
+
+    def trains(self, params: FineTuningParams) -> bool:
+        return bool(params.train_data)
 
 
 def training_from(params: FineTuningParams, ctx: StageContext) -> Training | None:

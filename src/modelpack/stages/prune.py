@@ -9,8 +9,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..formats import ModelRef, Repr
-from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams, save_tf_keras, training_from
+from . import Stage, StageContext, StageResult, option
+from .fine_tuning import FineTuning, FineTuningParams, save_tf_keras, training_from
 
 ONNX_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -29,25 +29,23 @@ def parse_structure(value: str | None) -> tuple[int, int] | None:
 
 
 class PruneParams(FineTuningParams):
-    sparsity: float
-    structure: str | None
-    scope: str
+    sparsity: float = option(
+        click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+        help="Fraction of prunable weights set to zero.")
+    structure: str | None = option(
+        str,
+        help="N:M structured sparsity, e.g. 2:4 (N non-zero in every M); "
+             "overrides --sparsity.")
+    scope: str = option(
+        click.Choice(["layer", "global"]), default="layer",
+        help="ONNX: one threshold per layer, or one across all layers.")
 
 
-class PruneStage(Stage[PruneParams]):
+class PruneStage(FineTuning, Stage[PruneParams]):
     params_type = PruneParams
     name = "prune"
     help = "Magnitude-prune weights to a target sparsity (Keras via tfmot; ONNX initializers)."
     accepts = (Repr.KERAS, Repr.ONNX)
-    options = (
-        Option("sparsity", click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
-               help="Fraction of prunable weights set to zero."),
-        Option("structure", str, help="N:M structured sparsity, e.g. 2:4 (N non-zero in every M); "
-                                      "overrides --sparsity."),
-        Option("scope", click.Choice(["layer", "global"]), default="layer",
-               help="ONNX: one threshold per layer, or one across all layers."),
-        *FINE_TUNING,
-    )
 
     def plan(self, params: PruneParams, rep: Repr) -> Repr:
         parse_structure(params.structure)

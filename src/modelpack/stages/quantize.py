@@ -11,8 +11,8 @@ import numpy as np
 from ..data import Dataset
 from ..errors import StageFailed, UsageError, reason
 from ..formats import ModelRef, Repr
-from . import Option, Stage, StageContext, StageResult
-from .fine_tuning import FINE_TUNING, FineTuningParams
+from . import Stage, StageContext, StageResult, option
+from .fine_tuning import FineTuning, FineTuningParams
 
 METHODS = ("int8", "int4", "dynamic", "static", "float16", "qat")
 OBJECTIVES = ("latency", "size")
@@ -46,51 +46,45 @@ def keeps_optimized_float(candidate: Any) -> bool:
 
 
 class QuantizeParams(FineTuningParams):
-    method: str
-    target_cosine: float
-    target_agreement: float
-    target: str
-    calib_data: str | None
-    calib_samples: int
-    calibration: str
-    per_channel: bool
-    objective: str | None
-    require_quantized: bool
+    method: str = option(
+        click.Choice(METHODS), default="int8",
+        help="int8: measure onnxruntime's int8 recipes on this model and keep the fastest that stays "
+             "faithful (TFLite: dynamic-range int8); int4: 4-bit weights for MatMul and embedding Gather "
+             "(ONNX; block size and accuracy level chosen by measurement); dynamic: int8 weights; static: "
+             "full int8 with calibration; float16; qat: quantization-aware training (Keras, needs "
+             "--train-data).")
+    target_cosine: float = option(
+        click.FloatRange(-1, 1), default=0.98,
+        help="int8: the fidelity a recipe must keep: mean cosine similarity of every float output.")
+    target_agreement: float = option(
+        click.FloatRange(0, 100), default=98.0,
+        help="int8: ... and top-1 agreement with the float model, %, for class scores.")
+    target: str = option(
+        click.Choice(["auto", "onnx", "tflite"]), default="auto",
+        help="Runtime to quantize for; auto keeps ONNX as ONNX and turns Keras/SavedModel into TFLite.")
+    calib_data: str | None = option(
+        click.Path(dir_okay=False),
+        help="An .npz (array x) for static calibration; else a sample of --train-data or --eval-data.")
+    calib_samples: int = option(click.IntRange(1, 100000), default=128, help="Calibration samples to use.")
+    calibration: str = option(
+        click.Choice(["minmax", "entropy", "percentile"]), default="minmax", help="ONNX static calibration method.")
+    per_channel: bool = option(is_flag=True, default=False, help="ONNX: per-channel weight scales.")
+    objective: str | None = option(
+        click.Choice(OBJECTIVES),
+        help="int8: latency keeps the fastest faithful candidate and never a model slower than the float "
+             "ONNX (at batch 1 and 8); size keeps the smallest faithful one, counting the archive codec.  "
+             "[default: the pipeline's --objective, else latency]")
+    require_quantized: bool = option(
+        is_flag=True, default=False,
+        help="int8: keep an int8 model even when none beats float under the latency objective.")
 
 
-class QuantizeStage(Stage[QuantizeParams]):
+class QuantizeStage(FineTuning, Stage[QuantizeParams]):
     params_type = QuantizeParams
     name = "quantize"
     help = ("Quantize to int8 (tuned per model by default; or dynamic, static, QAT) or float16: ONNX via "
             "onnxruntime, Keras/SavedModel to TFLite.")
     accepts = (Repr.KERAS, Repr.SAVEDMODEL, Repr.ONNX)
-    options = (
-        Option("method", click.Choice(METHODS), default="int8",
-               help="int8: measure onnxruntime's int8 recipes on this model and keep the fastest that stays "
-                    "faithful (TFLite: dynamic-range int8); int4: 4-bit weights for MatMul and embedding Gather "
-                    "(ONNX; block size and accuracy level chosen by measurement); dynamic: int8 weights; static: "
-                    "full int8 with calibration; float16; qat: quantization-aware training (Keras, needs "
-                    "--train-data)."),
-        Option("target-cosine", click.FloatRange(-1, 1), default=0.98,
-               help="int8: the fidelity a recipe must keep: mean cosine similarity of every float output."),
-        Option("target-agreement", click.FloatRange(0, 100), default=98.0,
-               help="int8: ... and top-1 agreement with the float model, %, for class scores."),
-        Option("target", click.Choice(["auto", "onnx", "tflite"]), default="auto",
-               help="Runtime to quantize for; auto keeps ONNX as ONNX and turns Keras/SavedModel into TFLite."),
-        Option("calib-data", click.Path(dir_okay=False),
-               help="An .npz (array x) for static calibration; else a sample of --train-data or --eval-data."),
-        Option("calib-samples", click.IntRange(1, 100000), default=128, help="Calibration samples to use."),
-        Option("calibration", click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-               help="ONNX static calibration method."),
-        Option("per-channel", is_flag=True, default=False, help="ONNX: per-channel weight scales."),
-        Option("objective", click.Choice(OBJECTIVES),
-               help="int8: latency keeps the fastest faithful candidate and never a model slower than the float "
-                    "ONNX (at batch 1 and 8); size keeps the smallest faithful one, counting the archive codec.  "
-                    "[default: the pipeline's --objective, else latency]"),
-        Option("require-quantized", is_flag=True, default=False,
-               help="int8: keep an int8 model even when none beats float under the latency objective."),
-        *FINE_TUNING,
-    )
 
     def accepts_for(self, params: QuantizeParams) -> tuple[Repr, ...]:
         if params.method == "qat":
@@ -129,9 +123,9 @@ class QuantizeStage(Stage[QuantizeParams]):
 
 def calibration_data(params: QuantizeParams, ctx: StageContext) -> Dataset:
     """--calib-data, else a sample of --train-data, else of the global --eval-data; else a clear error."""
-    for key, option in (("calib_data", "--calib-data"), ("train_data", "--train-data")):
+    for key, flag in (("calib_data", "--calib-data"), ("train_data", "--train-data")):
         if params.get(key):
-            data = ctx.dataset(params[key], option)
+            data = ctx.dataset(params[key], flag)
             break
     else:
         if ctx.eval_data is None:
@@ -352,7 +346,7 @@ class _Tuning:
 
 
 def _size_on_disk(path: Any) -> int:
-    from ..package.dir import companions
+    from ..package.files import companions
 
     return int(sum(p.stat().st_size for p in [path, *companions(path)]))
 

@@ -6,6 +6,7 @@ stage is used (stage modules import no framework at module level).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -45,3 +46,15 @@ def origin(name: str) -> str:
     ep = _entry_points()[name]
     dist = getattr(ep, "dist", None)
     return f"{dist.name} {dist.version}" if dist is not None else ep.value
+
+
+def defaults_of(lineage: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Default parameters of the stages in a lineage, so tables show only what the user changed (a plugin stage
+    not installed here is left out)."""
+    found = {}
+    for name in {rec["name"] for rec in lineage["stages"]}:
+        try:
+            found[name] = get(name).defaults()
+        except UsageError:
+            continue
+    return found
