@@ -99,6 +99,7 @@ class App:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         route_name, key = "unmatched", None
         guard = self.core.guard
+        guard.start_call()
         token = HELD.set([])  # the versions this request resolves, held until it is answered
         life = scope["modelpack.life"] = RequestLife(start)  # the transport abandons it if the client hangs up
         life_token = LIFE.set(life)

@@ -118,6 +118,12 @@ class Guard:
                 _REFUSED_ON.set(model_labels(model, ""))
             raise
 
+    @staticmethod
+    def start_call() -> None:
+        """Forget any refusal labels the calling context carries: a request counts only its own refusal (a task
+        copies its creator's context, so a refusal outside any request would otherwise label later ones)."""
+        _REFUSED_ON.set(None)
+
     def refused_labels(self) -> str | None:
         """The labels of the model a call was refused on, once (None when it was not)."""
         labels = _REFUSED_ON.get()

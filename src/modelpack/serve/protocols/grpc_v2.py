@@ -316,6 +316,8 @@ def _serialized(fn: Callable[[Any, Call], Awaitable[Any]], name: str,
                 core: Core) -> Callable[[Any, Call], Awaitable[bytes]]:
     async def call(request: Any, info: Call) -> bytes:
         token = HELD.set([])  # the versions the call resolves, held until its answer is serialized
+        USED.set(None)
+        core.guard.start_call()
         tracer = core.tracer
         life, status = None, 200
         if tracer is not None:  # the batcher stamps the call's stages on it, for its spans
