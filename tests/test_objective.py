@@ -191,7 +191,10 @@ def test_synthetic_inputs_use_realistic_sizes_and_say_them(tmp_path: Path, dims:
     manifest = json.loads((tmp_path / "pkg" / "modelpack.json").read_text())
     record = next(r for r in manifest["lineage"]["stages"] if r["name"] == "quantize")
     assert record["metrics"]["tuned_at"]["shapes"]["1"]["x"] == [1, length, 16]
-    assert record["metrics"]["timed_at"]["shapes"]["x"] == [1, length, 16]
+    if record["metrics"].get("same_file"):  # the input kept as it is: not timed against itself
+        assert "timed_at" not in record["metrics"] and record["metrics"]["speedup"] == 1.0
+    else:
+        assert record["metrics"]["timed_at"]["shapes"]["x"] == [1, length, 16]
     # The speed printed says the shapes it was measured at.
     assert any(f"x [1, {length}, 16]" in n and "1 thread" in n for n in record["notes"]), record["notes"]
 
