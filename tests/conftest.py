@@ -37,7 +37,7 @@ class ModelFile:
 # TensorFlow conversions (every test using these fixtures), the README's and CI's examples, pip installs.
 SLOW_FIXTURES = {"models", "digits_package", "plugin_site", "plugin"}
 SLOW_MODULES = {"test_readme", "test_ci_examples", "test_serve_install", "test_corpus", "test_bridge", "test_scale",
-                "test_hostile_grpc", "test_hostile_http"}
+                "test_hostile_grpc", "test_hostile_http", "test_repository_oci", "test_lifecycle"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -52,6 +52,7 @@ def _plain_loop_median_ms(path: Path, x: np.ndarray, seconds: float) -> float:
     return float(np.median(times))
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_latency_agrees_with_a_plain_onnxruntime_loop(wide_onnx: Path) -> None:
     """Our p50 must lie within 30% of an independent InferenceSession.run loop's median.
 

@@ -112,6 +112,7 @@ def test_docker_context_installs_offline_and_serves(digits_package: Path, tmp_pa
     assert where.stdout.startswith(str(venv)), where
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_docker_requirement_and_the_tensorflow_extra(tmp_path: Path) -> None:
     pkg = tmp_path / "tfl"
     assert run_cli("optimize", EXAMPLE / "model.keras", "-o", pkg, "-q", "export", "--format", "tflite").exit_code == 0
@@ -189,6 +190,7 @@ def test_kubernetes_manifests_validate(digits_package: Path, tmp_path: Path) -> 
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_autoscalers_from_measured_capacity_validate(mlp_package: Path, tmp_path: Path) -> None:
     """The HPA scales on the server's in-flight and queue-depth gauges at the measured per-replica target, the KEDA
     ScaledObject on the same gauges through Prometheus; both pass their published schemas (vendored in tests/data)."""
@@ -354,6 +356,7 @@ def _repository(mlp_package: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_ray_config_for_a_repository(mlp_package: Path, tmp_path: Path) -> None:
     """`deploy REPO --target ray`: the args carry the repository's path (not a copy), the capacity is measured on
     the default model and the config says which; a broken repository exits 2 with one line and writes nothing."""

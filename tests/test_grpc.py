@@ -188,6 +188,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_grpc_over_tls_with_a_key(mlp_package: Path, tmp_path: Path) -> None:
     """--ssl-certfile covers gRPC too; tritonclient and the kserve SDK connect over TLS with an API key."""
     cert, key = _self_signed(tmp_path)

@@ -121,6 +121,7 @@ def test_int4_minilm_is_five_times_smaller_and_faithful(tmp_path: Path) -> None:
     assert metrics["speedup_vs_float"] > 0 and metrics["speedup_vs_int8"] > 0
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_the_size_objective_keeps_int4_when_it_is_the_smallest_faithful(tmp_path: Path) -> None:
     model = tiny_bert(tmp_path / "bert.onnx")
     out = tmp_path / "small"

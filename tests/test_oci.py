@@ -154,6 +154,7 @@ def test_pull_checks_every_digest_and_leaves_nothing(registry, signed, tmp_path:
     assert result.exit_code == 2 and "not found" in result.output
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_a_download_that_breaks_off_resumes_and_else_fails_cleanly(registry, signed, tmp_path: Path) -> None:
     pkg, public = signed
     assert run_cli("push", pkg, f"oci://{registry.address}/models/flaky:1").exit_code == 0

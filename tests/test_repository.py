@@ -464,6 +464,7 @@ def _index(server: Process) -> dict[str, dict]:
     return {row["name"]: row for row in response.json()}
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_memory_budget_loads_on_first_request_and_unloads_the_least_recently_used_idle_model(
         sized, tmp_path: Path) -> None:
     root = tmp_path / "models"
