@@ -28,18 +28,20 @@ X = np.random.default_rng(7).standard_normal((3, 16)).astype(np.float32)
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, np.ndarray]]:
     """Three versions of one model (seeds 1, 2, 3): each package and its reference output on X."""
+    base = tmp_path_factory.mktemp("versions")
+    return {seed: _mlp_package(base, f"mlp{seed}", f"pkg{seed}", X, seed=seed) for seed in (1, 2, 3)}
+
+
+def _mlp_package(base: Path, model: str, package: str, x: np.ndarray, **mlp: int) -> tuple[Path, np.ndarray]:
+    """An MLP (make_onnx_mlp with `mlp`) exported into a package under `base`, and onnxruntime's output on `x`."""
     import onnxruntime as ort
 
-    base = tmp_path_factory.mktemp("versions")
-    built = {}
-    for seed in (1, 2, 3):
-        onnx_file = make_onnx_mlp(base / f"mlp{seed}.onnx", seed=seed)
-        out = base / f"pkg{seed}"
-        result = run_cli("optimize", onnx_file, "-o", out, "-q", "export")
-        assert result.exit_code == 0, result.output
-        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        built[seed] = (out, session.run(None, {"features": X})[0])
-    return built
+    onnx_file = make_onnx_mlp(base / f"{model}.onnx", **mlp)
+    out = base / package
+    result = run_cli("optimize", onnx_file, "-o", out, "-q", "export")
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return out, session.run(None, {"features": x})[0]
 
 
 def _keys(tmp_path: Path) -> Path:
@@ -429,18 +431,9 @@ XB = np.random.default_rng(8).standard_normal((3, 1024)).astype(np.float32)
 @pytest.fixture(scope="module")
 def sized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray]]:
     """Models a, b, c of 8 MB of weights each (1024-2048-4 MLPs), and huge (24 MB), with their outputs on XB."""
-    import onnxruntime as ort
-
     base = tmp_path_factory.mktemp("sized")
-    built = {}
-    for seed, (name, hidden) in enumerate((("a", 2048), ("b", 2048), ("c", 2048), ("huge", 6144))):
-        onnx_file = make_onnx_mlp(base / f"{name}.onnx", inputs=1024, hidden=hidden, seed=seed)
-        out = base / f"pkg-{name}"
-        result = run_cli("optimize", onnx_file, "-o", out, "-q", "export")
-        assert result.exit_code == 0, result.output
-        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        built[name] = (out, session.run(None, {"features": XB})[0])
-    return built
+    return {name: _mlp_package(base, name, f"pkg-{name}", XB, inputs=1024, hidden=hidden, seed=seed)
+            for seed, (name, hidden) in enumerate((("a", 2048), ("b", 2048), ("c", 2048), ("huge", 6144)))}
 
 
 def _infer_rows(server: Process, model: str, rows: np.ndarray) -> httpx.Response:
